@@ -1,0 +1,323 @@
+"""Profiles and paths: one YAML per scale in infra/profiles/, loaded into typed dataclasses.
+
+A profile is data: every knob a stage reads lives in one of the sections below, with its default
+and unit. `SEEKFLOW_PROFILE` picks the profile (default `tiny`); Dagster run config overrides single
+fields by dotted name (`web_filters.gopher_quality.min_doc_words: 30`). Anything unknown or of the
+wrong type fails before work starts, with the file and field named and what is accepted.
+
+`SEEKFLOW_HOME` (default `.seekflow/` at the repo root) holds every output: the Dagster instance,
+data, checkpoints and the MLflow store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = REPO_ROOT / "infra" / "profiles"
+DEFAULT_PROFILE = "tiny"
+
+
+class ProfileError(ValueError):
+    """A profile file or override that cannot be used; the message names the file and field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass
+class CorpusConfig:
+    # documents read per source entry (a path, glob or built-in source); -1 reads everything
+    max_documents_per_source: int = -1
+    # a document longer than this (characters) is excluded as `too_large` before any filter runs;
+    # it guards the filters against one enormous line or file
+    max_document_chars: int = 1_000_000
+    # files larger than this (bytes) are excluded unread, as `file_too_large`
+    max_file_bytes: int = 50_000_000
+    # plain-text documentation files under a directory source are matched by these suffixes, and
+    # extension-less files by these names (Debian's `copyright`, `README`, ...)
+    text_suffixes: list[str] = field(default_factory=lambda: [".txt", ".md", ".rst", ".text"])
+    text_filenames: list[str] = field(
+        default_factory=lambda: ["copyright", "README", "NEWS", "AUTHORS", "THANKS", "TODO"]
+    )
+    # code files are matched by extension; the value is the language recorded with each document
+    code_extensions: dict[str, str] = field(
+        default_factory=lambda: {
+            ".py": "python", ".pyi": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
+            ".hpp": "cpp", ".rs": "rust", ".go": "go", ".js": "javascript", ".ts": "typescript",
+            ".java": "java", ".sh": "shell", ".rb": "ruby", ".lua": "lua", ".sql": "sql",
+        }
+    )
+    # path parts never read as code (vendored environments, caches, build trees)
+    code_exclude_dirs: list[str] = field(
+        default_factory=lambda: ["site-packages", "__pycache__", ".git", "node_modules", ".venv"]
+    )
+    # per-document timeout (seconds) for HTML to text extraction
+    html_extraction_timeout: float = 5.0
+
+
+@dataclass
+class GopherQualityConfig:  # datatrove GopherQualityFilter
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: int = 3
+    max_avg_word_length: int = 10
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    max_non_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+
+
+@dataclass
+class GopherRepetitionConfig:  # datatrove GopherRepetitionFilter
+    dup_line_frac: float = 0.3
+    dup_para_frac: float = 0.3
+    dup_line_char_frac: float = 0.2
+    dup_para_char_frac: float = 0.2
+
+
+@dataclass
+class C4QualityConfig:  # datatrove C4QualityFilter (it also removes bad lines, not only documents)
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: int = 5  # -1 disables
+    min_words_per_line: int = 3  # -1 disables
+    max_word_length: int = 1000  # -1 disables
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+@dataclass
+class FineWebQualityConfig:  # datatrove FineWebQualityFilter
+    line_punct_thr: float = 0.12
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+
+@dataclass
+class WebFiltersConfig:
+    # each filter runs when enabled; its thresholds are datatrove's own parameter names
+    gopher_quality_enabled: bool = True
+    gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
+    gopher_repetition_enabled: bool = True
+    gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
+    c4_enabled: bool = True
+    c4: C4QualityConfig = field(default_factory=C4QualityConfig)
+    fineweb_enabled: bool = True
+    fineweb: FineWebQualityConfig = field(default_factory=FineWebQualityConfig)
+
+
+@dataclass
+class CodeFiltersConfig:
+    min_chars: int = 100  # shorter files carry too little code to learn from
+    max_chars: int = 200_000
+    max_line_length: int = 1000  # minified or data blobs
+    max_mean_line_length: float = 100.0
+    min_alphanumeric_fraction: float = 0.25
+    # a marker in the first lines of a file means it was generated, not written
+    autogenerated_markers: list[str] = field(
+        default_factory=lambda: [
+            "auto-generated", "autogenerated", "automatically generated", "generated by",
+            "do not edit",
+        ]
+    )
+    autogenerated_header_lines: int = 5
+
+
+@dataclass
+class MinhashSettings:  # datatrove MinhashConfig
+    n_grams: int = 5
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+    seed: int = 1
+
+
+@dataclass
+class DedupConfig:
+    minhash: MinhashSettings = field(default_factory=MinhashSettings)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 32_768
+    min_frequency: int = 2
+    # documents sampled to train the BPE merges; -1 uses the whole corpus
+    max_training_documents: int = -1
+
+
+@dataclass
+class ShardsConfig:
+    sequence_length: int = 2048
+    # share of documents (by a hash of their id, so stable across runs) held out for validation
+    validation_fraction: float = 0.01
+    seed: int = 0
+
+
+@dataclass
+class ExecutorConfig:
+    # where datatrove runs each data stage: `local` (processes on this machine), `slurm`, `ray`
+    kind: str = "local"
+    tasks: int = 2  # shards of the input; the same on every executor so outputs line up
+    workers: int = 2  # concurrent tasks on `local`
+    # slurm
+    slurm_partition: str = ""
+    slurm_time: str = "04:00:00"
+    slurm_cpus_per_task: int = 4
+    slurm_mem_per_cpu_gb: int = 2
+    # ray
+    ray_cpus_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "slurm", "ray"):
+            raise ProfileError(f"executor.kind is {self.kind!r}; accepted: 'local', 'slurm', 'ray'")
+        if self.tasks < 1 or self.workers < 1:
+            raise ProfileError(f"executor.tasks and executor.workers must be >= 1 (got {self.tasks}, {self.workers})")
+
+
+@dataclass
+class Profile:
+    name: str = DEFAULT_PROFILE
+    description: str = ""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    web_filters: WebFiltersConfig = field(default_factory=WebFiltersConfig)
+    code_filters: CodeFiltersConfig = field(default_factory=CodeFiltersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted name -> value, for MLflow params and Dagster metadata."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, where)
+            except ProfileError:
+                continue
+        raise ProfileError(f"{where}: {value!r} is none of {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProfileError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ProfileError(f"{where}: expected null, got {value!r}")
+    if isinstance(tp, type) and not (tp is int and isinstance(value, bool)) and isinstance(value, tp):
+        return value
+    raise ProfileError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        section = f"section {where!r}" if where else "the top level"
+        raise ProfileError(f"unknown field(s) {unknown} in {section}; accepted: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def profile_path(name: str) -> Path:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        accepted = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ProfileError(f"profile {name!r} not found at {path}; accepted: {accepted}")
+    return path
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ProfileError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_profile(name: str | None = None, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read `infra/profiles/<name>.yaml` (default: $SEEKFLOW_PROFILE or tiny) and apply overrides."""
+    name = name or os.environ.get("SEEKFLOW_PROFILE") or DEFAULT_PROFILE
+    path = profile_path(name)
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return _build(Profile, raw, "")
+    except ProfileError as e:
+        raise ProfileError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+
+
+def seekflow_home() -> Path:
+    """Root of every output; created on first use."""
+    home = Path(os.environ.get("SEEKFLOW_HOME") or REPO_ROOT / ".seekflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def data_dir(asset_name: str) -> Path:
+    """Where an asset keeps its files: $SEEKFLOW_HOME/data/<asset>."""
+    return seekflow_home() / "data" / asset_name
