@@ -1,0 +1,162 @@
+"""Routed SwiGLU experts on the grouped GEMM, in bf16 or FP8, with autograd.
+
+The interface (what `kernels.convert.convert_to_fp8` looks for, and what a model's MoE layer can use
+directly): a module with three stacked parameters
+    w1 (E, I, D)  gate projection      w3 (E, I, D)  up projection      w2 (E, D, I)  down projection
+and `forward(x (T, D), topk_ids (T, k) int, topk_w (T, k) float) -> (T, D)` computing
+    y[t] = sum_j topk_w[t, j] * w2[e] @ (silu(w1[e] @ x[t]) * (w3[e] @ x[t])),  e = topk_ids[t, j].
+A model whose experts are a ModuleList of per-expert nn.Linear modules (the DeepSeek-V3 inference
+code's layout) is converted linear by linear instead, with no grouped GEMM.
+
+Backward. dgrad runs the grouped GEMM again on the transposed weights; wgrad is one GEMM per
+non-empty expert over its 128-aligned row segment (a host read of the segment offsets; empty
+experts are skipped). In FP8 the wgrad operands are quantized along rows (128x1 tiles), which never
+straddle two experts because segments are 128-aligned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
+from kernels.fp8_quant import FP8, TILE, act_quant, act_quant_ref, weight_quant, weight_quant_ref
+from kernels.moe import Routing, combine, grouped_gemm, grouped_gemm_ref, make_routing, permute
+
+
+def _quant_stacked(w: torch.Tensor, wq_fn):
+    """w (E, N, K) -> fp8 (E, N, K), scales (E, ceil(N/128), ceil(K/128)), one 128x128 block each."""
+    E, N, K = w.shape
+    if N % TILE == 0:  # blocks of the (E*N, K) view are exactly the per-expert blocks
+        q, s = wq_fn(w.reshape(E * N, K))
+        return q.view(E, N, K), s.view(E, N // TILE, -1)
+    qs = [wq_fn(w[e]) for e in range(E)]
+    return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
+
+
+class GroupedLinearFunction(torch.autograd.Function):
+    """out (P, N) = x_perm (P, K) @ w[expert(row)]^T, bf16 or FP8; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x_perm, w, r: Routing, fp8: bool, emulate: bool):
+        grouped = grouped_gemm_ref if emulate else grouped_gemm
+        if fp8:
+            aq = act_quant_ref if emulate else act_quant
+            wq_fn = weight_quant_ref if emulate else weight_quant
+            xq, xs = aq(x_perm)
+            wq, ws = _quant_stacked(w, wq_fn)
+            out = grouped(xq, wq, r, xs, ws, out_dtype=x_perm.dtype)
+            ctx.save_for_backward(x_perm, wq, ws)
+        else:
+            out = grouped(x_perm, w, r)
+            ctx.save_for_backward(x_perm, w)
+        ctx.r, ctx.fp8, ctx.emulate, ctx.w_dtype = r, fp8, emulate, w.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        r, fp8, emulate = ctx.r, ctx.fp8, ctx.emulate
+        dout = dout.contiguous()
+        offs, counts = r.offsets.tolist(), r.counts.tolist()
+        grouped = grouped_gemm_ref if emulate else grouped_gemm
+        if fp8:
+            x_perm, wq, ws = ctx.saved_tensors
+            aq = act_quant_ref if emulate else act_quant
+            gemm = fp8_gemm_ref if emulate else fp8_gemm
+            dq, ds = aq(dout)  # 1x128 along N
+            dx = grouped(dq, wq.transpose(1, 2).contiguous(), r, ds,
+                              ws.transpose(1, 2).contiguous(), out_dtype=dout.dtype)
+            dtq, dts = aq(dout.t())  # (N, P): 128x1 tiles along rows
+            xtq, xts = aq(x_perm.t())  # (K, P)
+            E, N, K = wq.shape
+            dw = torch.zeros((E, N, K), dtype=torch.float32, device=dout.device)
+            for e in range(E):
+                if counts[e] == 0:
+                    continue
+                lo, hi = offs[e], offs[e + 1]  # multiples of 128
+                tl_, th_ = lo // TILE, hi // TILE
+                dw[e] = gemm(dtq[:, lo:hi], dts[:, tl_:th_], xtq[:, lo:hi], xts[:, tl_:th_], 1,
+                             out_dtype=torch.float32)
+        else:
+            x_perm, w = ctx.saved_tensors
+            dx = grouped(dout, w.transpose(1, 2).contiguous(), r)
+            dw = torch.zeros(w.shape, dtype=torch.float32, device=dout.device)
+            for e in range(w.shape[0]):
+                if counts[e] == 0:
+                    continue
+                lo, hi = offs[e], offs[e + 1]
+                dw[e] = dout[lo:hi].float().t() @ x_perm[lo:hi].float()
+        # rows of empty tail tiles were never written by the grouped GEMM: zero them
+        dx[offs[-1]:] = 0
+        return dx, dw.to(ctx.w_dtype), None, None, None
+
+
+class PermuteFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, r: Routing):
+        ctx.r = r
+        return permute(x, r)
+
+    @staticmethod
+    def backward(ctx, dxp):
+        r = ctx.r
+        ones = torch.ones((r.num_tokens, r.topk), dtype=torch.float32, device=dxp.device)
+        return combine(dxp.contiguous(), ones, r), None  # dx[t] = sum_j dxp[row_of[t, j]]
+
+
+class CombineFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out_perm, topk_w, r: Routing):
+        ctx.save_for_backward(out_perm, topk_w)
+        ctx.r = r
+        return combine(out_perm, topk_w, r)
+
+    @staticmethod
+    def backward(ctx, dy):
+        out_perm, topk_w = ctx.saved_tensors
+        r = ctx.r
+        rows = r.row_of.reshape(-1)
+        d_out = torch.zeros_like(out_perm)
+        d_out[rows] = (dy[:, None, :].float() * topk_w[..., None].float()).reshape(
+            -1, dy.shape[-1]).to(out_perm.dtype)  # (T*k, N)
+        d_w = (out_perm[r.row_of].float() * dy[:, None, :].float()).sum(-1).to(topk_w.dtype)
+        return d_out, d_w, None
+
+
+class GroupedExperts(nn.Module):
+    """E routed SwiGLU experts with stacked weights, on the grouped GEMM (bf16, or FP8 once converted)."""
+
+    def __init__(self, num_experts: int, dim: int, inter_dim: int, init_std: float = 0.02):
+        super().__init__()
+        self.num_experts, self.dim, self.inter_dim = num_experts, dim, inter_dim
+        self.w1 = nn.Parameter(torch.randn(num_experts, inter_dim, dim) * init_std)
+        self.w3 = nn.Parameter(torch.randn(num_experts, inter_dim, dim) * init_std)
+        self.w2 = nn.Parameter(torch.randn(num_experts, dim, inter_dim) * init_std)
+        self.fp8 = False
+        self.emulate = False
+
+    def forward(self, x, topk_ids, topk_w):
+        T, D = x.shape
+        assert D == self.dim, f"GroupedExperts: x has {D} features, experts expect {self.dim}"
+        r = make_routing(topk_ids, self.num_experts)
+        emulate = self.emulate or not x.is_cuda
+        xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
+        h1 = GroupedLinearFunction.apply(xp, self.w1, r, self.fp8, emulate)  # (P, I)
+        h3 = GroupedLinearFunction.apply(xp, self.w3, r, self.fp8, emulate)  # (P, I)
+        a = F.silu(h1) * h3
+        o = GroupedLinearFunction.apply(a, self.w2, r, self.fp8, emulate)  # (P, D)
+        return CombineFunction.apply(o, topk_w, r)  # (T, D)
+
+
+def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
+    """Per-token dense definition of the experts (any precision), for tests."""
+    out = torch.zeros_like(x)
+    for j in range(topk_ids.shape[1]):
+        e = topk_ids[:, j]
+        h = F.silu(torch.einsum("tid,td->ti", w1[e], x)) * torch.einsum("tid,td->ti", w3[e], x)
+        out = out + topk_w[:, j, None] * torch.einsum("tdi,ti->td", w2[e], h)
+    return out
+
+
+__all__ = ["GroupedExperts", "GroupedLinearFunction", "experts_ref", "FP8"]
