@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from training.model.config import ModelConfig, ModelConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO_ROOT / "infra" / "profiles"
 DEFAULT_PROFILE = "tiny"
@@ -198,6 +200,14 @@ class Profile:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.vocab_size < self.tokenizer.vocab_size:
+            raise ProfileError(
+                f"model.vocab_size ({self.model.vocab_size}) is below tokenizer.vocab_size "
+                f"({self.tokenizer.vocab_size}); the embedding must cover every token id"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,7 +313,7 @@ def load_profile(name: str | None = None, overrides: dict[str, Any] | None = Non
         _set_dotted(raw, dotted, value)
     try:
         return _build(Profile, raw, "")
-    except ProfileError as e:
+    except (ProfileError, ModelConfigError) as e:
         raise ProfileError(f"{path}: {e}") from None
 
 
