@@ -33,7 +33,7 @@ from .model import Transformer
 
 log = logging.getLogger(__name__)
 
-EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+EXPERT_PROJS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # ours -> transformers
 SEEKFLOW_FIELDS = ("bias_update_speed", "seq_aux_loss_alpha", "mtp_loss_weight")
 
 
@@ -114,7 +114,7 @@ def config_from_hf(d: dict) -> ModelConfig:
 
 
 def hf_name(name: str, cfg: ModelConfig) -> str:
-    """Our parameter name -> transformers' (experts stay stacked: `...mlp.experts.gate_proj`)."""
+    """Our parameter name -> transformers' (experts stay stacked: `...mlp.experts.w1`)."""
     if name == "lm_head.weight":
         return name
     if name.startswith("mtp."):
@@ -132,7 +132,7 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         base, _, proj = key.rpartition(".")
         if base.endswith(".experts") and proj in EXPERT_PROJS:
             for e in range(t.shape[0]):  # (E, out, in) -> one (out, in) per expert
-                out[f"{base}.{e}.{proj}.weight"] = t[e].contiguous()
+                out[f"{base}.{e}.{EXPERT_PROJS[proj]}.weight"] = t[e].contiguous()
         else:
             out[key] = t.contiguous()
     return out
@@ -178,7 +178,8 @@ class _Checkpoint:
 
 
 def _read_experts(ck: _Checkpoint, base: str, proj: str, E: int) -> torch.Tensor:
-    """Stacked (E, out, in) weight of `base` (`model.layers.3.mlp.experts`) from either layout."""
+    """Stacked (E, out, in) weight of `base` (`model.layers.3.mlp.experts`) from either layout;
+    proj is transformers' name (gate_proj, up_proj, down_proj)."""
     if f"{base}.0.{proj}.weight" in ck:  # on-disk layout: one tensor per expert
         return torch.stack([ck.get(f"{base}.{e}.{proj}.weight") for e in range(E)])
     if proj == "down_proj":
@@ -218,7 +219,7 @@ def from_pretrained(directory: str | Path, dtype: torch.dtype | None = None, dev
         key = hf_name(name, cfg)
         base, _, proj = key.rpartition(".")
         if base.endswith(".experts") and proj in EXPERT_PROJS:
-            t = _read_experts(ck, base, proj, cfg.n_routed_experts)
+            t = _read_experts(ck, base, EXPERT_PROJS[proj], cfg.n_routed_experts)
         elif key == "lm_head.weight" and key not in ck:  # tied checkpoints store the embedding only
             t = ck.get("model.embed_tokens.weight")
         else:

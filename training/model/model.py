@@ -103,7 +103,7 @@ class Transformer(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
             elif isinstance(m, Experts):
-                for w in (m.gate_proj, m.up_proj, m.down_proj):
+                for w in (m.w1, m.w2, m.w3):
                     nn.init.normal_(w, std=std)
             elif isinstance(m, Router):
                 nn.init.normal_(m.weight, std=std)

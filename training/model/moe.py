@@ -15,8 +15,10 @@ outside autograd, from the tokens counted since the previous call. The sequence-
 
 Dropless: every token reaches all its experts. `Experts.forward` sorts the (token, expert) pairs by
 expert and runs one contiguous slice per expert, skipping empty ones (the reference a grouped-GEMM
-kernel replaces). Expert weights are stacked (E, out, in) tensors; on disk, transformers' format
-keeps one `experts.{i}.{gate,up,down}_proj.weight` per expert (see hf.py).
+kernel replaces). Expert weights are stacked (E, out, in) tensors w1 (gate), w3 (up), w2 (down)
+with `forward(x, topk_ids, topk_w)`: the interface of kernels/experts.py's `GroupedExperts`, which
+a trainer swaps in from outside (same parameters, same state-dict keys) for the grouped GEMM and
+FP8. On disk, transformers keeps one `experts.{i}.{gate,up,down}_proj.weight` per expert (hf.py).
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ class Experts(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, D, I = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
-        self.gate_proj = nn.Parameter(torch.empty(E, I, D))
-        self.up_proj = nn.Parameter(torch.empty(E, I, D))
-        self.down_proj = nn.Parameter(torch.empty(E, D, I))
+        # NOTE: DeepSeek's names and kernels/experts.py's interface: w1 gate, w3 up, w2 down
+        self.w1 = nn.Parameter(torch.empty(E, I, D))
+        self.w3 = nn.Parameter(torch.empty(E, I, D))
+        self.w2 = nn.Parameter(torch.empty(E, D, I))
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (N, D), indices/weights (N, K) -> sum_k weights[:, k] * expert_{indices[:, k]}(x), (N, D)."""
@@ -108,15 +111,15 @@ class Experts(nn.Module):
         order = flat.argsort(stable=True)  # pairs grouped by expert
         token = order // K  # (N*K,) token of each sorted pair
         # NOTE: one host sync per layer for the split sizes; grouped-GEMM kernels avoid it
-        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=self.w1.shape[0]).tolist()
         xs = x[token]  # (N*K, D), sorted by expert
         outs, start = [], 0
         for e, n in enumerate(counts):
             if n == 0:
                 continue  # an empty expert costs nothing
             h = xs[start : start + n]  # (n, D)
-            h = F.silu(h @ self.gate_proj[e].T) * (h @ self.up_proj[e].T)  # (n, I)
-            outs.append(h @ self.down_proj[e].T)  # (n, D)
+            h = F.silu(h @ self.w1[e].T) * (h @ self.w3[e].T)  # (n, I)
+            outs.append(h @ self.w2[e].T)  # (n, D)
             start += n
         ys = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)  # (N*K, D)
         return torch.zeros_like(x).index_add_(0, token, ys)
