@@ -1,0 +1,256 @@
+"""CPU tests of the kernels' references and of the FP8 emulation path (what CI runs).
+
+Every check draws fresh random inputs and compares against a float64 computation; FP8 E4M3 keeps a
+3-bit mantissa, so a product of two quantized operands lands a few 1e-2 (relative Frobenius) from the
+exact one. GPU kernels are compared with these references in tests/test_kernels_gpu.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from kernels.convert import FP8Config, convert_to_fp8
+from kernels.experts import GroupedExperts, experts_ref
+from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
+from kernels.fp8_linear import FP8Linear
+from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_ref, weight_dequant,
+                               weight_quant_ref)
+from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
+
+FP8_BOUND = 0.06  # relative Frobenius error allowed for one FP8 x FP8 product vs float64
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    # NOTE: torch's default seed is fixed; draw a new one per test and print it for reproduction
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    print(f"seed={seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# quantization
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (37, 200), (5, 130), (1, 7)])
+def test_act_quant_ref_tiles(shape):
+    x = torch.randn(shape) * torch.rand(shape[0], 1) * 10
+    q, s = act_quant_ref(x)
+    assert q.shape == x.shape and q.dtype == torch.float8_e4m3fn
+    assert s.shape == (shape[0], -(-shape[1] // 128))
+    # every tile's largest value maps to the top of the FP8 range
+    tiles = torch.nn.functional.pad(q.float().abs(), (0, s.shape[1] * 128 - shape[1]))
+    assert torch.equal(tiles.view(shape[0], -1, 128).amax(-1), torch.full_like(s, FP8_MAX))
+    assert rel(act_dequant(q, s), x) < 0.08
+
+
+@pytest.mark.parametrize("shape", [(256, 384), (200, 130), (129, 64)])
+def test_weight_quant_ref_blocks(shape):
+    w = torch.randn(shape)
+    q, s = weight_quant_ref(w)
+    assert s.shape == (-(-shape[0] // 128), -(-shape[1] // 128))
+    assert rel(weight_dequant(q, s), w) < 0.08
+    assert q.float().abs().max() == FP8_MAX
+
+
+def test_tile_scales_confine_an_outlier():
+    # one huge activation must cost precision only inside its own 1x128 tile
+    x = torch.randn(16, 512)
+    x[3, 5] = 1e5
+    q, s = act_quant_ref(x)
+    err = (act_dequant(q, s) - x).abs()
+    others = torch.ones_like(x, dtype=torch.bool)
+    others[3, :128] = False
+    assert (err[others] / x.abs()[others]).median() < 0.05
+    # one scale for the whole tensor instead pushes ordinary values into FP8's subnormals
+    st = x.abs().max() / FP8_MAX
+    err_t = ((x / st).to(torch.float8_e4m3fn).float() * st - x).abs()
+    assert (err_t[others] / x.abs()[others]).median() > 0.1
+
+
+def test_zero_tile_gives_zeros_not_nan():
+    x = torch.zeros(4, 256)
+    x[0, 200] = 1.0
+    q, s = act_quant_ref(x)
+    assert torch.isfinite(s).all() and torch.equal(act_dequant(q, s), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# blockwise GEMM: the three layouts of a linear layer
+
+
+@pytest.mark.parametrize("M,N,K", [(128, 256, 384), (70, 200, 300), (256, 128, 1024)])
+def test_fp8_gemm_ref_forward_dgrad_wgrad(M, N, K):
+    x, w, dy = torch.randn(M, K), torch.randn(N, K) / K**0.5, torch.randn(M, N)
+    xq, xs = act_quant_ref(x)
+    wq, ws = weight_quant_ref(w)
+    y = fp8_gemm_ref(xq, xs, wq, ws, 128)  # forward x @ w^T
+    assert rel(y, x.double() @ w.double().t()) < FP8_BOUND
+    dyq, dys = act_quant_ref(dy)
+    dx = fp8_gemm_ref(dyq, dys, wq.t().contiguous(), ws.t().contiguous(), 128)  # dgrad dy @ w
+    assert rel(dx, dy.double() @ w.double()) < FP8_BOUND
+    dtq, dts = act_quant_ref(dy.t())  # wgrad dy^T @ x: both quantized along tokens
+    xtq, xts = act_quant_ref(x.t())
+    dw = fp8_gemm_ref(dtq, dts, xtq, xts, 1)
+    assert rel(dw, dy.double().t() @ x.double()) < FP8_BOUND
+    # the dispatcher on CPU is the same emulation
+    assert torch.equal(fp8_gemm(xq, xs, wq, ws, 128, out_dtype=torch.float32), y)
+
+
+def test_fp8_gemm_refuses_mismatched_shapes():
+    aq, sa = act_quant_ref(torch.randn(64, 256))
+    bq, sb = weight_quant_ref(torch.randn(128, 384))
+    with pytest.raises(AssertionError, match="K must agree"):
+        fp8_gemm_ref(aq, sa, bq, sb)
+    bq, sb = weight_quant_ref(torch.randn(128, 256))
+    with pytest.raises(AssertionError, match="B scales must be"):
+        fp8_gemm_ref(aq, sa, bq, sb, b_block=1)
+    with pytest.raises(AssertionError, match="must be torch.float8_e4m3fn"):
+        fp8_gemm_ref(torch.randn(64, 256), sa, bq, sb)
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 linear (emulated on CPU) and the converter
+
+
+def test_fp8_linear_emulation_grads_match_float64():
+    lin = nn.Linear(320, 192)
+    fp8 = FP8Linear.from_linear(lin)
+    x = torch.randn(3, 50, 320, requires_grad=True)
+    y = fp8(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    x64 = x.detach().double().requires_grad_()
+    w64 = lin.weight.detach().double().requires_grad_()
+    b64 = lin.bias.detach().double().requires_grad_()
+    y64 = torch.nn.functional.linear(x64, w64, b64)
+    y64.backward(dy.double())
+    assert rel(y, y64) < FP8_BOUND
+    assert rel(x.grad, x64.grad) < FP8_BOUND
+    assert rel(lin.weight.grad, w64.grad) < FP8_BOUND
+    assert rel(lin.bias.grad, b64.grad) < 1e-5
+
+
+class _Toy(nn.Module):
+    def __init__(self, vocab=64, dim=128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "norm": nn.LayerNorm(dim), "wq": nn.Linear(dim, dim), "gate": nn.Linear(dim, 4, bias=False),
+            "w1": nn.Linear(dim, 256), "w2": nn.Linear(256, dim)}) for _ in range(2))
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        for lyr in self.layers:
+            n = lyr["norm"](h)
+            h = h + lyr["wq"](n) * torch.sigmoid(lyr["gate"](n)).mean(-1, keepdim=True)
+            h = h + lyr["w2"](torch.relu(lyr["w1"](lyr["norm"](h))))
+        return self.head(h)
+
+
+def test_converter_selects_by_name_and_keeps_parameters():
+    model = _Toy()
+    keys, params = list(model.state_dict()), {n: p for n, p in model.named_parameters()}
+    names = convert_to_fp8(model, FP8Config())
+    assert sorted(names) == sorted(f"layers.{i}.{n}" for i in range(2) for n in ("wq", "w1", "w2"))
+    assert type(model.head) is nn.Linear and type(model.layers[0]["gate"]) is nn.Linear
+    assert isinstance(model.layers[1]["w1"], FP8Linear)
+    assert list(model.state_dict()) == keys
+    assert all(p is params[n] for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        convert_to_fp8(_Toy(), FP8Config(include=["nothing.*"]))
+
+
+def test_fp8_emulated_training_tracks_fp32_loss():
+    # same init, same data: the FP8 model's loss after some steps stays close to the fp32 one
+    torch.manual_seed(0)
+    ref = _Toy()
+    fp8 = _Toy()
+    fp8.load_state_dict(ref.state_dict())
+    convert_to_fp8(fp8)
+    data = torch.randint(0, 64, (4, 17))
+    losses = []
+    for model in (ref, fp8):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(10):
+            logits = model(data[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, 64), data[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses.append(loss.item())
+    assert losses[1] < 4.0  # it learned (log 64 = 4.16 at init)
+    assert abs(losses[1] - losses[0]) / losses[0] < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE: routing, permutation, grouped GEMM, combine
+
+
+def _routing_inputs(T=50, k=3, E=7, empty=True):
+    ids = torch.stack([torch.randperm(E - int(empty))[:k] for _ in range(T)])  # last expert empty
+    tw = torch.softmax(torch.randn(T, k), -1)
+    return ids, tw
+
+
+def test_make_routing_segments_are_aligned_and_complete():
+    ids, _ = _routing_inputs()
+    r = make_routing(ids, 7)
+    assert (r.offsets % 128 == 0).all() and r.counts[-1] == 0
+    assert torch.equal(r.counts, torch.bincount(ids.flatten(), minlength=7))
+    rows = r.row_of.flatten()
+    assert rows.unique().numel() == rows.numel()  # each (token, slot) has its own row
+    e_of_row = torch.searchsorted(r.offsets[1:], rows, right=True)
+    assert torch.equal(e_of_row, ids.flatten())  # ... inside its expert's segment
+    assert torch.equal(r.src_token[rows].long(), torch.arange(50).repeat_interleave(3))
+    assert (r.src_token >= 0).sum() == rows.numel()
+
+
+def test_moe_reference_pipeline_matches_dense_definition():
+    ids, tw = _routing_inputs()
+    x, w = torch.randn(50, 192), torch.randn(7, 160, 192) / 14
+    r = make_routing(ids, 7)
+    out = grouped_gemm_ref(permute_ref(x, r), w, r)
+    assert rel(combine_ref(out, tw, r), moe_ref(x, ids, tw, w)) < 1e-5
+    xq, xs = act_quant_ref(x)
+    wq, ws = zip(*(weight_quant_ref(w[e]) for e in range(7)))
+    out8 = grouped_gemm_ref(permute_ref(xq, r), torch.stack(wq), r, permute_ref(xs, r),
+                            torch.stack(ws), out_dtype=torch.float32)
+    assert rel(combine_ref(out8, tw, r), moe_ref(x, ids, tw, w)) < FP8_BOUND
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_grouped_experts_forward_and_grads(fp8):
+    T, D, I, E, k = 40, 128, 96, 5, 2
+    ex = GroupedExperts(E, D, I, init_std=0.1)
+    ex.fp8 = fp8
+    ids, tw = _routing_inputs(T, k, E)
+    x = torch.randn(T, D, requires_grad=True)
+    tw.requires_grad_()
+    y = ex(x, ids, tw)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    p64 = [p.detach().double().requires_grad_() for p in (ex.w1, ex.w2, ex.w3)]
+    x64, tw64 = x.detach().double().requires_grad_(), tw.detach().double().requires_grad_()
+    y64 = experts_ref(x64, ids, tw64, *p64)
+    y64.backward(dy.double())
+    bound = 0.1 if fp8 else 1e-5  # two FP8 products in a row (w1/w3, then w2)
+    assert rel(y, y64) < bound
+    assert rel(x.grad, x64.grad) < bound
+    assert rel(tw.grad, tw64.grad) < bound
+    for p, q in zip((ex.w1, ex.w2, ex.w3), p64):
+        assert rel(p.grad, q.grad) < bound
+
+
+def test_act_quant_dispatch_is_reference_on_cpu():
+    x = torch.randn(8, 256)
+    assert all(torch.equal(a.float(), b.float()) for a, b in zip(act_quant(x), act_quant_ref(x)))
