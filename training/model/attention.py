@@ -66,7 +66,7 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     high = min(math.ceil(correction_dim(rp.beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     extrapolate = 1 - ramp  # 1: keep the frequency, 0: interpolate
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
     if rp.mscale and rp.mscale_all_dim:
@@ -85,9 +85,8 @@ class RotaryEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        inv_freq, self.attention_factor = rope_frequencies(self.cfg)
-        with torch.no_grad():
-            self.inv_freq.copy_(inv_freq)
+        inv_freq, self.attention_factor = rope_frequencies(self.cfg)  # computed on the CPU
+        self.inv_freq = inv_freq.to(self.inv_freq.device)  # meta stays meta
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B or 1, T) -> cos, sin, each (B or 1, T, rope_dim / 2) in float32."""
