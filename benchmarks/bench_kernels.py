@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402  (a GPU script: triton is required here)
 
-from kernels.fp8_gemm import fp8_gemm, fp8_gemm_cublas, fp8_gemm_triton  # noqa: E402
+from kernels.fp8_gemm import fp8_gemm_cublas, fp8_gemm_triton, pick_backend  # noqa: E402
 from kernels.fp8_quant import act_quant_triton, weight_quant_triton  # noqa: E402
 from kernels.moe import grouped_gemm, make_routing, permute  # noqa: E402
 
@@ -87,8 +87,7 @@ def gemm_section(shapes) -> list[dict]:
         dtq, dts = act_quant_triton(dy.t())
         xtq, xts = act_quant_triton(x.t())
         r["wgrad_ours"] = bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32))
-        r["auto_choice"] = __import__("kernels.fp8_gemm", fromlist=["pick_backend"]).pick_backend(
-            xq, xs, wq, ws, 128, torch.bfloat16)
+        r["auto_choice"] = pick_backend(xq, xs, wq, ws, 128, torch.bfloat16)
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_ours",
                     "dgrad_ours", "wgrad_ours"):
             if isinstance(r[key], float):
