@@ -88,6 +88,8 @@ def gemm_section(shapes) -> list[dict]:
         xtq, xts = act_quant_triton(x.t())
         r["wgrad_ours"] = bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32))
         r["auto_choice"] = pick_backend(xq, xs, wq, ws, 128, torch.bfloat16)
+        from kernels.fp8_gemm import _fp8_gemm_tuned
+        r["triton_config"] = str(getattr(_fp8_gemm_tuned, "best_config", ""))
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_ours",
                     "dgrad_ours", "wgrad_ours"):
             if isinstance(r[key], float):
@@ -138,6 +140,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
         res = {"experts": E, "dense_ms": ms_dense}
         res["grouped_bf16_ms"] = bench(lambda: grouped_gemm(xp, w, r))
+        from kernels.moe import _grouped_gemm_tuned
+        res["triton_config"] = str(getattr(_grouped_gemm_tuned, "best_config", ""))
         xq, xs = act_quant_triton(xp)
         wq, ws = weight_quant_triton(w.view(E * N, K))
         wq, ws = wq.view(E, N, K), ws.view(E, N // 128, K // 128)

@@ -73,7 +73,10 @@ def test_fp8_gemm_triton_matches_reference(M, N, K, layout):
     aq, as_ = act_quant_ref(a)
     c = fp8_gemm_triton(aq, as_, bq, bs, bb, out_dtype=torch.float32)
     ref = fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)
-    assert rel(c, ref) < 1e-5  # same quantized operands: only fp32 accumulation order differs
+    # same quantized operands; NOTE: Hopper's FP8 MMA accumulates inside each 128-deep slice with
+    # reduced precision (about 14 mantissa bits, as the DeepSeek-V3 paper reports for H800), which is
+    # why the kernel promotes to FP32 every 128: measured 1.3e-4 on an H200, whatever the shape
+    assert rel(c, ref) < 5e-4
     c16 = fp8_gemm_triton(aq, as_, bq, bs, bb, out_dtype=torch.bfloat16)
     assert rel(c16, ref) < 1e-2
 
@@ -124,7 +127,7 @@ def test_moe_kernels_match_reference(fp8, T, E, k, D, N):
     out = grouped_gemm(*args, out_dtype=torch.float32)
     ref = grouped_gemm_ref(*args, out_dtype=torch.float32)
     rows = r.row_of.flatten()
-    assert rel(out[rows], ref[rows]) < 1e-4
+    assert rel(out[rows], ref[rows]) < (5e-4 if fp8 else 1e-4)  # FP8 MMA accumulation, see above
     y = combine(out, tw, r)
     assert rel(y, combine_ref(out, tw, r)) < 1e-5
     assert rel(y, moe_ref(x, ids, tw, w)) < (FP8_BOUND if fp8 else 1e-2)
@@ -164,4 +167,5 @@ def test_grouped_experts_cuda_matches_emulation(fp8):
         y.square().sum().backward()
         outs.append((y.detach(), x.grad.clone(), ex.w1.grad.clone(), ex.w2.grad.clone()))
     for a, b in zip(*outs):
-        assert rel(a, b) < 1e-3
+        # fp32 operands: Triton's dot runs them in tf32 (bf16 path); FP8 MMA accumulation (fp8 path)
+        assert rel(a, b) < 1e-2
