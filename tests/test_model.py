@@ -11,6 +11,15 @@ from training.model.generation import sample
 from training.model.moe import MoE
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one OpenMP thread is far faster than two contending for a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(**kw) -> ModelConfig:
     base = dict(
         vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
