@@ -121,6 +121,10 @@ def test_loss_is_main_plus_weighted_mtp_plus_balance():
     labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
     out = model(ids, labels)
     assert len(out.mtp_losses) == 2 and out.balance_loss > 0
+    stats = model.moe_load_stats()  # 32 tokens x 2 experts each, per MoE layer
+    assert sum(stats["layers.1.mlp"]["tokens_per_expert"]) == 64
+    assert sum(stats["mtp.1.block.mlp"]["tokens_per_expert"]) == 2 * 14 * 2  # depth 2 sees T - 2
+    assert stats["layers.1.mlp"]["max_over_mean"] >= 1.0
     want = out.lm_loss + 0.3 / 2 * sum(out.mtp_losses) + out.balance_loss
     assert torch.allclose(out.loss, want)
     with torch.no_grad():  # the main loss is the plain next-token cross-entropy
@@ -180,7 +184,7 @@ def test_bias_update_alone_balances_a_skewed_router():
     assert moe.gate.e_score_correction_bias[:4].max() < moe.gate.e_score_correction_bias[4:].min()
 
 
-def test_bf16_cast_keeps_router_bias_in_fp32(model):
+def test_bf16_cast_keeps_router_bias_in_fp32():
     m = Transformer(tiny()).to(torch.bfloat16)
     assert m.layers[1].mlp.gate.e_score_correction_bias.dtype == torch.float32
     assert m.layers[1].mlp.gate.weight.dtype == torch.bfloat16
@@ -190,8 +194,10 @@ def test_bf16_cast_keeps_router_bias_in_fp32(model):
 
 
 def test_dense_model_without_q_compression_runs():
-    m = Transformer(tiny(n_routed_experts=0, q_lora_rank=None, num_nextn_predict_layers=0,
+    m = Transformer(tiny(n_routed_experts=0, q_lora_rank=None,
                          rope_parameters=RopeParameters(), rope_interleave=False)).eval()
+    m.drop_mtp()  # inference needs no MTP modules
+    assert len(m.mtp) == 0 and m.config.num_nextn_predict_layers == 0
     out = generate(m, [[1, 2], [3]], max_new_tokens=4, temperature=0)
     ref = generate(m, [[1, 2], [3]], max_new_tokens=4, temperature=0, use_cache=False)
     assert torch.equal(out.tokens, ref.tokens)
@@ -199,9 +205,26 @@ def test_dense_model_without_q_compression_runs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_cuda_generation_matches_cpu_greedy_prefix():
+def test_cuda_generation_matches_cpu_greedy_prefix():
     torch.manual_seed(0)
     m = Transformer(tiny()).eval()
     cpu = generate(m, [[1, 2, 3]], max_new_tokens=4, temperature=0)
     gpu = generate(m.cuda(), [[1, 2, 3]], max_new_tokens=4, temperature=0)
     assert torch.equal(cpu.tokens[:, :2], gpu.tokens[:, :2].cpu())
+
+
+def test_grouped_gemm_experts_drop_in():
+    """kernels/experts.py's GroupedExperts takes our experts' weights unchanged (w1, w2, w3)."""
+    kernels_experts = pytest.importorskip("kernels.experts")
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    ids = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        want = m(ids)
+        for moe in m.moe_layers().values():
+            E, I, D = moe.experts.w1.shape
+            grouped = kernels_experts.GroupedExperts(E, D, I)
+            grouped.load_state_dict(moe.experts.state_dict())
+            moe.experts = grouped
+        got = m(ids)
+    assert (want - got).abs().max() < 1e-4

@@ -207,6 +207,7 @@ def from_pretrained(directory: str | Path, dtype: torch.dtype | None = None, dev
     cfg = config_from_hf(json.loads(cfg_path.read_text()))
     ck = _Checkpoint(directory)
     L = cfg.num_hidden_layers
+    mtp_prefixes = tuple(f"model.layers.{L + k}." for k in range(cfg.num_nextn_predict_layers))
     have = sum(1 for k in range(cfg.num_nextn_predict_layers) if f"model.layers.{L + k}.eh_proj.weight" in ck)
     if have < cfg.num_nextn_predict_layers or not mtp:
         if mtp and cfg.num_nextn_predict_layers:
@@ -228,8 +229,10 @@ def from_pretrained(directory: str | Path, dtype: torch.dtype | None = None, dev
             raise ValueError(f"{directory}: {key} has shape {tuple(t.shape)}, config implies {tuple(ours.shape)}")
         state[name] = t
     model.load_state_dict(state, strict=True)
+    # MTP copies of the shared embedding and head (and the MTP modules when not loaded) are expected
     unused = [k for k in ck.weight_map if k not in ck.used and not k.endswith("rotary_emb.inv_freq")
-              and not any(k.startswith(f"model.layers.{L + j}.") for j in range(16))]
+              and not (k.startswith(mtp_prefixes) and (not cfg.num_nextn_predict_layers
+                                                       or k.endswith(("embed_tokens.weight", "shared_head.head.weight"))))]
     if unused:
         log.warning("%s: %d tensors not used, e.g. %s", directory, len(unused), unused[:5])
     if dtype is not None:

@@ -17,6 +17,7 @@ so hf.py only splits experts and renames the MTP modules.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +186,11 @@ class Transformer(nn.Module):
         w = self.embed_tokens.weight
         pad = torch.zeros(batch, dtype=torch.long) if pad is None else pad
         return LatentCache(self.config, batch, max_len, pad, w.dtype, w.device)
+
+    def drop_mtp(self) -> None:
+        """Inference needs only the main model: free the MTP modules."""
+        self.mtp = nn.ModuleList()
+        self.config = dataclasses.replace(self.config, num_nextn_predict_layers=0)
 
     # balancing ---------------------------------------------------------------------------------
 
