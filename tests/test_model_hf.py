@@ -113,6 +113,7 @@ def test_mtp_and_router_bias_survive_a_round_trip(ours, tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as f:  # DeepSeek's layout for MTP
         assert "model.layers.3.eh_proj.weight" in f.keys()
         assert "model.layers.3.shared_head.norm.weight" in f.keys()
+    assert len(from_pretrained(tmp_path, mtp=False).mtp) == 0  # inference can drop them
     back = from_pretrained(tmp_path)
     assert len(back.mtp) == 1
     for (name, a), b in zip(ours.state_dict().items(), back.state_dict().values()):

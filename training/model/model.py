@@ -8,7 +8,8 @@ Reads top to bottom with attention.py (norm, RoPE, MLA) and moe.py (MLP, DeepSee
 
 Written for a single device: parallelism, FP8, activation checkpointing and compile are applied from
 outside. Parameter names mirror transformers' `DeepseekV3ForCausalLM` without its `model.` prefix,
-so hf.py only splits experts and renames the MTP modules.
+so hf.py only splits the stacked experts (w1/w3/w2 -> gate/up/down_proj per expert) and renames
+the MTP modules.
 
     model(ids)                          -> logits (B, T, vocab)
     model(ids, labels)                  -> ModelOutput(loss = main + lambda/D * sum(MTP) + balance)
