@@ -5,7 +5,8 @@ and swaps in place:
   - every `nn.Linear` whose qualified name matches `include` and none of `exclude` -> `FP8Linear`
     (same Parameter objects, same state-dict keys);
   - every module with the grouped-experts interface (3-D parameters w1, w2, w3; see
-    kernels/experts.py) -> its FP8 mode (`module.fp8 = True`), again keeping the parameters.
+    kernels/experts.py; training/model/moe.py's `Experts` has it) -> a `GroupedExperts` in FP8 mode
+    sharing the same Parameters (the grouped GEMM replaces the module's own per-expert loop).
 The defaults keep the paper's higher-precision parts out: embeddings, the output head, the MoE
 router gate and norms (norms hold no nn.Linear, but a pattern costs nothing). The swap keeps the
 master weights in the module's own dtype: optimizer state and DeepSpeed's FP32 master copy are
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from kernels._triton import HAS_TRITON
+from kernels.experts import GroupedExperts
 from kernels.fp8_linear import FP8Linear
 
 # names matched with fnmatch against the fully qualified module name (`layers.3.attn.wq`)
@@ -52,7 +54,23 @@ def _selected(name: str, cfg: FP8Config) -> bool:
 
 def _is_grouped_experts(m: nn.Module) -> bool:
     ws = [getattr(m, n, None) for n in ("w1", "w2", "w3")]
-    return all(isinstance(w, nn.Parameter) and w.dim() == 3 for w in ws) and hasattr(m, "fp8")
+    return all(isinstance(w, nn.Parameter) and w.dim() == 3 for w in ws)
+
+
+def _as_grouped_experts(m: nn.Module) -> GroupedExperts:
+    """A model's own experts module with the interface -> GroupedExperts sharing its Parameters."""
+    if isinstance(m, GroupedExperts):
+        return m
+    E, I, D = m.w1.shape
+    assert m.w3.shape == (E, I, D) and m.w2.shape == (E, D, I), (
+        f"convert_to_fp8: experts {type(m).__name__} has w1 {tuple(m.w1.shape)}, w3 "
+        f"{tuple(m.w3.shape)}, w2 {tuple(m.w2.shape)}; expected (E, I, D), (E, I, D), (E, D, I)")
+    g = GroupedExperts.__new__(GroupedExperts)
+    nn.Module.__init__(g)
+    g.num_experts, g.dim, g.inter_dim = E, D, I
+    g.w1, g.w3, g.w2 = m.w1, m.w3, m.w2  # same Parameter objects, same state-dict keys
+    g.fp8 = g.emulate = False
+    return g
 
 
 def check_fp8_hardware(model: nn.Module, emulate: bool) -> None:
@@ -90,7 +108,12 @@ def convert_to_fp8(model: nn.Module, config: FP8Config | None = None) -> list[st
             setattr(parent, child, FP8Linear.from_linear(module, cfg.backend, cfg.emulate))
             converted.append(name)
         elif _is_grouped_experts(module):
-            module.fp8, module.emulate = True, cfg.emulate
+            g = _as_grouped_experts(module)
+            g.fp8, g.emulate = True, cfg.emulate
+            if g is not module:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, g)
             converted.append(name)
     if not converted:
         raise ValueError(f"convert_to_fp8: no nn.Linear or grouped-experts module matched include="

@@ -254,3 +254,20 @@ def test_grouped_experts_forward_and_grads(fp8):
 def test_act_quant_dispatch_is_reference_on_cpu():
     x = torch.randn(8, 256)
     assert all(torch.equal(a.float(), b.float()) for a, b in zip(act_quant(x), act_quant_ref(x)))
+
+
+def test_converter_on_the_project_model():
+    model_mod = pytest.importorskip("training.model.model")
+    from kernels.experts import GroupedExperts
+    from tests.test_model import tiny
+    m = model_mod.Transformer(tiny()).train()
+    keys = list(m.state_dict())
+    names = convert_to_fp8(m)
+    assert any(n.endswith("mlp.experts") for n in names)
+    assert all(isinstance(m.get_submodule(n), GroupedExperts) for n in names if n.endswith("experts"))
+    assert "lm_head" not in names and type(m.lm_head) is nn.Linear
+    assert list(m.state_dict()) == keys
+    out = m(torch.randint(0, 61, (2, 16)))
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    logits.float().square().mean().backward()
+    assert m.get_submodule(next(n for n in names if n.endswith("experts"))).w1.grad is not None
