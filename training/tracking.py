@@ -66,14 +66,15 @@ def _lock(name: str):
 def parent_run_id(dagster_run_id: str, job_name: str = "") -> str:
     """The MLflow run of this Dagster run, created by the first step that asks (steps may run in parallel)."""
     with _lock(f"parent-{dagster_run_id}"):
-        found = mlflow.search_runs(filter_string=f"tags.`{RUN_ID_TAG}` = '{dagster_run_id}'",
+        # nested runs carry the Dagster run id too: the role tag tells the parent apart
+        found = mlflow.search_runs(filter_string=f"tags.`{RUN_ID_TAG}` = '{dagster_run_id}' and tags.`seekflow.role` = 'parent'",
                                    output_format="list", max_results=1)
         if found:
             return found[0].info.run_id
         run = mlflow.MlflowClient().create_run(
             mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
             run_name=f"dagster-{job_name or 'run'}-{dagster_run_id[:8]}",
-            tags={RUN_ID_TAG: dagster_run_id, "dagster.job": job_name},
+            tags={RUN_ID_TAG: dagster_run_id, "dagster.job": job_name, "seekflow.role": "parent"},
         )
         return run.info.run_id
 
@@ -103,9 +104,11 @@ def asset_run(dagster_run_id: str, job_name: str, asset: str, code_version: str,
     parent = parent_run_id(dagster_run_id, job_name)
     all_tags = {RUN_ID_TAG: dagster_run_id, "seekflow.asset": asset, "seekflow.code_version": code_version,
                 **(tags or {})}
-    with mlflow.start_run(run_id=parent, log_system_metrics=False):
-        with mlflow.start_run(run_name=asset, nested=True, tags=all_tags) as run:
-            yield run
+    # parent_run_id (not the fluent run stack): steps of one Dagster run may share a process
+    with mlflow.start_run(run_name=asset, parent_run_id=parent, tags=all_tags, log_system_metrics=False) as run:
+        yield run
+    # the parent shows as finished once its latest child is; a later step simply marks it again
+    mlflow.MlflowClient().set_terminated(parent)
 
 
 def run_url(run) -> str:

@@ -74,7 +74,8 @@ def read_stats(logging_dir: Path) -> dict[str, dict]:
     for step in merged.stats:
         counters = {}
         for key, metric in step.stats.items():
-            counters[key] = metric.total if hasattr(metric, "total") else metric
+            value = metric.total if hasattr(metric, "total") else metric
+            counters[key] = value.get("total", 0) if isinstance(value, dict) else value  # {"total", "n", "mean"} form
         out[step.name.split(": ", 1)[-1]] = counters  # "📖 - READER: 📚 source reader" -> "📚 source reader"
     return out
 

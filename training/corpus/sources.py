@@ -104,14 +104,17 @@ def _classify(path: Path, kind: str, source: str, cfg: CorpusConfig) -> SourceIt
     return SourceItem(source, str(path), "code", language=language)
 
 
-def _walk(root: Path, kind: str, cfg: CorpusConfig) -> list[Path]:
-    files = []
+def _walk(root: Path, kind: str, cfg: CorpusConfig) -> tuple[list[Path], list[Path]]:
+    """Files under `root`, and the directories (root included) that hold nothing at all."""
+    files, empty = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         if kind == "code":
             dirnames[:] = [d for d in dirnames if d not in cfg.code_exclude_dirs]
         dirnames.sort()
+        if not dirnames and not filenames:
+            empty.append(Path(dirpath))
         files.extend(Path(dirpath) / f for f in sorted(filenames))
-    return files
+    return files, empty
 
 
 def _sample_key(item: SourceItem) -> str:
@@ -143,8 +146,9 @@ def resolve_entry(entry: str, kind: str, cfg: CorpusConfig) -> list[SourceItem]:
     empty_dirs: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = _walk(p, kind, cfg)
-            files.extend(found) if found else empty_dirs.append(p)
+            found, empty = _walk(p, kind, cfg)
+            files.extend(found)
+            empty_dirs.extend(empty)
         elif p.is_file():
             files.append(p)
     items = [_classify(f, kind, entry, cfg) for f in files]

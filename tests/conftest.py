@@ -1,0 +1,24 @@
+import os
+
+import pytest
+
+# NOTE: keep tests off the user's SEEKFLOW_HOME and MLflow store, and single-threaded torch
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def seekflow_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEEKFLOW_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (home / "dagster").mkdir(parents=True)
+    return home
+
+
+@pytest.fixture
+def serial_executor():
+    """Datatrove in-process, one task: no worker pools in tests (fast, and counts are exact anyway)."""
+    from training.settings import ExecutorConfig
+
+    return ExecutorConfig(kind="local", tasks=1, workers=1)

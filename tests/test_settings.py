@@ -1,0 +1,38 @@
+import pytest
+
+from training.settings import ProfileError, load_profile
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "v3-671b"])
+def test_every_profile_loads(name):
+    assert load_profile(name).name == name
+
+
+def test_environment_picks_the_profile(monkeypatch):
+    monkeypatch.setenv("SEEKFLOW_PROFILE", "small")
+    assert load_profile().name == "small"
+
+
+def test_override_by_dotted_name():
+    p = load_profile("tiny", {"web_filters.gopher_quality.min_doc_words": 7, "shards.sequence_length": 64})
+    assert p.web_filters.gopher_quality.min_doc_words == 7 and p.shards.sequence_length == 64
+
+
+def test_unknown_field_names_file_field_and_accepted():
+    with pytest.raises(ProfileError, match=r"tiny.yaml.*'min_doc_wordz'.*gopher_quality.*accepted.*min_doc_words"):
+        load_profile("tiny", {"web_filters.gopher_quality.min_doc_wordz": 3})
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ProfileError, match=r"executor.tasks: expected int, got 'many'"):
+        load_profile("tiny", {"executor.tasks": "many"})
+
+
+def test_invalid_choice_names_accepted_values():
+    with pytest.raises(ProfileError, match=r"executor.kind.*'local', 'slurm', 'ray'"):
+        load_profile("tiny", {"executor.kind": "spark"})
+
+
+def test_unknown_profile_lists_profiles():
+    with pytest.raises(ProfileError, match=r"'huge' not found.*'small', 'tiny', 'v3-671b'"):
+        load_profile("huge")
