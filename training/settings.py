@@ -145,6 +145,9 @@ class MinhashSettings:  # datatrove MinhashConfig
     num_buckets: int = 14
     hashes_per_bucket: int = 8
     seed: int = 1
+    # candidate pairs whose full signatures agree on less than this share are not duplicates
+    # (training/corpus/minhash_verify.py says why); 0 clusters every bucket collision, as datatrove does
+    verify_threshold: float = 0.7
 
 
 @dataclass

@@ -43,6 +43,7 @@ from datatrove.utils.hashing import HashConfig
 
 from training.corpus.code_filters import CodeQualityFilter
 from training.corpus.executors import run_stage
+from training.corpus.minhash_verify import VerifyMinhashPairs
 from training.corpus.readers import HtmlToText, MaxDocumentChars, SourceReader
 from training.corpus.schema import (
     ChainedReaders,
@@ -213,8 +214,15 @@ def deduplicate(input_dirs: list[Path], stage_dir: Path, minhash: MinhashSetting
     stats["minhash_buckets"] = run_stage(
         [MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=mh)],
         executor, logging_dir / "minhash_2_buckets", tasks=mh.num_buckets, job_name="minhash_buckets")
+    pairs = work / "minhash_buckets"
+    if minhash.verify_threshold > 0:
+        stats["minhash_verify"] = run_stage(
+            [VerifyMinhashPairs(str(work / "minhash_sigs"), str(pairs), str(work / "minhash_verified"), mh,
+                                minhash.verify_threshold)],
+            executor, logging_dir / "minhash_2b_verify", tasks=1, job_name="minhash_verify")
+        pairs = work / "minhash_verified"
     stats["minhash_clusters"] = run_stage(
-        [MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=mh,
+        [MinhashDedupCluster(str(pairs), str(work / "minhash_remove"), config=mh,
                              save_cluster_id=True)],
         executor, logging_dir / "minhash_3_clusters", tasks=1, job_name="minhash_clusters")
     stats["minhash_filter"] = run_stage(
