@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-# NOTE: keep tests off the user's SEEKFLOW_HOME and MLflow store, and single-threaded torch
+# NOTE: no MLflow usage data leaves the machine during tests
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
