@@ -22,3 +22,14 @@ def serial_executor():
     from training.settings import ExecutorConfig
 
     return ExecutorConfig(kind="local", tasks=1, workers=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls: one OpenMP thread is far faster than two contending for a busy 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,34 +14,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from training.model import ModelConfig, RopeParameters, from_pretrained
+from training.model import ModelConfig, from_pretrained
 from training.model.hf import config_from_hf
 from training.model.model import Transformer
+
+from tests.model_fixtures import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one OpenMP thread is far faster than two contending for a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12,
-        rope_parameters=RopeParameters(rope_type="yarn", factor=4.0, original_max_position_embeddings=32),
-        max_position_embeddings=128, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-        n_group=4, topk_group=2, moe_intermediate_size=16, first_k_dense_replace=1,
-        num_nextn_predict_layers=1, initializer_range=0.1,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    kw = {"vocab_size": 97, "max_position_embeddings": 128, "num_nextn_predict_layers": 1, **kw}
+    return tiny_model_config(original_max_position_embeddings=32, **kw)
 
 
 @pytest.fixture(scope="module")
