@@ -38,6 +38,10 @@ def _logging_dir(context: dg.AssetExecutionContext, name: str) -> Path:
     return seekflow_home() / "logs" / "datatrove" / context.run_id / name
 
 
+def _code_version(context: dg.AssetExecutionContext) -> str:
+    return context.assets_def.code_versions_by_key[context.asset_key] or ""
+
+
 def _checks(asset: str, *extra: dg.AssetCheckSpec) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(SCHEMA, asset=asset, description="documents and excluded tables have the document schema"),
@@ -111,8 +115,7 @@ def _dedup_rate_by_source(result: stages.StageResult) -> dict[str, float]:
 def _record(context: dg.AssetExecutionContext, tracker: MLflowTracking, result: stages.StageResult,
             params: dict, inputs: dict[str, Path], extra_checks: list[dg.AssetCheckResult] = (),
             extra_metadata: dict | None = None) -> dg.MaterializeResult:
-    code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
-    with tracker.asset_run(context, code_version) as run:
+    with tracker.asset_run(context, _code_version(context)) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         for name, folder in inputs.items():
             tracking.log_input_table(name, folder)
@@ -243,7 +246,7 @@ def tokenizer(context: dg.AssetExecutionContext, profile: SeekflowProfile, mlflo
         f"SELECT text FROM read_parquet('{corpus}/documents/*.parquet') ORDER BY md5(id) LIMIT 200").fetchall()]
     failures = round_trip_failures(path, sample)
     vocab = json.loads(path.read_text())["model"]["vocab"]
-    with mlflow_tracking.asset_run(context, "1") as run:
+    with mlflow_tracking.asset_run(context, _code_version(context)) as run:
         mlflow.log_params({f"tokenizer.{k}": v for k, v in vars(p.tokenizer).items()})
         tracking.log_input_table("deduplicated_corpus", corpus / "documents")
         mlflow.log_metrics({"vocab_size": len(vocab), "round_trip_failures": len(failures)})
@@ -273,7 +276,7 @@ def pretraining_shards(context: dg.AssetExecutionContext, profile: SeekflowProfi
     for s in splits.values():
         for src, n in s["tokens_per_source"].items():
             tokens_by_source[src] = tokens_by_source.get(src, 0) + n
-    with mlflow_tracking.asset_run(context, "1") as run:
+    with mlflow_tracking.asset_run(context, _code_version(context)) as run:
         mlflow.log_params({f"shards.{k}": v for k, v in vars(p.shards).items()})
         tracking.log_input_table("deduplicated_corpus", corpus / "documents")
         mlflow.log_metrics({f"{name}.{k}": v for name, s in splits.items() for k, v in s.items() if isinstance(v, int)})

@@ -78,6 +78,10 @@ def test_corpus_group_materializes_with_planted_duplicates(seekflow_home, fixtur
 
     shards = json.loads((seekflow_home / "data" / "pretraining_shards" / "index.json").read_text())
     assert shards["splits"]["train"]["tokens"] > 0 and shards["splits"]["validation"]["documents"] > 0
+    for split in shards["splits"].values():  # per-source counts add up to what the shards hold
+        assert sum(split["tokens_per_source"].values()) == split["tokens"]
+        assert sum(split["documents_per_source"].values()) == split["documents"]
+    assert sum(s["documents"] for s in shards["splits"].values()) == 46
 
     # the clusters table answers "what replaced this document" with DuckDB
     clusters = seekflow_home / "data" / "deduplicated_corpus" / "clusters.parquet"

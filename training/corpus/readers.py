@@ -27,8 +27,6 @@ from training.corpus.builtin import builtin_documents
 from training.corpus.schema import EXCLUSION_KEY, mark_excluded
 from training.corpus.sources import SourceItem
 
-PREVIEW_CHARS = 2000  # how much of an unreadable payload is kept in the excluded row, for inspection
-
 
 def doc_id(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8", "surrogatepass")).hexdigest()[:20]
@@ -59,7 +57,7 @@ class SourceReader(PipelineStep):
 
     def _excluded(self, item: SourceItem, uri: str, reason: str, text: str = "", **meta) -> Document:
         self.stat_update(f"excluded_{reason}")
-        return mark_excluded(self._doc(item, uri, text[:PREVIEW_CHARS], **meta), reason)
+        return mark_excluded(self._doc(item, uri, text, **meta), reason)
 
     def _read_bytes(self, item: SourceItem) -> bytes | Document:
         path = Path(item.path)
@@ -112,7 +110,7 @@ class SourceReader(PipelineStep):
 
     def _record(self, item: SourceItem, uri: str, record) -> Document:
         if not isinstance(record, dict):
-            return self._excluded(item, uri, "not_an_object", json.dumps(record)[:PREVIEW_CHARS])
+            return self._excluded(item, uri, "not_an_object", json.dumps(record))
         text = record.get("text", record.get("content"))
         if not isinstance(text, str) or not text.strip():
             return self._excluded(item, uri, "missing_text", json.dumps(record, default=str))

@@ -34,7 +34,7 @@ def split_of(doc_id: str, validation_fraction: float, seed: int) -> str:
 
 
 class SelectSplit(PipelineStep):
-    """Pass on the documents of one split; count documents and tokens per source on the way."""
+    """Pass on the documents of one split (before any tokenization, so each is tokenized for one split only)."""
 
     type = "🔀 - ROUTER"
     name = "🔀 split"
@@ -45,10 +45,20 @@ class SelectSplit(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
-            if split_of(doc.id, self.validation_fraction, self.seed) != self.split:
-                continue
+            if split_of(doc.id, self.validation_fraction, self.seed) == self.split:
+                self.stat_update("documents")
+                yield doc
+
+
+class CountBySource(PipelineStep):
+    """Documents and tokens per source (`token_count` comes from datatrove's TokensCounter)."""
+
+    type = "📊 - STATS"
+    name = "📊 per source"
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
             source = doc.metadata.get("source", "")
-            self.stat_update("documents")
             self.stat_update(f"documents/{source}")
             self.stat_update(f"tokens/{source}", value=doc.metadata.get("token_count", 0))
             yield doc
@@ -65,17 +75,20 @@ def make_shards(corpus_dir: Path, tokenizer_json: Path, out_dir: Path, cfg: Shar
     for split in SPLITS:
         pipeline = [
             documents_reader(corpus_dir),
-            TokensCounter(str(tokenizer_json), count_eos_token=True),
             SelectSplit(split, cfg.validation_fraction, cfg.seed),
+            # NOTE: a second tokenization of the split (DocumentTokenizer keeps no per-document source);
+            # it buys the tokens-per-source figures and costs about as much as the shards themselves
+            TokensCounter(str(tokenizer_json), count_eos_token=True),
+            CountBySource(),
             DocumentTokenizer(str(out_dir / split), tokenizer_name_or_path=str(tokenizer_json), eos_token=EOS,
                               save_filename=split, seed=cfg.seed, shuffle_documents=True),
         ]
         stats = run_stage(pipeline, executor, logging_dir / split, job_name=f"shards_{split}")
-        counts = stats.get(SelectSplit.name, {})
+        counts = stats.get(CountBySource.name, {})
         tokens = stats.get(DocumentTokenizer.name, {}).get("tokens", 0)
         index["splits"][split] = {
             "files": sorted(p.name for p in (out_dir / split).glob("*.ds")),
-            "documents": counts.get("documents", 0),
+            "documents": stats.get(SelectSplit.name, {}).get("documents", 0),
             "tokens": tokens,
             # windows of sequence_length + 1 tokens (inputs plus the shifted target)
             "sequences": tokens // (cfg.sequence_length + 1),

@@ -126,7 +126,7 @@ def ingest(kind: str, items: list[SourceItem], stage_dir: Path, corpus: CorpusCo
     pipeline += [
         MaxDocumentChars(corpus.max_document_chars),
         RouteExcluded(exclusion_writer=exclusion_writer(stage_dir, "ingest")),
-        NonEmptyText(exclusion_writer=exclusion_writer(stage_dir, "ingest")),
+        NonEmptyText(exclusion_writer=exclusion_writer(stage_dir, "empty_text")),
         documents_writer(stage_dir),
     ]
     tasks = max(1, min(executor.tasks, len(items)))
