@@ -26,6 +26,19 @@ except ImportError:  # pragma: no cover - depends on the machine
     HAS_TRITON = False
 
 
+grouped_tile = None  # a @triton.jit helper where Triton exists
+if HAS_TRITON:
+
+    @triton.jit
+    def grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+        """(row tile, column tile) of program `pid` in grouped launch order: GROUP_M row tiles share
+        each column tile while it sits in L2, instead of sweeping a whole row of tiles first."""
+        group = GROUP_M * num_n
+        first_m = (pid // group) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        return first_m + (pid % group) % size_m, (pid % group) // size_m
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when every tensor is on a CUDA device and Triton is importable."""
     return HAS_TRITON and all(t.is_cuda for t in tensors)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import HAS_TRITON, INTERPRET, require_cuda, tl, triton, use_triton
+from kernels._triton import HAS_TRITON, INTERPRET, grouped_tile, require_cuda, tl, triton, use_triton
 from kernels.fp8_quant import FP8, TILE, act_dequant, cdiv
 
 
@@ -79,15 +79,7 @@ if HAS_TRITON:
                          stride_am, stride_bn, stride_cm, stride_sam, stride_sbn,
                          B_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-        # grouped launch order: GROUP_M row-tiles share each column-tile while it sits in L2
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * num_n
-        first_m = (pid // group) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % size_m
-        pid_n = (pid % group) // size_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

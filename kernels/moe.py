@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import HAS_TRITON, INTERPRET, require_cuda, tl, triton, use_triton
+from kernels._triton import HAS_TRITON, INTERPRET, grouped_tile, require_cuda, tl, triton, use_triton
 from kernels.fp8_quant import FP8, TILE, act_dequant, cdiv
 
 ALIGN = 128  # rows per expert segment are padded to this; a GEMM row tile must divide it
@@ -172,14 +172,7 @@ if HAS_TRITON:
                              stride_sam, stride_sbe, stride_sbn,
                              IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(P, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * num_n
-        first_m = (pid // group) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % size_m
-        pid_n = (pid % group) // size_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(P, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
         e = tl.load(tile_expert_ptr + (pid_m * BLOCK_M) // ALIGN_M)
         if e >= 0:  # tiles past the last expert's segment do nothing

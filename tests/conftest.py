@@ -33,3 +33,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_seed():
+    """torch's default seed is fixed: draw a new one per test and print it for reproduction."""
+    import random
+
+    import torch
+
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    print(f"seed={seed}")

@@ -7,7 +7,6 @@ exact one. GPU kernels are compared with these references in tests/test_kernels_
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -20,20 +19,9 @@ from kernels.fp8_linear import FP8Linear
 from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_ref, weight_dequant,
                                weight_quant_ref)
 from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
+from tests.kernel_helpers import FP8_BOUND, rel
 
-FP8_BOUND = 0.06  # relative Frobenius error allowed for one FP8 x FP8 product vs float64
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_seed():
-    # NOTE: torch's default seed is fixed; draw a new one per test and print it for reproduction
-    seed = random.SystemRandom().randrange(2**31)
-    torch.manual_seed(seed)
-    print(f"seed={seed}")
+pytestmark = pytest.mark.usefixtures("fresh_seed")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,30 +6,19 @@ unwritten element shows up as a large error (or NaN, which never passes).
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
 
 from kernels._triton import HAS_TRITON
 
+from tests.kernel_helpers import FP8_BOUND, rel
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton"),
+    pytest.mark.usefixtures("fresh_seed"),
 ]
-
-FP8_BOUND = 0.06
-
-
-def rel(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_seed():
-    seed = random.SystemRandom().randrange(2**31)
-    torch.manual_seed(seed)
-    print(f"seed={seed}")
 
 
 @pytest.mark.parametrize("shape", [(4096, 7168), (333, 1000), (1, 128)])
