@@ -13,11 +13,15 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets.corpus import code_sources, corpus_assets, web_sources
+from assets.pretraining import pretraining_assets
 from assets.resources import MLflowTracking, SeekflowProfile
+from pipelines.launcher import TrainingLauncher
 
 CORPUS = dg.AssetSelection.groups("corpus")
 
 corpus_job = dg.define_asset_job("corpus", selection=CORPUS, description="Materialize the corpus group")
+pretraining_job = dg.define_asset_job("pretraining", selection=dg.AssetSelection.groups("pretraining"),
+                                      description="Train v3_base on the current shards (resumes from its last checkpoint)")
 # the whole lifecycle that exists so far; later groups join this selection
 full_lifecycle_job = dg.define_asset_job("full_lifecycle", selection=dg.AssetSelection.all(),
                                          description="Materialize every asset, sources to the last stage")
@@ -34,9 +38,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[*corpus_assets],
-    jobs=[corpus_job, full_lifecycle_job, observe_sources_job],
+    assets=[*corpus_assets, *pretraining_assets],
+    jobs=[corpus_job, pretraining_job, full_lifecycle_job, observe_sources_job],
     schedules=[observe_sources_schedule],
     sensors=[automation_sensor],
-    resources={"profile": SeekflowProfile(), "mlflow_tracking": MLflowTracking()},
+    resources={"profile": SeekflowProfile(), "mlflow_tracking": MLflowTracking(), "launcher": TrainingLauncher()},
 )

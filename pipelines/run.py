@@ -25,7 +25,8 @@ def _summary(instance, defs, run_id: str) -> list[str]:
         md = event.asset_materialization.metadata
         shown = {k: v.value for k, v in md.items() if k in (
             "documents_in", "documents_kept", "documents_excluded", "clusters", "vocab_size",
-            "train_tokens", "validation_tokens")}
+            "train_tokens", "validation_tokens", "validation_loss", "unigram_entropy", "tokens_per_second",
+            "resumed_from_step", "registered_model")}
         lines.append(f"  {key.to_user_string():22s} {shown}")
     checks = instance.event_log_storage.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
     failed = [r.event_log_entry.dagster_event.event_specific_data for r in checks

@@ -193,6 +193,87 @@ class ExecutorConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """The v3_base trainer (training/pretrain.py): schedule, batch, DeepSpeed and parallelism."""
+
+    steps: int = 1000  # optimizer steps
+    global_batch_size: int = 64  # sequences per optimizer step, over all ranks and micro-steps
+    micro_batch_size: int = 8  # sequences per rank per forward; accumulation = global / (micro x data ranks)
+    learning_rate: float = 3e-4  # peak
+    min_lr_ratio: float = 0.1  # the schedule ends at learning_rate x this
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" or "wsd" (warmup, stable, then linear decay over decay_fraction)
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    grad_clip: float = 1.0  # global gradient norm
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (infra/deepspeed/zero<stage>.json)
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32", "fp8" (kernels/, GPU)
+    ep_size: int = 1  # expert-parallel ranks; must divide the world size and n_routed_experts
+    activation_checkpointing: bool = False
+    eval_every: int = 50  # steps between validation passes
+    eval_batches: int = 8  # micro-batches per validation pass (per rank)
+    checkpoint_every: int = 100  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    log_every: int = 10  # steps between metric logs
+    seed: int = 1234
+    threads: int = 0  # torch CPU threads per rank; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.schedule in ("cosine", "wsd"), f"pretrain.schedule is {self.schedule!r}; accepted: 'cosine', 'wsd'"),
+            (self.precision in ("auto", "bf16", "fp32", "fp8"),
+             f"pretrain.precision is {self.precision!r}; accepted: 'auto', 'bf16', 'fp32', 'fp8'"),
+            (self.zero_stage in (0, 1, 2, 3), f"pretrain.zero_stage is {self.zero_stage}; accepted: 0, 1, 2, 3"),
+            (self.steps >= 1 and self.micro_batch_size >= 1 and self.global_batch_size >= 1,
+             "pretrain.steps, pretrain.micro_batch_size and pretrain.global_batch_size must be >= 1"),
+            (self.global_batch_size % self.micro_batch_size == 0,
+             f"pretrain.global_batch_size ({self.global_batch_size}) must be a multiple of "
+             f"pretrain.micro_batch_size ({self.micro_batch_size})"),
+            (self.ep_size >= 1, f"pretrain.ep_size is {self.ep_size}; must be >= 1"),
+            (0 <= self.warmup_steps, f"pretrain.warmup_steps is {self.warmup_steps}; must be >= 0"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ProfileError("; ".join(errors))
+
+
+@dataclass
+class LaunchConfig:
+    """Where training processes run (training/launch.py): this machine, Slurm or Kubernetes."""
+
+    kind: str = "local"  # "local", "slurm" or "k8s"
+    launcher: str = "auto"  # "auto" (one process, or deepspeed when nproc_per_node > 1), "deepspeed", "torchrun"
+    nodes: int = 1
+    nproc_per_node: int = 1  # processes (GPUs) per node
+    master_port: int = 29500
+    # slurm: the sbatch script is rendered from infra/slurm/train.sbatch
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_time: str = "24:00:00"
+    slurm_cpus_per_task: int = 16
+    slurm_extra: list[str] = field(default_factory=list)  # more `#SBATCH` lines, e.g. "--qos=high"
+    # k8s: the pod is rendered from infra/k8s/train-pod.yaml and run through Dagster Pipes
+    k8s_image: str = "seekflow:latest"
+    k8s_namespace: str = "default"
+    k8s_gpus: int = 1
+    k8s_volume_claim: str = ""  # a PVC mounted at SEEKFLOW_HOME (shards in, checkpoints out)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "slurm", "k8s"):
+            raise ProfileError(f"launch.kind is {self.kind!r}; accepted: 'local', 'slurm', 'k8s'")
+        if self.launcher not in ("auto", "deepspeed", "torchrun"):
+            raise ProfileError(f"launch.launcher is {self.launcher!r}; accepted: 'auto', 'deepspeed', 'torchrun'")
+        if self.nodes < 1 or self.nproc_per_node < 1:
+            raise ProfileError(f"launch.nodes and launch.nproc_per_node must be >= 1 (got {self.nodes}, {self.nproc_per_node})")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+@dataclass
 class Profile:
     name: str = DEFAULT_PROFILE
     description: str = ""
@@ -204,6 +285,8 @@ class Profile:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
         if self.model.vocab_size < self.tokenizer.vocab_size:
@@ -284,6 +367,14 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ProfileError(f"unknown field(s) {unknown} in {section}; accepted: {names}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def profile_from_dict(data: dict[str, Any], where: str = "profile") -> Profile:
+    """A Profile from plain data (a stage config file), validated like a YAML profile."""
+    try:
+        return _build(Profile, data, "")
+    except (ProfileError, ModelConfigError) as e:
+        raise ProfileError(f"{where}: {e}") from None
 
 
 def profile_path(name: str) -> Path:

@@ -1,0 +1,309 @@
+"""Pretraining: the DeepSeek-V3 model on the packed token shards, on a DeepSpeed engine.
+
+    python -m training.pretrain --config STAGE_CONFIG.json      (one process)
+    deepspeed --num_gpus 8 --module training.pretrain --config STAGE_CONFIG.json
+
+One optimizer step = `accumulation` micro-steps per rank (DeepSpeed scales the loss and steps the
+optimizer on the last one), then the aux-loss-free router bias update from the step's token
+counts, summed over ranks. The loss is the main next-token loss + lambda x the MTP losses + the
+small sequence-wise balance loss (training/model/model.py).
+
+Resumable: on start it loads the newest complete checkpoint under <output_dir>/checkpoints
+(weights, optimizer, schedule, RNG) and continues at its step; the data position follows from the
+step (training/data.py). At the end it writes a Hugging Face export (<output_dir>/export:
+config.json, model.safetensors, tokenizer files), a loss curve, registers the model in MLflow and
+reports the final figures as Dagster materialization metadata (through Pipes when Dagster launched it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from training import distributed
+from training.data import PackedBatches, read_index, unigram_entropy, validation_batches
+from training.engine import (build_engine, complete_tags, load_latest, peak_flops, resolved_precision,
+                             save_checkpoint)
+from training.expert_parallel import apply_expert_parallel, full_state_dict
+from training.launch import StageConfig
+from training.reporting import Reporter, setup_logging
+from training.settings import Profile
+
+
+def check_inputs(profile: Profile, shards_dir: Path, tokenizer_dir: Path, world_size: int) -> dict:
+    """Fail before any work on inputs that cannot train; the message names the field or path."""
+    from training.data import ShardsError
+
+    index = read_index(shards_dir)
+    model, train = profile.model, profile.pretrain
+    tok_file = Path(tokenizer_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ShardsError(f"no tokenizer at {tok_file} (materialize `tokenizer` first)")
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tok_file)).get_vocab_size()
+    if vocab > model.vocab_size:
+        raise ValueError(f"model.vocab_size ({model.vocab_size}) is smaller than the tokenizer's vocabulary "
+                         f"({vocab}, {tok_file}); set model.vocab_size >= {vocab} or tokenizer.vocab_size <= "
+                         f"{model.vocab_size}")
+    if index["vocab_size"] != vocab:
+        raise ShardsError(f"{shards_dir}/index.json was tokenized with a {index['vocab_size']}-token vocabulary, "
+                          f"but {tok_file} has {vocab}: rematerialize `pretraining_shards`")
+    if index["sequence_length"] > model.max_position_embeddings:
+        raise ValueError(f"shards.sequence_length ({index['sequence_length']}) exceeds model.max_position_embeddings "
+                         f"({model.max_position_embeddings})")
+    per_step = train.micro_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise ValueError(f"pretrain.global_batch_size ({train.global_batch_size}) must be a multiple of "
+                         f"pretrain.micro_batch_size x ranks ({train.micro_batch_size} x {world_size} = {per_step})")
+    if world_size % train.ep_size or (model.n_routed_experts and model.n_routed_experts % train.ep_size):
+        raise ValueError(f"pretrain.ep_size ({train.ep_size}) must divide the number of ranks ({world_size}) "
+                         f"and model.n_routed_experts ({model.n_routed_experts})")
+    return index
+
+
+def loss_curve_png(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def evaluate(engine, shards_dir: Path, cfg, dist) -> float:
+    engine.eval()
+    losses = [engine(b[:, :-1].to(dist.device), b[:, 1:].to(dist.device)).lm_loss.item()
+              for b in validation_batches(shards_dir, cfg.micro_batch_size, cfg.eval_batches, dist.rank,
+                                          dist.world_size)]
+    engine.train()
+    return distributed.all_mean(sum(losses) / len(losses), dist.device)
+
+
+def grad_norm(engine, module) -> float:
+    """Global gradient norm before clipping. DeepSpeed's bf16/ZeRO optimizers keep it; its plain fp32
+    path clips without keeping it, so there the norm is computed from the (all-reduced) gradients,
+    expert blocks summed over their expert-parallel group."""
+    norm = engine.get_global_grad_norm()
+    if norm:
+        return float(norm)
+    from training.expert_parallel import ExpertParallelExperts
+
+    dense = torch.zeros((), dtype=torch.float64, device=engine.device)
+    for p in module.parameters():
+        if p.grad is not None and getattr(p, "allreduce", True):
+            dense += p.grad.double().pow(2).sum()
+    total = dense
+    for m in module.modules():
+        if isinstance(m, ExpertParallelExperts):
+            sq = sum(p.grad.double().pow(2).sum() for p in m.parameters() if p.grad is not None)
+            sq = torch.as_tensor(sq, dtype=torch.float64, device=engine.device)
+            if m.ep_size > 1:
+                torch.distributed.all_reduce(sq, group=m.ep_group)
+            total = total + sq
+    return total.sqrt().item()
+
+
+def router_metrics(model) -> dict[str, float]:
+    out = {}
+    for name, moe in model.moe_layers().items():
+        layer = name.split(".")[1] if name.startswith("layers.") else name.replace(".", "_")
+        out[f"router_bias_norm.{layer}"] = moe.gate.e_score_correction_bias.norm().item()
+    return out
+
+
+def train(stage: StageConfig) -> dict:
+    profile = stage.resolved_profile()
+    cfg, out = profile.pretrain, Path(stage.output_dir)
+    shards_dir, tokenizer_dir = Path(stage.inputs["pretraining_shards"]), Path(stage.inputs["tokenizer"])
+    dist = distributed.init()
+    logger = setup_logging(out, dist.rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    report = Reporter(dist.rank, logger, stage.mlflow)
+    failed = True
+    try:
+        result = _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report)
+        failed = False
+        return result
+    finally:
+        report.close(failed=failed)
+
+
+def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) -> dict:
+    import deepspeed  # noqa: F401  (imported after the process group exists)
+
+    from training.model import Transformer
+
+    index = check_inputs(profile, shards_dir, tokenizer_dir, dist.world_size)
+    precision = resolved_precision(cfg, dist.device)
+    seq_len = index["sequence_length"]
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = Transformer(profile.model)
+    apply_expert_parallel(model, cfg.ep_size)
+    if precision == "fp8":
+        from kernels.convert import FP8Config, convert_to_fp8
+
+        convert_to_fp8(model, FP8Config(exclude=[*FP8Config().exclude, "*deepspeed_experts*"]))
+    model.to(dist.device)
+    engine, _, scheduler = build_engine(model, cfg, dist, precision)
+    ckpt_dir = out / "checkpoints"
+    client = load_latest(engine, ckpt_dir, dist)
+    start = client["step"] if client else 0
+    history: list[dict] = client.get("history", []) if client else []
+    tokens_seen = client.get("tokens", 0) if client else 0
+    if client:
+        report.info(f"resumed from checkpoint step {start} ({complete_tags(ckpt_dir)[-1].name})")
+    else:
+        torch.manual_seed(cfg.seed + 1000 * dist.rank)  # per-rank streams from here on (dropout-free, but MTP/routing ties)
+    data = PackedBatches(shards_dir, "train", cfg.global_batch_size, cfg.micro_batch_size, dist.rank,
+                         dist.world_size, cfg.seed)
+    from training.model import flops_per_token
+
+    fpt = flops_per_token(profile.model, seq_len, causal=True)
+    peak = peak_flops(dist.device, "bf16")
+    tokens_per_step = cfg.global_batch_size * seq_len
+    report.params({**{k: v for k, v in profile.flat().items() if k.startswith(("pretrain.", "model."))},
+                   "precision": precision, "world_size": dist.world_size, "sequence_length": seq_len,
+                   "accumulation": data.accumulation, "flops_per_token": fpt, "resumed_from_step": start})
+    report.info(f"training steps {start}..{cfg.steps} on {dist.world_size} rank(s), {dist.device}, {precision}, "
+                f"ep_size {cfg.ep_size}, {tokens_per_step} tokens/step, {data.n} train windows")
+
+    module = engine.module
+    step_time, window_tokens, window_start = 0.0, 0, time.time()
+    for step in range(start, cfg.steps):
+        t0 = time.time()
+        lm = mtp = 0.0
+        for micro in range(data.accumulation):
+            batch = data.batch(step, micro).to(dist.device)
+            output = engine(batch[:, :-1], batch[:, 1:])
+            engine.backward(output.loss)
+            if micro == data.accumulation - 1:
+                gnorm = grad_norm(engine, module)  # before step() clears the gradients
+            engine.step()
+            lm += output.lm_loss.item() / data.accumulation
+            mtp += (sum(x.item() for x in output.mtp_losses) / max(1, len(output.mtp_losses))) / data.accumulation
+        load = module.update_router_biases()  # aux-loss-free balancing, after the optimizer step
+        tokens_seen += tokens_per_step
+        step_time += time.time() - t0
+        window_tokens += tokens_per_step
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            loss = distributed.all_mean(lm, dist.device)
+            elapsed = time.time() - window_start
+            tps = window_tokens / elapsed
+            metrics = {"loss": loss, "mtp_loss": distributed.all_mean(mtp, dist.device),
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm,
+                       "tokens_per_second": tps, "tokens": tokens_seen, "epoch": data.epoch_of(done)}
+            if peak:
+                metrics["mfu"] = fpt * tps / (peak * dist.world_size)
+            for name, ratio in load.items():
+                metrics[f"expert_load_max_over_mean.{name.split('.')[1]}"] = ratio
+            metrics.update(router_metrics(module))
+            report.metrics(metrics, step=done)
+            history.append({"step": done, "loss": loss, "tokens_per_second": tps})
+            report.info(f"step {done}/{cfg.steps} loss {loss:.4f} mtp {metrics['mtp_loss']:.4f} "
+                        f"lr {metrics['lr']:.2e} gnorm {metrics['grad_norm']:.3f} {tps:,.0f} tok/s")
+            window_tokens, window_start = 0, time.time()
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            val = evaluate(engine, shards_dir, cfg, dist)
+            report.metrics({"val_loss": val}, step=done)
+            history.append({"step": done, "val_loss": val})
+            report.info(f"step {done} validation loss {val:.4f}")
+            window_start = time.time()  # validation time is not training throughput
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(engine, ckpt_dir, done, dist, {"history": history, "tokens": tokens_seen},
+                            cfg.keep_checkpoints)
+            window_start = time.time()
+
+    return _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
+                   dist, report, start)
+
+
+def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
+            dist, report, start) -> dict:
+    from training.model import Transformer
+
+    state = full_state_dict(module)  # collective: gathers expert blocks from every EP rank
+    if not dist.is_main:
+        distributed.barrier()
+        return {}
+    vals = [h["val_loss"] for h in history if "val_loss" in h]
+    losses = [h for h in history if "loss" in h]
+    speeds = [h["tokens_per_second"] for h in history[-10:] if "tokens_per_second" in h]
+    tps = sum(speeds) / len(speeds) if speeds else 0.0
+    plain = Transformer(profile.model)
+    plain.load_state_dict(state)
+    export = out / "export"
+    shutil.rmtree(export, ignore_errors=True)
+    plain.save_pretrained(export)
+    for f in Path(tokenizer_dir).iterdir():  # tokenizer.json + transformers' files, chat template included
+        if f.is_file():
+            shutil.copy2(f, export / f.name)
+    curve = loss_curve_png(history, out / "loss_curve.png")
+    summary = {
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "validation_loss": vals[-1] if vals else None,
+        "unigram_entropy": unigram_entropy(shards_dir),
+        "tokens": tokens_seen,
+        "tokens_per_second": tps,
+        "mfu": fpt * tps / (peak * dist.world_size) if peak else None,
+        "steps": profile.pretrain.steps,
+        "resumed_from_step": start,
+        "checkpoint": str(complete_tags(out / "checkpoints")[-1]),
+        "export": str(export),
+        "loss_curve": str(curve),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "history.json").write_text(json.dumps(history))
+    if report.mlflow_run_id:
+        summary["registered_model"] = _log_model(report, stage, export, curve, summary)
+    report.materialization({k: v for k, v in summary.items() if v is not None})
+    report.info(f"done: validation loss {summary['validation_loss']:.4f} (unigram entropy "
+                f"{summary['unigram_entropy']:.4f}), {tokens_seen:,} tokens, {tps:,.0f} tok/s")
+    distributed.barrier()
+    return summary
+
+
+def _log_model(report: Reporter, stage: StageConfig, export: Path, curve: Path, summary: dict) -> str:
+    mlflow = report.mlflow
+    from training.mlflow_model import log_and_register
+
+    mlflow.log_artifact(str(curve))
+    mlflow.log_metrics({"final_val_loss": summary["validation_loss"], "unigram_entropy": summary["unigram_entropy"]})
+    name = stage.mlflow.get("registered_model", f"seekflow-{stage.stage.replace('_', '-')}")
+    version = log_and_register(export, name, stage.mlflow.get("aliases", []))
+    return f"{name}/{version}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Seekflow pretraining (DeepSpeed)")
+    parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = parser.parse_args(argv)
+    train(StageConfig.read(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
