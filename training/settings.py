@@ -36,6 +36,40 @@ class ProfileError(ValueError):
 # sections
 
 
+# the generated task families (training/tasks/build.py's FAMILIES, which checks it matches)
+TASK_FAMILIES = ("arithmetic", "linear", "countdown", "word", "code")
+
+
+def _check_families(names: list[str], where: str) -> None:
+    unknown = sorted(set(names) - set(TASK_FAMILIES))
+    if unknown:
+        raise ProfileError(f"{where} names unknown families {unknown}; accepted: {sorted(TASK_FAMILIES)}")
+
+
+@dataclass
+class WorkedExamplesConfig:
+    """The `worked-examples` built-in web source: generated tasks with worked solutions, as chats.
+
+    Drawn only from the train side of the tasks split (training/tasks), so no held-out instance
+    ever reaches the corpus.
+    """
+
+    examples: int = 16_000  # total worked examples; 0 makes the source empty
+    examples_per_document: int = 16
+    seed: int = 1  # independent of tasks.seed: which train instances, phrasings and order
+    families: list[str] = field(default_factory=lambda: ["arithmetic", "linear", "countdown", "word", "code"])
+    difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # the split's held-out share; null takes tasks.heldout_share (the Profile fills it in), and any
+    # other value must equal it: one split for the tasks and the corpus
+    heldout_share: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_families(self.families, "corpus.worked_examples.families")
+        if self.examples_per_document < 1 or not self.difficulties or min(self.difficulties) < 1:
+            raise ProfileError("corpus.worked_examples: examples_per_document must be >= 1 and difficulties "
+                               f"a list of levels >= 1 (got {self.examples_per_document}, {self.difficulties})")
+
+
 @dataclass
 class CorpusConfig:
     # documents read per source entry (a path, glob or built-in source); -1 reads everything
@@ -65,6 +99,8 @@ class CorpusConfig:
     )
     # per-document timeout (seconds) for HTML to text extraction
     html_extraction_timeout: float = 5.0
+    # the `worked-examples` built-in source (training/tasks/worked.py)
+    worked_examples: WorkedExamplesConfig = field(default_factory=WorkedExamplesConfig)
 
 
 @dataclass
@@ -120,6 +156,10 @@ class WebFiltersConfig:
     c4: C4QualityConfig = field(default_factory=C4QualityConfig)
     fineweb_enabled: bool = True
     fineweb: FineWebQualityConfig = field(default_factory=FineWebQualityConfig)
+    # documents of these sources pass every quality filter above (counted as `trusted_source` in
+    # each filter's stats) but are still deduplicated: generated text we wrote on purpose, which
+    # the prose heuristics would mangle (C4 drops lines without terminal punctuation)
+    trusted_sources: list[str] = field(default_factory=lambda: ["worked-examples"])
 
 
 @dataclass
@@ -169,6 +209,52 @@ class ShardsConfig:
     # share of documents (by a hash of their id, so stable across runs) held out for validation
     validation_fraction: float = 0.01
     seed: int = 0
+
+
+@dataclass
+class UserTaskSet:
+    """A user's own task file (JSONL): GSM8K/MATH-style `question` + `answer`, or code `prompt` +
+    `tests` + `entry_point`."""
+
+    path: str
+    # `heldout` or `train` puts every task of the file on that side; `hash` splits by tasks.heldout_share
+    split: str = "heldout"
+    family: str = ""  # reported family; empty: the file's name without suffixes
+
+    def __post_init__(self) -> None:
+        if self.split not in ("heldout", "train", "hash"):
+            raise ProfileError(f"tasks.user_sets split is {self.split!r} for {self.path}; accepted: 'heldout', 'train', 'hash'")
+
+
+@dataclass
+class TasksConfig:
+    """Verifiable reasoning tasks (training/tasks): generated families and the user's own sets."""
+
+    # tasks per difficulty level for each generated family (train + held-out); 0 or absent: none
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"arithmetic": 200, "linear": 200, "countdown": 200, "word": 200, "code": 60})
+    difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # share of the template-instance space held out (by a hash of the instance), hence of each
+    # (family, difficulty)'s tasks; the corpus's worked examples use the same split
+    heldout_share: float = 0.1
+    seed: int = 0
+    # a generated or user task longer than this (characters) is excluded as too long
+    max_prompt_chars: int = 200
+    max_solution_chars: int = 400
+    user_sets: list[UserTaskSet] = field(default_factory=list)
+    # decontamination against the corpus (training/tasks/decontaminate.py says why these): prompts
+    # of at most `whole_prompt_tokens` words must not appear whole; longer ones share no n-gram
+    decontamination_n: int = 13
+    decontamination_whole_prompt_tokens: int = 48
+    # the reasoning_tasks asset fails above this share of contaminated held-out tasks
+    max_contaminated_share: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_share < 1.0:
+            raise ProfileError(f"tasks.heldout_share is {self.heldout_share}; accepted: a share strictly between 0 and 1")
+        if not self.difficulties or min(self.difficulties) < 1:
+            raise ProfileError(f"tasks.difficulties is {self.difficulties}; accepted: a list of levels >= 1")
+        _check_families(list(self.counts), "tasks.counts")
 
 
 @dataclass
@@ -287,8 +373,17 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
+        worked = self.corpus.worked_examples
+        if worked.heldout_share is None:
+            worked.heldout_share = self.tasks.heldout_share
+        elif worked.heldout_share != self.tasks.heldout_share:
+            raise ProfileError(
+                f"corpus.worked_examples.heldout_share ({worked.heldout_share}) differs from tasks.heldout_share "
+                f"({self.tasks.heldout_share}); leave it null: the worked examples must use the tasks' split"
+            )
         if self.model.vocab_size < self.tokenizer.vocab_size:
             raise ProfileError(
                 f"model.vocab_size ({self.model.vocab_size}) is below tokenizer.vocab_size "

@@ -2,11 +2,15 @@
 
 - `python-metadata`: the long description (README) of every installed distribution.
 - `pydoc-topics`: the standard library's documentation topics (what `help("with")` shows).
+- `worked-examples`: generated reasoning tasks with worked solutions, rendered as chats, from the
+  train side of the tasks split only (training/tasks/worked.py); `options` is the JSON of
+  `corpus.worked_examples`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 
 
 def _python_metadata() -> list[dict]:
@@ -34,9 +38,18 @@ def _pydoc_topics() -> list[dict]:
     return [{"uri": f"pydoc-topics://{name}", "text": text, "meta": {"topic": name}} for name, text in sorted(topics.items())]
 
 
-def builtin_documents(name: str) -> list[dict]:
+def _worked_examples(options: str) -> list[dict]:
+    from training.settings import WorkedExamplesConfig
+    from training.tasks.worked import worked_example_documents
+
+    return worked_example_documents(WorkedExamplesConfig(**json.loads(options or "{}")))
+
+
+def builtin_documents(name: str, options: str = "") -> list[dict]:
     if name == "python-metadata":
         return _python_metadata()
     if name == "pydoc-topics":
         return _pydoc_topics()
-    raise ValueError(f"unknown built-in source {name!r}; accepted: python-metadata, pydoc-topics")
+    if name == "worked-examples":
+        return _worked_examples(options)
+    raise ValueError(f"unknown built-in source {name!r}; accepted: python-metadata, pydoc-topics, worked-examples")

@@ -25,7 +25,7 @@ from datatrove.pipeline.extractors.trafilatura import Trafilatura
 
 from training.corpus.builtin import builtin_documents
 from training.corpus.schema import EXCLUSION_KEY, mark_excluded
-from training.corpus.sources import SourceItem
+from training.corpus.sources import BUILTIN_SOURCES, SourceItem
 
 
 def doc_id(uri: str) -> str:
@@ -148,7 +148,7 @@ class SourceReader(PipelineStep):
             yield self._excluded(item, item.path, "unreadable_warc", error=str(e))
 
     def _builtin(self, item: SourceItem) -> DocumentsPipeline:
-        for d in builtin_documents(item.format):
+        for d in builtin_documents(item.format, item.options):
             if not d["text"].strip():
                 yield self._excluded(item, d["uri"], "empty_text", **d["meta"])
             else:
@@ -165,7 +165,7 @@ class SourceReader(PipelineStep):
             yield from self._parquet(item)
         elif item.format == "warc":
             yield from self._warc(item)
-        elif item.format in ("python-metadata", "pydoc-topics"):
+        elif item.format in BUILTIN_SOURCES:  # a built-in's own items (stdlib's are `code` files)
             yield from self._builtin(item)
         else:
             raise ValueError(f"unknown item format {item.format!r} for {item.path}")

@@ -6,9 +6,12 @@ already has:
   python-metadata   the long descriptions of the installed distributions (web-like prose)
   pydoc-topics      the standard library's documentation topics (web-like prose)
   stdlib            the Python standard library's source (code)
+  worked-examples   generated reasoning tasks with worked solutions, train split only (web-like;
+                    sized by `corpus.worked_examples`)
 
 `SEEKFLOW_WEB_SOURCES` / `SEEKFLOW_CODE_SOURCES` take comma-separated entries. With none set, web
-reads /usr/share/doc (where it exists), python-metadata and pydoc-topics; code reads stdlib.
+reads /usr/share/doc (where it exists), python-metadata, pydoc-topics and worked-examples; code
+reads stdlib.
 
 Resolution is cheap (paths and sizes) and never reads file contents; the fingerprint hashes the
 contents, so a changed file changes the source's Dagster DataVersion and marks everything downstream
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import sysconfig
 from dataclasses import asdict, dataclass
@@ -28,7 +32,7 @@ from training.settings import CorpusConfig
 
 WEB_SOURCES_ENV = "SEEKFLOW_WEB_SOURCES"
 CODE_SOURCES_ENV = "SEEKFLOW_CODE_SOURCES"
-BUILTIN_SOURCES = {"python-metadata": "web", "pydoc-topics": "web", "stdlib": "code"}
+BUILTIN_SOURCES = {"python-metadata": "web", "pydoc-topics": "web", "worked-examples": "web", "stdlib": "code"}
 
 # formats a web source may hold; everything else found in a directory is excluded as unsupported
 WEB_SUFFIX_FORMATS = {
@@ -50,6 +54,7 @@ class SourceItem:
     format: str  # jsonl | parquet | warc | html | text | code | python-metadata | pydoc-topics | excluded
     reason: str = ""  # for format `excluded`: why the path is not read (unsupported_format, ...)
     language: str = ""  # for code
+    options: str = ""  # for a configurable built-in (worked-examples): its settings as JSON
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +62,7 @@ class SourceItem:
 
 def default_web_sources() -> list[str]:
     entries = ["/usr/share/doc"] if Path("/usr/share/doc").is_dir() else []
-    return entries + ["python-metadata", "pydoc-topics"]
+    return entries + ["python-metadata", "pydoc-topics", "worked-examples"]
 
 
 def default_code_sources() -> list[str]:
@@ -129,6 +134,11 @@ def resolve_entry(entry: str, kind: str, cfg: CorpusConfig) -> list[SourceItem]:
             raise SourceError(f"built-in source {entry!r} is a {BUILTIN_SOURCES[entry]} source, not {kind}")
         if entry == "stdlib":
             return [SourceItem(entry, i.path, i.format, i.reason, i.language) for i in resolve_entry(str(stdlib_dir()), kind, cfg)]
+        if entry == "worked-examples":
+            if cfg.worked_examples.examples <= 0:
+                return [SourceItem(entry, f"<{entry}>", "excluded", reason="disabled")]
+            options = json.dumps(asdict(cfg.worked_examples), sort_keys=True)
+            return [SourceItem(entry, f"<{entry}>", entry, options=options)]
         return [SourceItem(entry, f"<{entry}>", entry)]
     if any(ch in entry for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(entry, recursive=True))
@@ -185,8 +195,8 @@ def fingerprint(items: list[SourceItem]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for item in sorted(items, key=lambda i: (i.source, i.path)):
         h.update(f"{item.source}\0{item.path}\0{item.format}\0{item.reason}\0".encode())
-        if item.format in ("python-metadata", "pydoc-topics"):
-            for doc in builtin_documents(item.format):
+        if item.format in BUILTIN_SOURCES:
+            for doc in builtin_documents(item.format, item.options):
                 h.update(doc["uri"].encode() + b"\0" + doc["text"].encode("utf-8", "replace"))
         elif item.format != "excluded":
             try:

@@ -15,6 +15,7 @@ Dedup runs datatrove's exact dedup (a 64-bit hash of the text) and then its four
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,18 +140,55 @@ def ingest(kind: str, items: list[SourceItem], stage_dir: Path, corpus: CorpusCo
 # filters
 
 
+class TrustedSources:
+    """Mixin for a datatrove filter: documents of `trusted_sources` pass it untouched.
+
+    Each pass is counted in the filter's own stats (`trusted_source`), beside its forwarded and
+    dropped counts; the filter keeps its name and exclusion writer. For text we generate on purpose
+    (worked examples), which prose heuristics would mangle or drop.
+    """
+
+    def __init__(self, *args, trusted_sources: Iterable[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trusted_sources = frozenset(trusted_sources)
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if doc.metadata.get("source") in self.trusted_sources:
+            self.stat_update("trusted_source")
+            return True
+        return super().filter(doc)
+
+
+class GopherQuality(TrustedSources, GopherQualityFilter):
+    pass
+
+
+class GopherRepetition(TrustedSources, GopherRepetitionFilter):
+    pass
+
+
+class C4Quality(TrustedSources, C4QualityFilter):
+    pass
+
+
+class FineWebQuality(TrustedSources, FineWebQualityFilter):
+    pass
+
+
 def web_filter_steps(cfg: WebFiltersConfig, stage_dir: Path) -> list:
     steps = []
+    trusted = list(cfg.trusted_sources)
     if cfg.gopher_quality_enabled:
-        steps.append(GopherQualityFilter(**vars(cfg.gopher_quality),
-                                         exclusion_writer=exclusion_writer(stage_dir, "gopher_quality")))
+        steps.append(GopherQuality(**vars(cfg.gopher_quality), trusted_sources=trusted,
+                                   exclusion_writer=exclusion_writer(stage_dir, "gopher_quality")))
     if cfg.gopher_repetition_enabled:
-        steps.append(GopherRepetitionFilter(**vars(cfg.gopher_repetition),
-                                            exclusion_writer=exclusion_writer(stage_dir, "gopher_repetition")))
+        steps.append(GopherRepetition(**vars(cfg.gopher_repetition), trusted_sources=trusted,
+                                      exclusion_writer=exclusion_writer(stage_dir, "gopher_repetition")))
     if cfg.c4_enabled:
-        steps.append(C4QualityFilter(**vars(cfg.c4), exclusion_writer=exclusion_writer(stage_dir, "c4")))
+        steps.append(C4Quality(**vars(cfg.c4), trusted_sources=trusted, exclusion_writer=exclusion_writer(stage_dir, "c4")))
     if cfg.fineweb_enabled:
-        steps.append(FineWebQualityFilter(**vars(cfg.fineweb), exclusion_writer=exclusion_writer(stage_dir, "fineweb")))
+        steps.append(FineWebQuality(**vars(cfg.fineweb), trusted_sources=trusted,
+                                    exclusion_writer=exclusion_writer(stage_dir, "fineweb")))
     return steps
 
 
