@@ -13,7 +13,9 @@ Reported per family, per (family, difficulty) and overall:
   t interval over tasks (`pass_at_1_with_ci`: tasks are the unit, the k samples only sharpen each
   task's estimate, as in Miller 2024, "Adding error bars to evals");
 - cons@k: a task counts when the majority answer of its k samples (`majority_vote` over the
-  rewards' `extract_answer`: a malformed response does not vote) is correct;
+  rewards' `extract_answer`: a malformed response does not vote) is correct. NOTE: answers vote
+  as strings, so for countdown (expressions) and code (programs) two different correct answers
+  split the vote; cons@k is meaningful mainly for math;
 - format adherence and language consistency: the mean of those rewards over all samples;
 - mean response length in generated tokens (EOS not counted), and the share that stopped at EOS.
 
