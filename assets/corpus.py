@@ -233,7 +233,7 @@ ROUND_TRIP = "round_trips_text"
 SPLITS_COVER = "splits_cover_corpus"
 
 
-@dg.asset(group_name=GROUP, deps=[deduplicated_corpus], code_version="1", automation_condition=EAGER,
+@dg.asset(group_name=GROUP, deps=[deduplicated_corpus], code_version="2", automation_condition=EAGER,
           check_specs=[dg.AssetCheckSpec(ROUND_TRIP, asset="tokenizer",
                                          description="decode(encode(text)) == text on a corpus sample")],
           kinds={"huggingface"})

@@ -12,17 +12,14 @@ and requested only when one of its inputs was rematerialized since it last ran: 
 rebuilds the shards right away (eager), and the model at the next tick.
 """
 
-import base64
 import json
 from pathlib import Path
 
 import dagster as dg
 
 from assets.corpus import pretraining_shards, tokenizer
-from training import tracking
-from training.data import ShardsError
-from training.launch import StageConfig
-from training.settings import ProfileError, data_dir
+from assets.launching import image_markdown, launch_training
+from training.settings import data_dir
 
 GROUP = "pretraining"
 TRAINING_CRON = "0 3 * * *"  # nightly; change it here or wrap the asset in your own schedule
@@ -39,14 +36,6 @@ BELOW_UNIGRAM = "validation_loss_below_unigram_entropy"
 LOADS_IN_TRANSFORMERS = "export_loads_in_transformers"
 
 
-def _code_version(context: dg.AssetExecutionContext) -> str:
-    return context.assets_def.code_versions_by_key[context.asset_key] or ""
-
-
-def _image_markdown(png: Path) -> str:
-    return f"![loss curve](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
-
-
 def transformers_generates(export: Path, prompt: str = "def ") -> tuple[bool, str]:
     """Load the export with transformers' Auto classes and generate a few tokens."""
     import torch
@@ -59,35 +48,6 @@ def transformers_generates(export: Path, prompt: str = "def ") -> tuple[bool, st
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
     text = tok.decode(out[0][ids.shape[1]:])
     return out.shape[1] > ids.shape[1], f"{type(model).__name__}: {prompt!r} -> {text!r}"
-
-
-def launch_training(context: dg.AssetExecutionContext, module: str, stage: str, inputs: dict[str, Path],
-                    registered_model: str, preflight) -> tuple[dict, str, Path]:
-    """Write the stage config, launch `module` through the launcher inside this materialization's
-    MLflow run, and return (metadata reported by the process, MLflow run URL, output dir).
-    `preflight(profile)` raises ValueError/ProfileError/ShardsError before anything starts."""
-    res = context.resources
-    out = data_dir(stage)
-    try:
-        profile = res.profile.load()
-        preflight(profile)
-    except (ValueError, ProfileError, ShardsError) as e:
-        raise dg.Failure(description=f"{stage}: not launched: {e}") from None
-    with res.mlflow_tracking.asset_run(context, _code_version(context), tags={"seekflow.profile": profile.name}) as run:
-        for name, folder in inputs.items():
-            tracking.log_input_table(name, folder, context="training")
-        config = StageConfig(
-            stage=stage, profile=profile.to_dict(), output_dir=str(out), inputs={k: str(v) for k, v in inputs.items()},
-            mlflow={"tracking_uri": tracking.mlflow.get_tracking_uri(), "run_id": run.info.run_id,
-                    "registered_model": registered_model, "aliases": [profile.name]},
-        )
-        path = config.write(out / "stage.json")
-        invocation = res.launcher.run(context, module, path, profile.launch, out, stage)
-        url = tracking.run_url(run)
-    reported = {}
-    for result in invocation.get_results():
-        reported.update({k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()})
-    return reported, url, out
 
 
 @dg.asset(
@@ -121,7 +81,7 @@ def v3_base(context: dg.AssetExecutionContext):
             "checkpoint": dg.MetadataValue.path(summary["checkpoint"]),
             "export": dg.MetadataValue.path(summary["export"]),
             "mlflow_run": dg.MetadataValue.url(url),
-            "loss_curve": dg.MetadataValue.md(_image_markdown(curve)),
+            "loss_curve": dg.MetadataValue.md(image_markdown(curve)),
         },
         check_results=[
             dg.AssetCheckResult(check_name=BELOW_UNIGRAM, passed=val < unigram,

@@ -360,6 +360,67 @@ class LaunchConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """One GRPO stage (training/grpo.py): r1_zero here; the later R1 stages reuse the same fields."""
+
+    steps: int = 100  # rollout batches; each gives updates_per_batch optimizer steps
+    prompts_per_step: int = 16  # questions per batch
+    group_size: int = 8  # G responses sampled per question
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # sampling for training rollouts (R1: 1.0)
+    top_p: float = 1.0
+    learning_rate: float = 3e-6  # constant after warmup, as in R1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 0.2  # epsilon of the clipped ratio
+    clip_eps_high: float = 0.0  # upper epsilon; 0 = same as clip_eps
+    kl_beta: float = 0.001  # beta of the k3 KL to the frozen reference (R1: 0.001)
+    loss_aggregation: str = "sequence"  # "sequence" (the paper: per response, then mean) or "token"
+    updates_per_batch: int = 1  # mu: optimizer steps per rollout batch (1: on-policy)
+    micro_batch_size: int = 16  # sequences per forward in the update
+    rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    reward_weights: dict[str, float] = field(default_factory=dict)  # default weight 1 per component
+    language: str = "latin"  # target script of the language-consistency reward
+    families: list[str] = field(default_factory=list)  # train tasks from these families; empty: all
+    difficulties: list[int] = field(default_factory=list)  # and these levels; empty: all
+    eval_k: int = 4  # held-out samples per task at the start and end (pass@1 over k)
+    eval_limit: int = 0  # held-out tasks evaluated; 0: all
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    sandbox_workers: int = 2
+    zero_stage: int = 0
+    precision: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.loss_aggregation not in ("sequence", "token"):
+            errors.append(f"loss_aggregation is {self.loss_aggregation!r}; accepted: 'sequence', 'token'")
+        if self.group_size < 2:
+            errors.append(f"group_size is {self.group_size}; GRPO compares responses within a group, so >= 2")
+        if (self.prompts_per_step * self.group_size) % self.micro_batch_size:
+            errors.append(f"prompts_per_step x group_size ({self.prompts_per_step} x {self.group_size}) must be a "
+                          f"multiple of micro_batch_size ({self.micro_batch_size})")
+        unknown = sorted(set(self.rewards) - {"accuracy", "format", "language"})
+        if unknown:
+            errors.append(f"rewards {unknown} unknown; accepted: accuracy, format, language")
+        if errors:
+            raise ProfileError("; ".join(errors))
+
+    def as_engine_config(self) -> "PretrainConfig":
+        """The DeepSpeed-facing subset, in the shape training/engine.py takes (constant LR after warmup)."""
+        return PretrainConfig(
+            steps=self.steps * self.updates_per_batch, global_batch_size=self.prompts_per_step * self.group_size,
+            micro_batch_size=self.micro_batch_size, learning_rate=self.learning_rate, min_lr_ratio=1.0,
+            warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, adam_beta2=0.99,
+            grad_clip=self.grad_clip, zero_stage=self.zero_stage, precision=self.precision, seed=self.seed,
+            threads=self.threads, keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclass
 class Profile:
     name: str = DEFAULT_PROFILE
     description: str = ""
@@ -373,6 +434,7 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    r1_zero: GRPOConfig = field(default_factory=GRPOConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ the directory is saved through transformers' `PreTrainedTokenizerFast`, so
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def train_tokenizer(corpus_dir: Path, out_dir: Path, cfg: TokenizerConfig) -> Pa
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: nothing is ever unknown
         show_progress=False,
     )
-    tok.train_from_iterator(_documents(corpus_dir, cfg.max_training_documents), trainer=trainer)
+    # NOTE: special tokens are cut out of the training text: they always encode to their own ids, so
+    # merges learned across them (`.<|`, `|><|`) could never be used and would waste vocabulary
+    special = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+    texts = (special.sub(" ", text) for text in _documents(corpus_dir, cfg.max_training_documents))
+    tok.train_from_iterator(texts, trainer=trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,

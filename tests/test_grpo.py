@@ -1,0 +1,119 @@
+"""R1-Zero plumbing: rollouts line up with the training forward, a hostile sample does not spoil its
+batch, and the reasoning_tasks -> r1_zero assets run GRPO on DeepSpeed with MLflow curves."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+import torch
+
+from assets.r1_zero import reasoning_tasks, r1_zero
+from assets.resources import MLflowTracking, SeekflowProfile
+from pipelines.launcher import TrainingLauncher
+from tests.pretrain_fixtures import as_run_config, build_shards
+from training.grpo_loss import token_logprobs
+from training.rewards import score_batch
+from training.sandbox import SandboxPool
+from training.settings import load_profile
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def base_home(tmp_path_factory):
+    """A corpus, its tokenizer, and an untrained tiny model exported where v3_base puts it."""
+    home = tmp_path_factory.mktemp("grpo_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEEKFLOW_HOME", str(home))
+        tok_dir, _ = build_shards(home)
+    from training.model import Transformer
+
+    torch.manual_seed(0)
+    export = home / "data" / "v3_base" / "export"
+    Transformer(load_profile("tiny").model).save_pretrained(export)
+    for f in tok_dir.iterdir():
+        shutil.copy2(f, export / f.name)
+    return home
+
+
+def test_rollout_masks_and_logprobs_match_the_training_forward(base_home):
+    from tokenizers import Tokenizer
+
+    from training.model import from_pretrained
+    from training.rollout import encode_prompts, sample_groups
+
+    export = base_home / "data" / "v3_base" / "export"
+    model = from_pretrained(export, mtp=False)
+    tok = Tokenizer.from_file(str(export / "tokenizer.json"))
+    prompts = ["Calculate 3 + 1.", "Find x if 3x + 8 = 50."]
+    roll = sample_groups(model, tok, prompts, group_size=3, max_new_tokens=12,
+                         generator=torch.Generator().manual_seed(0))
+    assert roll.ids.shape[0] == 6 and len(roll.texts) == 6
+    prompt_lengths = [len(ids) for ids in encode_prompts(tok, prompts) for _ in range(3)]
+    for i, (p, n) in enumerate(zip(prompt_lengths, roll.lengths)):
+        assert roll.response_mask[i].sum().item() == n  # exactly the response tokens count
+        assert roll.response_mask[i, p - 2].item() == 0 and roll.response_mask[i, p - 1].item() == 1
+    with torch.no_grad():
+        logp, _ = token_logprobs(model(roll.ids[:, :-1]), roll.ids[:, 1:])
+    # the sampler's log-probs (cached generation, temperature 1) are the policy's own
+    diff = ((logp - roll.sample_logprobs) * roll.response_mask).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_a_hostile_sample_leaves_the_rest_of_the_batch_scored():
+    task = {"kind": "code", "answer": "", "numbers": [], "entry_point": "add",
+            "tests": "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"}
+    good = "<think>sum</think> <answer>def add(a, b):\n    return a + b</answer>"
+    wrong = "<think>sum</think> <answer>def add(a, b):\n    return a - b</answer>"
+    hostile = "<think>x</think> <answer>import os\nwhile True:\n    os.fork()</answer>"
+    responses = [good, hostile, good, wrong, good]
+    with SandboxPool(4) as pool:
+        scores = score_batch([task] * 5, responses, ("accuracy", "format"), pool)
+    assert [s["accuracy"] for s in scores] == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert all(s["format"] == 1.0 for s in scores)
+
+
+GRPO_FAST = {
+    "r1_zero.steps": 2, "r1_zero.prompts_per_step": 4, "r1_zero.group_size": 4, "r1_zero.micro_batch_size": 8,
+    "r1_zero.max_new_tokens": 12, "r1_zero.eval_k": 2, "r1_zero.eval_limit": 10, "r1_zero.learning_rate": 1e-4,
+    "r1_zero.threads": 1, "r1_zero.checkpoint_every": 1,
+    "tasks.counts": "{arithmetic: 20, linear: 20, countdown: 20, word: 20, code: 6}", "tasks.difficulties": "[1, 2]",
+}
+
+
+def test_reasoning_tasks_then_r1_zero(base_home, monkeypatch):
+    monkeypatch.setenv("SEEKFLOW_HOME", str(base_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{base_home}/mlflow.db"
+    resources = {"profile": SeekflowProfile(name="tiny", overrides=as_run_config(GRPO_FAST)),
+                 "mlflow_tracking": MLflowTracking(tracking_uri=uri), "launcher": TrainingLauncher(kind="local")}
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([reasoning_tasks, r1_zero], resources=resources, instance=instance,
+                            selection=["reasoning_tasks", "r1_zero"], raise_on_error=False)
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["heldout_not_in_corpus"] is True  # stdlib source holds none of the generated prompts
+    md = {k: v.value for k, v in instance.get_latest_materialization_event(dg.AssetKey("r1_zero"))
+          .asset_materialization.metadata.items()}
+    for key in ("heldout_pass@1_start", "heldout_pass@1", "heldout_pass@1_ci", "registered_model", "final_reward"):
+        assert key in md, sorted(md)
+    assert md["heldout_tasks"] == 10
+    assert (Path(md["export"]) / "config.json").is_file()
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    run = mlflow.search_runs(experiment_names=["seekflow"], filter_string="tags.`seekflow.asset` = 'r1_zero'",
+                             output_format="list")[0]
+    for metric in ("reward.accuracy", "reward.format", "accuracy", "response_length", "kl", "clip_fraction",
+                   "entropy", "rollout_share", "rollout_tokens_per_second"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
+    assert client.get_model_version_by_alias("seekflow-r1-zero", "tiny").run_id == run.info.run_id
+
+    # a second materialization resumes from the final checkpoint: nothing left to train
+    again = dg.materialize([r1_zero], resources=resources, instance=instance, raise_on_error=False)
+    assert again.success
+    md2 = {k: v.value for k, v in instance.get_latest_materialization_event(dg.AssetKey("r1_zero"))
+           .asset_materialization.metadata.items()}
+    assert md2["resumed_from_step"] == 2

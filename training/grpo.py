@@ -1,0 +1,248 @@
+"""GRPO on DeepSpeed: reinforcement learning with rule rewards, as in DeepSeek-R1-Zero.
+
+    python -m training.grpo --config STAGE_CONFIG.json
+
+Inputs (StageConfig.inputs): `model` (a Hugging Face export: the policy's start and the frozen
+reference), `tasks` (the reasoning_tasks table). The stage's settings are the profile section named
+by StageConfig.stage (e.g. `r1_zero`), a GRPOConfig.
+
+Each step:
+  1. P train questions, drawn by (seed, step): resumable from the step counter alone;
+  2. rollout: G responses each from the current policy (temperature 1.0), batched on the latent cache;
+  3. rewards (training/rewards): the configured components, weighted and summed; the sandbox runs code;
+  4. group-normalized advantages; pi_old = the policy before this batch's updates (recomputed by a
+     forward pass, so ratio = 1 exactly at the first update), pi_ref = the frozen start;
+  5. `updates_per_batch` optimizer steps over the batch in micro-batches (training/grpo_loss.py),
+     then the router bias update.
+Logged per step: each reward component, accuracy, response length, KL, clip fraction, entropy,
+rollout tokens/s and the rollout share of step time. Held-out pass@1 (k samples, temperature 0.6,
+top-p 0.95) is measured on the start model and on the final one, in the same process and code.
+Checkpoints and resume as in pretraining (training/engine.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from training import distributed
+from training.engine import build_engine, complete_tags, load_latest, resolved_precision, save_checkpoint
+from training.expert_parallel import apply_expert_parallel, full_state_dict
+from training.grpo_loss import group_advantages, grpo_loss, token_logprobs
+from training.launch import StageConfig
+from training.reporting import Reporter, setup_logging
+from training.settings import GRPOConfig
+
+
+def train_tasks(tasks_path: Path, cfg: GRPOConfig) -> list[dict]:
+    rows = [r for r in pq.read_table(tasks_path).to_pylist() if r["split"] == "train"]
+    if cfg.families:
+        rows = [r for r in rows if r["family"] in cfg.families]
+    if cfg.difficulties:
+        rows = [r for r in rows if r["difficulty"] in cfg.difficulties]
+    if not rows:
+        raise ValueError(f"{tasks_path}: no train task in families {cfg.families or 'all'} and difficulties "
+                         f"{cfg.difficulties or 'all'}")
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def heldout_report(model, tokenizer, tasks_path: Path, cfg: GRPOConfig, out: Path, name: str) -> dict:
+    """pass@1 over k samples with its 95% interval, cons@k, format, length: training/evaluate.py's code."""
+    from training.evaluate import COMPONENTS, EvalConfig, load_tasks, report, sample_responses, score_rows
+    from training.rewards import extract_answer
+    from training.sandbox import SandboxPool
+
+    ecfg = EvalConfig(k=cfg.eval_k, limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    tasks = load_tasks(tasks_path, "heldout", cfg.eval_limit)
+    samples = sample_responses(model, tokenizer, [t["prompt"] for t in tasks], ecfg)
+    pairs = [(t, s, r) for t, resps in zip(tasks, samples) for s, r in enumerate(resps)]
+    with SandboxPool(cfg.sandbox_workers) as pool:
+        scores = score_rows([p[0] for p in pairs], [p[2][0] for p in pairs], pool)
+    rows = [{"task_id": t["id"], "family": t["family"], "difficulty": t["difficulty"], "sample": s,
+             "response": text, "answer": extract_answer(text), **{c: float(sc.get(c, 0.0)) for c in COMPONENTS},
+             "length": length, "stopped": stopped} for (t, s, (text, length, stopped)), sc in zip(pairs, scores)]
+    summary = report(rows, ecfg.k)
+    (out / f"heldout_{name}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _policy_logprobs(module, ids: torch.Tensor, micro: int) -> torch.Tensor:
+    """(N, L-1) log-probs of ids[:, 1:] under `module`, no grad, in micro-batches."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], micro):
+            chunk = ids[i:i + micro]
+            out.append(token_logprobs(module(chunk[:, :-1]), chunk[:, 1:])[0])
+    return torch.cat(out)
+
+
+def train(stage: StageConfig) -> dict:
+    profile = stage.resolved_profile()
+    cfg: GRPOConfig = getattr(profile, stage.stage)
+    out = Path(stage.output_dir)
+    dist = distributed.init()
+    logger = setup_logging(out, dist.rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    report = Reporter(dist.rank, logger, stage.mlflow)
+    failed = True
+    try:
+        result = _train(stage, profile, cfg, out, dist, report)
+        failed = False
+        return result
+    finally:
+        report.close(failed=failed)
+
+
+def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
+    from tokenizers import Tokenizer
+
+    from training.model import from_pretrained
+    from training.rewards import score_batch
+    from training.rollout import sample_groups
+    from training.sandbox import SandboxPool
+
+    if dist.world_size > 1:
+        raise ValueError("GRPO runs on one process for now: rollouts on several ranks would need lockstep "
+                         f"generation (launch.nproc_per_node is {dist.world_size}; set it to 1)")
+    model_dir, tasks_path = Path(stage.inputs["model"]), Path(stage.inputs["tasks"])
+    if tasks_path.is_dir():  # the reasoning_tasks asset's folder
+        tasks_path = tasks_path / "tasks.parquet"
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tasks = train_tasks(tasks_path, cfg)
+    precision = resolved_precision(cfg.as_engine_config(), dist.device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    reference = from_pretrained(model_dir, device=dist.device, dtype=dtype, mtp=False).eval().requires_grad_(False)
+    policy = from_pretrained(model_dir, device="cpu", mtp=False)
+    apply_expert_parallel(policy, 1)
+    policy.to(dist.device)
+    engine, _, scheduler = build_engine(policy, cfg.as_engine_config(), dist, precision)
+    module = engine.module
+    ckpt_dir = out / "checkpoints"
+    client = load_latest(engine, ckpt_dir, dist)
+    start = client["step"] // cfg.updates_per_batch if client else 0
+    history = client.get("history", []) if client else []
+    report.params({**{f"{stage.stage}.{k}": v for k, v in vars(cfg).items()}, "precision": precision,
+                   "train_tasks": len(tasks), "resumed_from_step": start, "base_model": str(model_dir)})
+    if client:
+        report.info(f"resumed from checkpoint step {start} ({complete_tags(ckpt_dir)[-1].name})")
+    before = json.loads((out / "heldout_start.json").read_text()) if (out / "heldout_start.json").is_file() else None
+    if before is None:
+        before = heldout_report(module, tokenizer, tasks_path, cfg, out, "start")
+    report.info(f"held-out pass@1 at the start: {before['overall']['pass@1']:.3f} {before['overall']['pass@1_ci']}")
+    weights = {c: cfg.reward_weights.get(c, 1.0) for c in cfg.rewards}
+    P, G, micro = cfg.prompts_per_step, cfg.group_size, cfg.micro_batch_size
+    pool = SandboxPool(cfg.sandbox_workers)
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.time()
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            batch_tasks = rng.sample(tasks, min(P, len(tasks))) if len(tasks) >= P else rng.choices(tasks, k=P)
+            gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 7919 + step)
+            module.eval()
+            roll = sample_groups(module, tokenizer, [t["prompt"] for t in batch_tasks], G, cfg.max_new_tokens,
+                                 cfg.temperature, cfg.top_p, gen)
+            module.train()
+            group_tasks = [t for t in batch_tasks for _ in range(G)]
+            scores = score_batch(group_tasks, roll.texts, cfg.rewards, pool, cfg.language)
+            rewards = torch.tensor([sum(weights[c] * s[c] for c in cfg.rewards) for s in scores])
+            adv = group_advantages(rewards.view(P, G)).flatten().to(dist.device)
+            rollout_seconds = time.time() - t0
+            old = _policy_logprobs(module, roll.ids, micro)
+            ref = _policy_logprobs(reference, roll.ids, micro)
+            total_tokens = roll.response_mask.sum()
+            stats_acc = {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+            for _ in range(cfg.updates_per_batch):
+                for i in range(0, roll.ids.shape[0], micro):
+                    sl = slice(i, i + micro)
+                    ids = roll.ids[sl]
+                    logp, entropy = token_logprobs(engine(ids[:, :-1]), ids[:, 1:])
+                    mask = roll.response_mask[sl]
+                    loss, st = grpo_loss(logp, old[sl], ref[sl], adv[sl], mask, cfg.clip_eps,
+                                         cfg.clip_eps_high or None, cfg.kl_beta, cfg.loss_aggregation,
+                                         token_normalizer=total_tokens / (roll.ids.shape[0] // micro))
+                    engine.backward(loss)
+                    engine.step()
+                    share = mask.sum().item() / max(1.0, total_tokens.item()) / cfg.updates_per_batch
+                    stats_acc["kl"] += st.kl * share
+                    stats_acc["clip_fraction"] += st.clip_fraction * share
+                    stats_acc["entropy"] += ((entropy * mask).sum() / mask.sum().clamp(min=1)).item() * share
+                module.update_router_biases()
+            done = step + 1
+            step_seconds = time.time() - t0
+            metrics = {f"reward.{c}": sum(s[c] for s in scores) / len(scores) for c in cfg.rewards}
+            metrics.update(reward=rewards.mean().item(), accuracy=metrics.get("reward.accuracy", 0.0),
+                           response_length=sum(roll.lengths) / len(roll.lengths), **stats_acc,
+                           rollout_tokens_per_second=roll.generated_tokens / max(roll.seconds, 1e-9),
+                           rollout_share=rollout_seconds / step_seconds, lr=scheduler.get_last_lr()[0],
+                           solved_groups=(rewards.view(P, G).std(1) > 0).float().mean().item())
+            history.append({"step": done, **metrics})
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                report.metrics(metrics, step=done)
+                report.info(f"step {done}/{cfg.steps} reward {metrics['reward']:.3f} acc {metrics['accuracy']:.3f} "
+                            f"len {metrics['response_length']:.1f} kl {metrics['kl']:.4f} "
+                            f"clip {metrics['clip_fraction']:.3f} rollout {metrics['rollout_share']:.0%}")
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save_checkpoint(engine, ckpt_dir, done * cfg.updates_per_batch, dist, {"history": history},
+                                cfg.keep_checkpoints)
+    finally:
+        pool.close()
+    after = heldout_report(module, tokenizer, tasks_path, cfg, out, "end")
+    return _finish(stage, profile, out, model_dir, module, history, before, after, report, start)
+
+
+def _finish(stage, profile, out, model_dir, module, history, before, after, report, start) -> dict:
+    from training.model import Transformer
+
+    cfg_model = profile.model
+    import dataclasses
+
+    plain = Transformer(dataclasses.replace(cfg_model, num_nextn_predict_layers=0))
+    plain.load_state_dict(full_state_dict(module))
+    export = out / "export"
+    shutil.rmtree(export, ignore_errors=True)
+    plain.save_pretrained(export)
+    for f in model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")) or f.name.endswith(".jinja"):
+            shutil.copy2(f, export / f.name)
+    b, a = before["overall"], after["overall"]
+    summary = {
+        "heldout_pass@1_start": b["pass@1"], "heldout_pass@1_start_ci": b["pass@1_ci"],
+        "heldout_pass@1": a["pass@1"], "heldout_pass@1_ci": a["pass@1_ci"],
+        "heldout_format_start": b["format"], "heldout_format": a["format"],
+        "heldout_tasks": a["tasks"], "steps": getattr(profile, stage.stage).steps, "resumed_from_step": start,
+        "final_reward": history[-1]["reward"] if history else None,
+        "checkpoint": str(complete_tags(out / "checkpoints")[-1]), "export": str(export),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "history.json").write_text(json.dumps(history))
+    if report.mlflow_run_id:
+        from training.mlflow_model import log_and_register
+
+        report.metrics({"heldout_pass_at_1_start": b["pass@1"], "heldout_pass_at_1": a["pass@1"]}, step=summary["steps"])
+        report.mlflow.log_dict({"start": before, "end": after}, "heldout.json")
+        name = stage.mlflow.get("registered_model", f"seekflow-{stage.stage.replace('_', '-')}")
+        summary["registered_model"] = f"{name}/{log_and_register(export, name, stage.mlflow.get('aliases', []))}"
+    report.materialization({k: v for k, v in summary.items() if v is not None and not isinstance(v, list)})
+    report.info(f"held-out pass@1 {b['pass@1']:.3f} {b['pass@1_ci']} -> {a['pass@1']:.3f} {a['pass@1_ci']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Seekflow GRPO (DeepSpeed)")
+    parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    train(StageConfig.read(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
