@@ -32,7 +32,10 @@ class TrainingLauncher(dg.ConfigurableResource):
     def run(self, context: dg.AssetExecutionContext, module: str, config_path: Path, launch: LaunchConfig,
             output_dir: Path, stage: str) -> dg.PipesClientCompletedInvocation:
         kind = self.kind or os.environ.get("SEEKFLOW_LAUNCH_KIND") or launch.kind
-        env = {"PYTHONUNBUFFERED": "1", "SEEKFLOW_HOME": str(seekflow_home())}
+        # PASSIVE: OpenMP threads sleep instead of spinning at barriers; on a shared CPU box a
+        # spinning trainer next to another busy process slows both down many times over
+        env = {"PYTHONUNBUFFERED": "1", "SEEKFLOW_HOME": str(seekflow_home()),
+               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         try:
             if kind == "local":
                 command = local_command(module, config_path, launch)

@@ -36,6 +36,38 @@ def _summary(instance, defs, run_id: str) -> list[str]:
     return lines
 
 
+def _runs(defs, job_name: str, instance):
+    """Execute `job_name` as Dagster runs, yielding each result; stops at the first failure.
+
+    A job whose assets are all unpartitioned is one run. When it holds partitioned assets (the
+    students of `distilled_students`, one partition each), a run needs a partition key: the first
+    run takes the first key and every unpartitioned asset upstream of the partitioned ones, one run
+    per further key materializes only the partitioned assets, and a last run materializes what
+    depends on all partitions (the report card). The Dagster UI does the same as a backfill.
+    """
+    import dagster as dg
+
+    job = defs.resolve_job_def(job_name)
+    graph = defs.resolve_asset_graph()
+    keys = set(job.asset_layer.selected_asset_keys)
+    partitioned = {k for k in keys if graph.get(k).partitions_def is not None}
+    if not partitioned:
+        yield job.execute_in_process(instance=instance, raise_on_error=False)
+        return
+    partition_keys = graph.get(next(iter(partitioned))).partitions_def.get_partition_keys()
+    downstream = dg.AssetSelection.assets(*partitioned).downstream(include_self=False).resolve(graph) & keys
+    first = sorted(keys - downstream, key=str)
+    plan = [(partition_keys[0], first)] + [(p, sorted(partitioned, key=str)) for p in partition_keys[1:]]
+    if downstream:
+        plan.append((None, sorted(downstream, key=str)))
+    for partition, selection in plan:
+        result = job.execute_in_process(instance=instance, raise_on_error=False, partition_key=partition,
+                                        asset_selection=selection)
+        yield result
+        if not result.success:
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", default="full_lifecycle")
@@ -66,17 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     instance = dg.DagsterInstance.get()
     print(f"Seekflow: profile {profile.name!r}, job {args.job!r}, SEEKFLOW_HOME={seekflow_home()}")
     start = time.time()
-    result = defs.resolve_job_def(args.job).execute_in_process(instance=instance, raise_on_error=False)
+    results = [run for run in _runs(defs, args.job, instance)]
     took = time.time() - start
-    print(f"\nDagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {took:.0f} s")
-    print("\n".join(_summary(instance, defs, result.run_id)))
+    ok = all(r.success for r in results)
+    print(f"\n{len(results)} Dagster run(s): {'SUCCESS' if ok else 'FAILURE'} in {took:.0f} s")
+    for result in results:
+        print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+        print("\n".join(_summary(instance, defs, result.run_id)))
+    report = seekflow_home() / "report.md"
+    if report.is_file():
+        print(f"\nReport card: {report}")
     print(f"""
 Where to look:
   make ui      -> Dagster UI at http://127.0.0.1:3000 (runs, asset graph, metadata, checks)
                   MLflow UI at http://127.0.0.1:5000  (experiment 'seekflow': one parent run per Dagster run)
   data         -> {seekflow_home() / 'data'}
   Dagster home -> {home}""")
-    return 0 if result.success else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_a_hostile_sample_leaves_the_rest_of_the_batch_scored():
 
 GRPO_FAST = {
     "r1_zero.steps": 2, "r1_zero.prompts_per_step": 4, "r1_zero.group_size": 4, "r1_zero.micro_batch_size": 8,
-    "r1_zero.max_new_tokens": 12, "r1_zero.eval_k": 2, "r1_zero.eval_limit": 10, "r1_zero.learning_rate": 1e-4,
+    "r1_zero.max_new_tokens": 12, "evaluation.k": 2, "evaluation.limit": 10, "evaluation.max_new_tokens": 12, "r1_zero.learning_rate": 1e-4,
     "r1_zero.threads": 1, "r1_zero.checkpoint_every": 1,
     "tasks.counts": "{arithmetic: 20, linear: 20, countdown: 20, word: 20, code: 6}", "tasks.difficulties": "[1, 2]",
 }
@@ -111,9 +111,13 @@ def test_reasoning_tasks_then_r1_zero(base_home, monkeypatch):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
     assert client.get_model_version_by_alias("seekflow-r1-zero", "tiny").run_id == run.info.run_id
 
-    # a second materialization resumes from the final checkpoint: nothing left to train
+    evaluations = sorted((base_home / "data" / "evaluations").iterdir())
+    assert len(evaluations) == 2  # the start model and the final one, each evaluated once
+    # a second materialization resumes from the final checkpoint: nothing left to train, and the
+    # start model's evaluation is reused rather than recomputed
     again = dg.materialize([r1_zero], resources=resources, instance=instance, raise_on_error=False)
     assert again.success
     md2 = {k: v.value for k, v in instance.get_latest_materialization_event(dg.AssetKey("r1_zero"))
            .asset_materialization.metadata.items()}
     assert md2["resumed_from_step"] == 2
+    assert sorted((base_home / "data" / "evaluations").iterdir()) == evaluations

@@ -53,23 +53,17 @@ def train_tasks(tasks_path: Path, cfg: GRPOConfig) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def heldout_report(model, tokenizer, tasks_path: Path, cfg: GRPOConfig, out: Path, name: str) -> dict:
-    """pass@1 over k samples with its 95% interval, cons@k, format, length: training/evaluate.py's code."""
-    from training.evaluate import COMPONENTS, EvalConfig, load_tasks, report, sample_responses, score_rows
-    from training.rewards import extract_answer
-    from training.sandbox import SandboxPool
+def heldout_report(model_dir: Path, tasks_path: Path, profile, out: Path, name: str) -> dict:
+    """pass@1 over k samples with its 95% interval, cons@k, format, length of the model saved in
+    `model_dir`, by training/evaluate.py with the profile's `evaluation` settings (cached: the
+    report card reuses it)."""
+    from dataclasses import asdict
 
-    ecfg = EvalConfig(k=cfg.eval_k, limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    tasks = load_tasks(tasks_path, "heldout", cfg.eval_limit)
-    samples = sample_responses(model, tokenizer, [t["prompt"] for t in tasks], ecfg)
-    pairs = [(t, s, r) for t, resps in zip(tasks, samples) for s, r in enumerate(resps)]
-    with SandboxPool(cfg.sandbox_workers) as pool:
-        scores = score_rows([p[0] for p in pairs], [p[2][0] for p in pairs], pool)
-    rows = [{"task_id": t["id"], "family": t["family"], "difficulty": t["difficulty"], "sample": s,
-             "response": text, "answer": extract_answer(text), **{c: float(sc.get(c, 0.0)) for c in COMPONENTS},
-             "length": length, "stopped": stopped} for (t, s, (text, length, stopped)), sc in zip(pairs, scores)]
-    summary = report(rows, ecfg.k)
-    (out / f"heldout_{name}.json").write_text(json.dumps(summary, indent=2))
+    from training.eval_cache import evaluate_cached
+    from training.evaluate import EvalConfig
+
+    summary, results = evaluate_cached(model_dir, tasks_path, EvalConfig(**asdict(profile.evaluation)))
+    (out / f"heldout_{name}.json").write_text(json.dumps({**summary, "results": str(results)}, indent=2))
     return summary
 
 
@@ -133,9 +127,7 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
                    "train_tasks": len(tasks), "resumed_from_step": start, "base_model": str(model_dir)})
     if client:
         report.info(f"resumed from checkpoint step {start} ({complete_tags(ckpt_dir)[-1].name})")
-    before = json.loads((out / "heldout_start.json").read_text()) if (out / "heldout_start.json").is_file() else None
-    if before is None:
-        before = heldout_report(module, tokenizer, tasks_path, cfg, out, "start")
+    before = heldout_report(model_dir, tasks_path, profile, out, "start")
     report.info(f"held-out pass@1 at the start: {before['overall']['pass@1']:.3f} {before['overall']['pass@1_ci']}")
     weights = {c: cfg.reward_weights.get(c, 1.0) for c in cfg.rewards}
     P, G, micro = cfg.prompts_per_step, cfg.group_size, cfg.micro_batch_size
@@ -194,11 +186,10 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
                                 cfg.keep_checkpoints)
     finally:
         pool.close()
-    after = heldout_report(module, tokenizer, tasks_path, cfg, out, "end")
-    return _finish(stage, profile, out, model_dir, module, history, before, after, report, start)
+    return _finish(stage, profile, out, model_dir, tasks_path, module, history, before, report, start)
 
 
-def _finish(stage, profile, out, model_dir, module, history, before, after, report, start) -> dict:
+def _finish(stage, profile, out, model_dir, tasks_path, module, history, before, report, start) -> dict:
     from training.model import Transformer
 
     cfg_model = profile.model
@@ -212,6 +203,7 @@ def _finish(stage, profile, out, model_dir, module, history, before, after, repo
     for f in model_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name.endswith(".jinja"):
             shutil.copy2(f, export / f.name)
+    after = heldout_report(export, tasks_path, profile, out, "end")
     b, a = before["overall"], after["overall"]
     summary = {
         "heldout_pass@1_start": b["pass@1"], "heldout_pass@1_start_ci": b["pass@1_ci"],

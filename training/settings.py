@@ -360,6 +360,21 @@ class LaunchConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Held-out evaluation of every model (training/evaluate.py's EvalConfig, R1's sampling settings)."""
+
+    k: int = 4  # samples per task; pass@1 is their mean
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 64
+    limit: int = 0  # held-out tasks evaluated (by id order); 0: all
+    seed: int = 0
+    sandbox_workers: int = 2
+    confidence: float = 0.95
+
+
+@dataclass
 class GRPOConfig:
     """One GRPO stage (training/grpo.py): r1_zero here; the later R1 stages reuse the same fields."""
 
@@ -384,8 +399,6 @@ class GRPOConfig:
     language: str = "latin"  # target script of the language-consistency reward
     families: list[str] = field(default_factory=list)  # train tasks from these families; empty: all
     difficulties: list[int] = field(default_factory=list)  # and these levels; empty: all
-    eval_k: int = 4  # held-out samples per task at the start and end (pass@1 over k)
-    eval_limit: int = 0  # held-out tasks evaluated; 0: all
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -435,6 +448,7 @@ class Profile:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     r1_zero: GRPOConfig = field(default_factory=GRPOConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
