@@ -56,3 +56,25 @@ def build_shards(home: Path, vocab_size: int = 2048, sequence_length: int = 256)
     make_shards(corpus, tok, shards, ShardsConfig(sequence_length=sequence_length, validation_fraction=0.1),
                 ExecutorConfig(kind="local", tasks=1, workers=1), home / "logs" / "shards")
     return tok.parent, shards
+
+
+def tokenizer_and_corpus(home: Path, vocab_size: int = 2048) -> tuple[Path, Path]:
+    """$home/data/{deduplicated_corpus,tokenizer} from the stdlib corpus (a few seconds; no shards)."""
+    corpus = stdlib_corpus(home / "data" / "deduplicated_corpus")
+    tok = train_tokenizer(corpus, home / "data" / "tokenizer", TokenizerConfig(vocab_size=vocab_size, max_training_documents=-1))
+    return corpus, tok.parent
+
+
+def untrained_export(out: Path, model_cfg, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A randomly initialised model of `model_cfg` saved as a Hugging Face export with the tokenizer files."""
+    import shutil
+
+    import torch
+
+    from training.model import Transformer
+
+    torch.manual_seed(seed)
+    Transformer(model_cfg).save_pretrained(out)
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy2(f, out / f.name)
+    return out

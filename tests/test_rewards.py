@@ -210,7 +210,7 @@ def test_score_batch_runs_code_tasks_through_one_pool():
 
 
 def test_score_refuses_unknown_kinds_components_and_incomplete_tasks():
-    with pytest.raises(ValueError, match=r"'proof'.*\('math', 'countdown', 'code'\)"):
+    with pytest.raises(ValueError, match=r"'proof'.*\('math', 'countdown', 'code', 'general'\)"):
         score({"kind": "proof", "answer": "1"}, r("1"))
     with pytest.raises(ValueError, match="'style'"):
         score({"kind": "math", "answer": "1"}, r("1"), ("accuracy", "style"))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from training import distributed
 from training.engine import build_engine, complete_tags, load_latest, resolved_precision, save_checkpoint
-from training.expert_parallel import apply_expert_parallel, full_state_dict
+from training.expert_parallel import apply_expert_parallel
 from training.grpo_loss import group_advantages, grpo_loss, token_logprobs
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
@@ -190,19 +189,10 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
 
 
 def _finish(stage, profile, out, model_dir, tasks_path, module, history, before, report, start) -> dict:
-    from training.model import Transformer
+    from training.export import export_model
 
-    cfg_model = profile.model
-    import dataclasses
-
-    plain = Transformer(dataclasses.replace(cfg_model, num_nextn_predict_layers=0))
-    plain.load_state_dict(full_state_dict(module))
-    export = out / "export"
-    shutil.rmtree(export, ignore_errors=True)
-    plain.save_pretrained(export)
-    for f in model_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name.endswith(".jinja"):
-            shutil.copy2(f, export / f.name)
+    # the module's own architecture (a dense student's too), without MTP: the policy was loaded without it
+    export = export_model(module, module.config, model_dir, out / "export")
     after = heldout_report(export, tasks_path, profile, out, "end")
     b, a = before["overall"], after["overall"]
     summary = {

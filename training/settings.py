@@ -434,6 +434,116 @@ class GRPOConfig:
 
 
 @dataclass
+class SFTConfig:
+    """One SFT stage (training/sft.py): r1_cold, r1_sft and the distilled students."""
+
+    epochs: float = 2.0  # passes over the training examples (R1's r1_sft: 2); the last step may spill over
+    max_steps: int = 0  # cap on optimizer steps; 0: as many as `epochs` needs
+    max_length: int = 512  # tokens per training row (BOS to EOS of each example); longer examples are skipped
+    # several examples per row of max_length tokens, attending to each other (training/sft.py says why);
+    # false: one example per row, rows of similar length batched together and right-padded
+    packing: bool = True
+    global_batch_size: int = 16  # rows per optimizer step, over all ranks and micro-steps
+    micro_batch_size: int = 8  # rows per rank per forward
+    learning_rate: float = 1e-4  # peak, after linear warmup; then cosine to learning_rate x min_lr_ratio
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 5
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # global gradient norm
+    validation_fraction: float = 0.05  # share of examples held out (lowest hashes of their ids) for val_loss
+    eval_every: int = 20  # steps between validation passes (and one at the start and the end)
+    eval_batches: int = 0  # micro-batches per validation pass per rank; 0: the whole held-out slice
+    checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    mtp: bool = False  # also train the start model's MTP modules (when its export has them)
+    seed: int = 0  # the order of the examples, the packing and the held-out slice
+    zero_stage: int = 0
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32"
+    threads: int = 0  # torch CPU threads per rank; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, f"epochs is {self.epochs}; must be > 0"),
+            (self.max_steps >= 0, f"max_steps is {self.max_steps}; must be >= 0 (0: no cap)"),
+            (self.max_length >= 8, f"max_length is {self.max_length}; must be >= 8 tokens"),
+            (self.micro_batch_size >= 1 and self.global_batch_size % self.micro_batch_size == 0,
+             f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
+             f"({self.micro_batch_size} >= 1)"),
+            (0.0 <= self.validation_fraction < 1.0,
+             f"validation_fraction is {self.validation_fraction}; accepted: 0 <= share < 1"),
+            (self.precision in ("auto", "bf16", "fp32"),
+             f"precision is {self.precision!r}; accepted: 'auto', 'bf16', 'fp32'"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ProfileError("; ".join(errors))
+
+    def as_engine_config(self, steps: int) -> "PretrainConfig":
+        """The DeepSpeed-facing subset, in the shape training/engine.py takes. `steps`: the optimizer
+        steps of the run, which depend on the data (training/sft.py counts them)."""
+        return PretrainConfig(
+            steps=steps, global_batch_size=self.global_batch_size, micro_batch_size=self.micro_batch_size,
+            learning_rate=self.learning_rate, min_lr_ratio=self.min_lr_ratio,
+            warmup_steps=min(self.warmup_steps, max(0, steps - 1)), schedule="cosine",
+            weight_decay=self.weight_decay, grad_clip=self.grad_clip, zero_stage=self.zero_stage,
+            precision=self.precision, seed=self.seed, threads=self.threads, keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclass
+class SFTDataConfig:
+    """An SFT set (training/sft_data.py): cold_start_sft or rejection_sampled_sft.
+
+    Sources: `sampled` (a model's own samples: R1-Zero's for the cold start, the reasoning-RL model's
+    for rejection sampling), `worked` (the task generators' worked solutions, train split), `general`
+    (non-reasoning examples built from the corpus, training/general_prompts.py).
+    """
+
+    # sampling: k responses per train prompt
+    samples_per_prompt: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 64  # sequences per generate call
+    prompts: int = 0  # train tasks sampled from (a seeded draw); 0: all
+    families: list[str] = field(default_factory=list)  # train tasks from these families; empty: all
+    # sizes per source (examples in the set); a shortfall is reported, never padded with repeats
+    sampled: int = -1  # kept samples taken; -1: all that pass
+    worked: int = 0  # worked solutions taken (train split)
+    reasoning_to_general: float = 0.0  # reasoning examples per general one (R1: about 3.0); 0: no general ones
+    max_per_task: int = 1  # kept samples per task (the first ones, by sample index)
+    # readability: every kept response is correct, well-formed, in one script and within these bounds
+    language: str = "latin"  # target script (training/rewards/language.py)
+    min_response_chars: int = 20
+    max_response_chars: int = 2000
+    # general examples (training/general_prompts.py)
+    general_kinds: list[str] = field(default_factory=lambda: ["docstring", "function_name", "continuation"])
+    general_max_prompt_chars: int = 600
+    general_max_reference_chars: int = 200
+    seed: int = 0
+    sandbox_workers: int = 2
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.samples_per_prompt < 1:
+            errors.append(f"samples_per_prompt is {self.samples_per_prompt}; must be >= 1")
+        if self.sampled < -1 or self.worked < 0:
+            errors.append(f"sampled ({self.sampled}) must be >= -1 (-1: all) and worked ({self.worked}) >= 0")
+        if self.reasoning_to_general < 0:
+            errors.append(f"reasoning_to_general is {self.reasoning_to_general}; must be >= 0 (0: none)")
+        if self.max_per_task < 1 or not 0 <= self.min_response_chars <= self.max_response_chars:
+            errors.append(f"max_per_task ({self.max_per_task}) must be >= 1 and 0 <= min_response_chars "
+                          f"({self.min_response_chars}) <= max_response_chars ({self.max_response_chars})")
+        kinds = ("docstring", "function_name", "continuation")
+        unknown = sorted(set(self.general_kinds) - set(kinds))
+        if unknown:
+            errors.append(f"general_kinds {unknown} unknown; accepted: {list(kinds)}")
+        if errors:
+            raise ProfileError("; ".join(errors))
+        _check_families(self.families, "families")
+
+
+@dataclass
 class Profile:
     name: str = DEFAULT_PROFILE
     description: str = ""

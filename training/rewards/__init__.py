@@ -9,8 +9,10 @@ Each reward is a small pure function of the response text (the assistant's turn 
 | accuracy, countdown | `countdown.countdown_accuracy` | numbers not given or reused; `**`, names, calls; `eval` |
 | accuracy, code | `code.code_accuracy` | code that exits before the tests; loops, bombs, escapes (sandbox) |
 | language | `language.language_consistency` | mixing languages in the chain of thought |
+| accuracy, general | `general.general_f1` | (a proxy: word F1 of the answer against a reference) |
 
-Accuracy reads the answer through `format.extract_answer` and is 0 whenever that returns None.
+Accuracy reads the answer through `format.extract_answer` and is 0 whenever that returns None. For
+`general` tasks (non-reasoning prompts, task key `reference`) it is a value in [0, 1], not 0 or 1.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from collections.abc import Mapping, Sequence
 from training.rewards.code import code_accuracy_batch
 from training.rewards.countdown import countdown_accuracy
 from training.rewards.format import extract_answer, format_reward
+from training.rewards.general import general_f1
 from training.rewards.language import language_consistency
 from training.rewards.math import math_accuracy
 from training.sandbox import SandboxPool
 
 REWARD_COMPONENTS = ("accuracy", "format", "language")
-TASK_KINDS = ("math", "countdown", "code")
-_TASK_KEYS = {"math": ("answer",), "countdown": ("answer", "numbers"), "code": ("tests", "entry_point")}
+TASK_KINDS = ("math", "countdown", "code", "general")
+_TASK_KEYS = {"math": ("answer",), "countdown": ("answer", "numbers"), "code": ("tests", "entry_point"),
+              "general": ("reference",)}
 
 __all__ = [
     "REWARD_COMPONENTS", "TASK_KINDS", "score", "score_batch", "extract_answer", "format_reward",
-    "math_accuracy", "countdown_accuracy", "code_accuracy_batch", "language_consistency",
+    "math_accuracy", "countdown_accuracy", "code_accuracy_batch", "language_consistency", "general_f1",
 ]
 
 
@@ -66,6 +70,8 @@ def score_batch(tasks: Sequence[Mapping], responses: Sequence[str], components: 
                 scores[i]["accuracy"] = math_accuracy(response, str(task["answer"]))
             elif task["kind"] == "countdown":
                 scores[i]["accuracy"] = countdown_accuracy(response, task["numbers"], int(task["answer"]))
+            elif task["kind"] == "general":
+                scores[i]["accuracy"] = general_f1(response, str(task["reference"]))
     for i, response in enumerate(responses):
         if "format" in components:
             scores[i]["format"] = format_reward(response)
