@@ -27,18 +27,25 @@ def image_markdown(png: Path) -> str:
 
 
 def launch_training(context: dg.AssetExecutionContext, module: str, stage: str, inputs: dict[str, Path],
-                    registered_model: str, preflight) -> tuple[dict, str, Path]:
+                    registered_model: str, preflight, output_dir: Path | None = None,
+                    edit=None) -> tuple[dict, str, Path]:
     """Write the stage config, launch `module` through the launcher inside this materialization's
     MLflow run, and return (metadata reported by the process, MLflow run URL, output dir).
-    `preflight(profile)` raises ValueError/ProfileError/ShardsError before anything starts."""
+
+    `stage` names the profile section the trainer reads (and the output folder by default);
+    `preflight(profile)` raises ValueError/ProfileError/ShardsError before anything starts;
+    `edit(profile) -> profile` adapts the profile first (a student's model, its step budget)."""
     res = context.resources
-    out = data_dir(stage)
+    out = output_dir or data_dir(stage)
     try:
         profile = res.profile.load()
+        if edit is not None:
+            profile = edit(profile)
         preflight(profile)
     except (ValueError, ProfileError, ShardsError) as e:
         raise dg.Failure(description=f"{stage}: not launched: {e}") from None
-    with res.mlflow_tracking.asset_run(context, code_version(context), tags={"seekflow.profile": profile.name}) as run:
+    tags = {"seekflow.profile": profile.name, "seekflow.stage": stage, "seekflow.registered_model": registered_model}
+    with res.mlflow_tracking.asset_run(context, code_version(context), tags=tags) as run:
         for name, folder in inputs.items():
             tracking.log_input_table(name, folder, context="training")
         config = StageConfig(

@@ -13,19 +13,26 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets.corpus import code_sources, corpus_assets, web_sources
+from assets.distillation import distillation_assets
+from assets.evaluation import evaluation_assets
 from assets.pretraining import pretraining_assets
+from assets.r1 import r1_assets
 from assets.r1_zero import r1_zero_assets
 from assets.resources import MLflowTracking, SeekflowProfile
 from pipelines.launcher import TrainingLauncher
 
 CORPUS = dg.AssetSelection.groups("corpus")
 
-corpus_job = dg.define_asset_job("corpus", selection=CORPUS, description="Materialize the corpus group")
-pretraining_job = dg.define_asset_job("pretraining", selection=dg.AssetSelection.groups("pretraining"),
-                                      description="Train v3_base on the current shards (resumes from its last checkpoint)")
-# the whole lifecycle that exists so far; later groups join this selection
-r1_zero_job = dg.define_asset_job("r1_zero", selection=dg.AssetSelection.groups("r1_zero"),
-                                  description="Reasoning tasks, then GRPO from v3_base (R1-Zero)")
+GROUPS = {
+    "corpus": "Sources to packed token shards (datatrove)",
+    "pretraining": "Train v3_base on the current shards (resumes from its last checkpoint)",
+    "r1_zero": "Reasoning tasks, then GRPO from v3_base (R1-Zero)",
+    "r1": "Cold start, reasoning RL, rejection sampling, SFT from base, final RL",
+    "distillation": "r1's samples, then the dense students (one run per student partition)",
+    "evaluation": "The report card across every model",
+}
+group_jobs = [dg.define_asset_job(name, selection=dg.AssetSelection.groups(name), description=desc)
+              for name, desc in GROUPS.items()]
 full_lifecycle_job = dg.define_asset_job("full_lifecycle", selection=dg.AssetSelection.all(),
                                          description="Materialize every asset, sources to the last stage")
 observe_sources_job = dg.define_asset_job("observe_sources", selection=[web_sources, code_sources],
@@ -41,8 +48,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[*corpus_assets, *pretraining_assets, *r1_zero_assets],
-    jobs=[corpus_job, pretraining_job, r1_zero_job, full_lifecycle_job, observe_sources_job],
+    assets=[*corpus_assets, *pretraining_assets, *r1_zero_assets, *r1_assets, *distillation_assets, *evaluation_assets],
+    jobs=[*group_jobs, full_lifecycle_job, observe_sources_job],
     schedules=[observe_sources_schedule],
     sensors=[automation_sensor],
     resources={"profile": SeekflowProfile(), "mlflow_tracking": MLflowTracking(), "launcher": TrainingLauncher()},

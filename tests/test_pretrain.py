@@ -100,9 +100,9 @@ def test_mlflow_run_has_curves_inputs_and_registered_model(uninterrupted):
 
 
 def _kill_after_checkpoint(home: Path, step: int, killed: list) -> None:
-    marker = home / "data" / "v3_base" / "checkpoints" / f"step{step:08d}" / "complete"
+    checkpoints = home / "data" / "v3_base" / "checkpoints"
     deadline = time.time() + 600
-    while time.time() < deadline and not marker.exists():
+    while time.time() < deadline and not list(checkpoints.glob(f"*/step{step:08d}/complete")):
         time.sleep(0.2)
     for child in psutil.Process().children(recursive=True):
         if "training.pretrain" in " ".join(child.cmdline()):

@@ -40,6 +40,16 @@ from training.reporting import Reporter, setup_logging
 from training.settings import GRPOConfig
 
 
+def general_prompts(folder: Path) -> list[dict]:
+    """Non-reasoning prompts with a reference answer (the `general` rows of an SFT set, e.g.
+    rejection_sampled_sft), as tasks of kind `general`: scored by the rule proxy in
+    training/rewards/general.py for the final, all-scenario RL stage."""
+    table = Path(folder) / "sft.parquet" if Path(folder).is_dir() else Path(folder)
+    rows = [r for r in pq.read_table(table).to_pylist() if r["kind"] == "general"]
+    return [{"id": r["id"], "family": f"general/{r['family']}", "kind": "general", "difficulty": 0, "prompt": r["prompt"],
+             "answer": "", "reference": r["reference"], "numbers": [], "tests": "", "entry_point": ""} for r in rows]
+
+
 def train_tasks(tasks_path: Path, cfg: GRPOConfig) -> list[dict]:
     rows = [r for r in pq.read_table(tasks_path).to_pylist() if r["split"] == "train"]
     if cfg.families:
@@ -64,6 +74,11 @@ def heldout_report(model_dir: Path, tasks_path: Path, profile, out: Path, name: 
     summary, results = evaluate_cached(model_dir, tasks_path, EvalConfig(**asdict(profile.evaluation)))
     (out / f"heldout_{name}.json").write_text(json.dumps({**summary, "results": str(results)}, indent=2))
     return summary
+
+
+def _draw(rng: random.Random, pool: list[dict], n: int) -> list[dict]:
+    """n distinct items when the pool has them, else with repeats."""
+    return rng.sample(pool, n) if len(pool) >= n else rng.choices(pool, k=n)
 
 
 def _policy_logprobs(module, ids: torch.Tensor, micro: int) -> torch.Tensor:
@@ -110,6 +125,7 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
         tasks_path = tasks_path / "tasks.parquet"
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tasks = train_tasks(tasks_path, cfg)
+    general = general_prompts(Path(stage.inputs["general"])) if stage.inputs.get("general") else []
     precision = resolved_precision(cfg.as_engine_config(), dist.device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     reference = from_pretrained(model_dir, device=dist.device, dtype=dtype, mtp=False).eval().requires_grad_(False)
@@ -118,7 +134,7 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
     policy.to(dist.device)
     engine, _, scheduler = build_engine(policy, cfg.as_engine_config(), dist, precision)
     module = engine.module
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = stage.checkpoint_dir(stage.stage)
     client = load_latest(engine, ckpt_dir, dist)
     start = client["step"] // cfg.updates_per_batch if client else 0
     history = client.get("history", []) if client else []
@@ -135,7 +151,8 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
         for step in range(start, cfg.steps):
             t0 = time.time()
             rng = random.Random(cfg.seed * 1_000_003 + step)
-            batch_tasks = rng.sample(tasks, min(P, len(tasks))) if len(tasks) >= P else rng.choices(tasks, k=P)
+            n_general = round(P * cfg.general_fraction) if general else 0
+            batch_tasks = _draw(rng, tasks, P - n_general) + _draw(rng, general, n_general)
             gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 7919 + step)
             module.eval()
             roll = sample_groups(module, tokenizer, [t["prompt"] for t in batch_tasks], G, cfg.max_new_tokens,
@@ -169,6 +186,11 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
             done = step + 1
             step_seconds = time.time() - t0
             metrics = {f"reward.{c}": sum(s[c] for s in scores) / len(scores) for c in cfg.rewards}
+            if n_general:  # accuracy of the reasoning prompts and the proxy of the general ones, apart
+                kinds = [t["kind"] == "general" for t in group_tasks]
+                for label, want in (("reasoning", False), ("general", True)):
+                    picked = [s["accuracy"] for s, k in zip(scores, kinds) if k == want]
+                    metrics[f"accuracy.{label}"] = sum(picked) / len(picked)
             metrics.update(reward=rewards.mean().item(), accuracy=metrics.get("reward.accuracy", 0.0),
                            response_length=sum(roll.lengths) / len(roll.lengths), **stats_acc,
                            rollout_tokens_per_second=roll.generated_tokens / max(roll.seconds, 1e-9),
@@ -201,7 +223,7 @@ def _finish(stage, profile, out, model_dir, tasks_path, module, history, before,
         "heldout_format_start": b["format"], "heldout_format": a["format"],
         "heldout_tasks": a["tasks"], "steps": getattr(profile, stage.stage).steps, "resumed_from_step": start,
         "final_reward": history[-1]["reward"] if history else None,
-        "checkpoint": str(complete_tags(out / "checkpoints")[-1]), "export": str(export),
+        "checkpoint": str(complete_tags(stage.checkpoint_dir(stage.stage))[-1]), "export": str(export),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history))

@@ -15,6 +15,7 @@ from infra/k8s/train-pod.yaml). Every entrypoint is `python -m training.<stage> 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import string
@@ -55,6 +56,28 @@ class StageConfig:
 
     def resolved_profile(self) -> Profile:
         return profile_from_dict(self.profile)
+
+    def checkpoint_dir(self, section: str) -> Path:
+        """`<output_dir>/checkpoints/<fingerprint>`: a restart with the same settings and inputs
+        resumes from here; changed settings or inputs start afresh in another folder (a checkpoint
+        of another run is never resumed by mistake). Cadence fields do not count."""
+        cadence = {"log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "threads",
+                   "profile_step", "sandbox_workers"}
+        settings = {k: v for k, v in self.profile[section].items() if k not in cadence}
+        h = hashlib.sha256(json.dumps({"model": self.profile["model"], section: settings}, sort_keys=True,
+                                      default=str).encode())
+        for name, path in sorted(self.inputs.items()):
+            h.update(name.encode())
+            _digest_inputs(Path(path), h)
+        return Path(self.output_dir) / "checkpoints" / h.hexdigest()[:12]
+
+
+def _digest_inputs(path: Path, h) -> None:
+    """Names, sizes and mtimes of an input's files (cheap, and changes whenever an asset rewrites them)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
 
 
 def _launcher(launch: LaunchConfig) -> str:

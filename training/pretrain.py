@@ -167,7 +167,7 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
         convert_to_fp8(model, FP8Config(exclude=[*FP8Config().exclude, "*deepspeed_experts*"]))
     model.to(dist.device)
     engine, _, scheduler = build_engine(model, cfg, dist, precision)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = stage.checkpoint_dir("pretrain")
     client = load_latest(engine, ckpt_dir, dist)
     start = client["step"] if client else 0
     history: list[dict] = client.get("history", []) if client else []
@@ -270,7 +270,7 @@ def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tok
         "mfu": fpt * tps / (peak * dist.world_size) if peak else None,
         "steps": profile.pretrain.steps,
         "resumed_from_step": start,
-        "checkpoint": str(complete_tags(out / "checkpoints")[-1]),
+        "checkpoint": str(complete_tags(stage.checkpoint_dir("pretrain"))[-1]),
         "export": str(export),
         "loss_curve": str(curve),
     }

@@ -399,6 +399,9 @@ class GRPOConfig:
     language: str = "latin"  # target script of the language-consistency reward
     families: list[str] = field(default_factory=list)  # train tasks from these families; empty: all
     difficulties: list[int] = field(default_factory=list)  # and these levels; empty: all
+    # share of each batch's prompts drawn from general (non-reasoning) prompts, when the stage has them
+    # (the final `r1` stage: rejection_sampled_sft's general rows, scored by a rule proxy)
+    general_fraction: float = 0.25
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -544,6 +547,17 @@ class SFTDataConfig:
 
 
 @dataclass
+class DistillationConfig:
+    """Dense students distilled from r1 (assets/distillation.py; training/students.py builds them)."""
+
+    # name -> ModelConfig overrides (widths, depth, attention dims); each becomes a dense model
+    # below the teacher's activated size, sharing its vocabulary and positions
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)
+    student_pretrain_steps: int = 200  # each student's base: pretraining on the same shards first
+    samples: SFTDataConfig = field(default_factory=SFTDataConfig)  # r1's samples the students learn from
+
+
+@dataclass
 class Profile:
     name: str = DEFAULT_PROFILE
     description: str = ""
@@ -559,6 +573,17 @@ class Profile:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     r1_zero: GRPOConfig = field(default_factory=GRPOConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # the R1 stages (assets/r1.py), in order
+    cold_start: SFTDataConfig = field(default_factory=SFTDataConfig)
+    r1_cold: SFTConfig = field(default_factory=SFTConfig)
+    r1_reasoning_rl: GRPOConfig = field(default_factory=lambda: GRPOConfig(rewards=["accuracy", "format", "language"]))
+    rejection: SFTDataConfig = field(default_factory=lambda: SFTDataConfig(reasoning_to_general=3.0))
+    r1_sft: SFTConfig = field(default_factory=SFTConfig)
+    r1: GRPOConfig = field(default_factory=GRPOConfig)
+    # distillation (assets/distillation.py)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    distill_sft: SFTConfig = field(default_factory=SFTConfig)
+    student_grpo: GRPOConfig = field(default_factory=GRPOConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
