@@ -60,15 +60,15 @@ def stage_pairs() -> list[tuple[str, str, str]]:
     return pairs
 
 
-def model_parameters(export: Path) -> dict[str, int]:
-    """Total and activated parameters of an export, from its config.json."""
+def model_parameters(export: Path) -> tuple[int, int]:
+    """(total, activated) parameters of an export, from its config.json."""
     import json
 
     from training.model import count_parameters
     from training.model.hf import config_from_hf
 
     counts = count_parameters(config_from_hf(json.loads((export / "config.json").read_text())))
-    return {"total": counts.total, "activated": counts.activated}
+    return counts.total, counts.activated
 
 
 @dg.asset(group_name=GROUP, code_version="1", required_resource_keys={"profile", "mlflow_tracking"},

@@ -94,7 +94,10 @@ class Reporter:
 
     def materialization(self, metadata: dict[str, Any]) -> None:
         if self.pipes is not None:
-            self.pipes.report_asset_materialization(metadata=metadata)
+            # NOTE: Pipes reads a plain dict value as {raw_value, type}: tables and lists go as json
+            typed = {k: {"raw_value": v, "type": "json"} if isinstance(v, (dict, list)) else v
+                     for k, v in metadata.items() if v is not None}
+            self.pipes.report_asset_materialization(metadata=typed)
 
     def close(self, failed: bool = False) -> None:
         if not self.active:
