@@ -16,11 +16,13 @@ straddle two experts because segments are 128-aligned.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
+from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_quant import FP8, TILE, act_quant, act_quant_ref, weight_quant, weight_quant_ref
 from kernels.moe import Routing, combine, grouped_gemm, grouped_gemm_ref, make_routing, permute
 
@@ -63,7 +65,9 @@ class GroupedLinearFunction(torch.autograd.Function):
         if fp8:
             x_perm, wq, ws = ctx.saved_tensors
             aq = act_quant_ref if emulate else act_quant
-            gemm = fp8_gemm_ref if emulate else fp8_gemm
+            # NOTE: Triton with one fixed config, not "auto" nor the autotuner: segment lengths
+            # change every step, and both would benchmark again for every new length
+            gemm = fp8_gemm_ref if emulate else partial(fp8_gemm_triton, autotune=False)
             dq, ds = aq(dout)  # 1x128 along N
             dx = grouped(dq, wq.transpose(1, 2).contiguous(), r, ds,
                               ws.transpose(1, 2).contiguous(), out_dtype=dout.dtype)
@@ -139,14 +143,20 @@ class GroupedExperts(nn.Module):
     def forward(self, x, topk_ids, topk_w):
         T, D = x.shape
         assert D == self.dim, f"GroupedExperts: x has {D} features, experts expect {self.dim}"
-        r = make_routing(topk_ids, self.num_experts)
-        emulate = self.emulate or not x.is_cuda
-        xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
-        h1 = GroupedLinearFunction.apply(xp, self.w1, r, self.fp8, emulate)  # (P, I)
-        h3 = GroupedLinearFunction.apply(xp, self.w3, r, self.fp8, emulate)  # (P, I)
-        a = F.silu(h1) * h3
-        o = GroupedLinearFunction.apply(a, self.w2, r, self.fp8, emulate)  # (P, D)
-        return CombineFunction.apply(o, topk_w, r)  # (T, D)
+        return grouped_swiglu(x, topk_ids, topk_w, self.w1, self.w2, self.w3, self.fp8, self.emulate)
+
+
+def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = False) -> torch.Tensor:
+    """GroupedExperts' forward as a function of its weights (for wrappers that own the parameters,
+    e.g. training/expert_parallel.py): x (T, D), topk_ids / topk_w (T, k) -> (T, D)."""
+    r = make_routing(topk_ids, w1.shape[0])
+    emulate = emulate or not x.is_cuda
+    xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
+    h1 = GroupedLinearFunction.apply(xp, w1, r, fp8, emulate)  # (P, I)
+    h3 = GroupedLinearFunction.apply(xp, w3, r, fp8, emulate)  # (P, I)
+    a = F.silu(h1) * h3
+    o = GroupedLinearFunction.apply(a, w2, r, fp8, emulate)  # (P, D)
+    return CombineFunction.apply(o, topk_w, r)  # (T, D)
 
 
 def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
@@ -159,4 +169,4 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
     return out
 
 
-__all__ = ["GroupedExperts", "GroupedLinearFunction", "experts_ref", "FP8"]
+__all__ = ["GroupedExperts", "GroupedLinearFunction", "grouped_swiglu", "experts_ref", "FP8"]

@@ -18,9 +18,10 @@ limited accumulation width of the FP8 MMA never spans more than 128 products.
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
-the peer: `fp8_gemm(..., backend="auto")` times both once per shape on the GPU and keeps the faster.
+the peer: `fp8_gemm(..., backend="auto")` runs both once per shape on the GPU and keeps the faster of
+those whose result agrees with the reference (see pick_backend).
 Shapes need not be multiples of 128 (ragged tiles are masked); the cuBLAS peer needs M, N, K
-multiples of 16 and is skipped otherwise.
+multiples of 16, and (weights) K a multiple of 512, and is skipped otherwise: see fp8_gemm_cublas.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ if HAS_TRITON:
                        triton.autotune(configs=_CONFIGS, key=["M", "N", "K", "B_BLOCK"])(_fp8_gemm_kernel))
 
 
-def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16) -> torch.Tensor:
+def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
+                    autotune: bool = True) -> torch.Tensor:
+    """autotune=False launches the first config as is: for shapes that change every call (an
+    expert's row count in the MoE weight gradient), where the autotuner, keyed by M, N and K,
+    would benchmark every config again for each new shape."""
     M, N, K = _check(a, sa, b, sb, b_block)
     require_cuda(a, b, sa, sb, what="fp8_gemm_triton")
     assert a.stride(1) == 1 and b.stride(1) == 1, (
@@ -127,9 +132,15 @@ def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
     def grid(meta):
         return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
-    extra = _CONFIGS[0].kwargs if INTERPRET else {}
-    _fp8_gemm_tuned[grid](a, b, c, sa, sb, M, N, K, a.stride(0), b.stride(0), c.stride(0),
-                          sa.stride(0), sb.stride(0), B_BLOCK=b_block, BLOCK_K=TILE, **extra)
+    if INTERPRET or not autotune:
+        cfg = _CONFIGS[0]
+        kernel, extra = _fp8_gemm_kernel, dict(cfg.kwargs)
+        if not INTERPRET:
+            extra.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        kernel, extra = _fp8_gemm_tuned, {}
+    kernel[grid](a, b, c, sa, sb, M, N, K, a.stride(0), b.stride(0), c.stride(0),
+                 sa.stride(0), sb.stride(0), B_BLOCK=b_block, BLOCK_K=TILE, **extra)
     return c
 
 
@@ -145,6 +156,12 @@ def fp8_gemm_cublas(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
     passed for B as its transpose.
     """
     M, N, K = _check(a, sa, b, sb, b_block)
+    if b_block == TILE and cdiv(K, TILE) % 4:
+        # NOTE: measured on H200 (torch 2.11, CUDA 13): with K/128 in {2, 2.25, 3, 22} this call
+        # returned wrong products (relative error 0.7 to 4e5) instead of refusing; with K/128 in
+        # {4, 8, 16} it was right. A row of the 128x128 scales is then not 16 bytes aligned.
+        raise ValueError(f"fp8_gemm_cublas: K={K} gives {cdiv(K, TILE)} scale blocks per row; cuBLAS "
+                         "blockwise needs a multiple of 4 (K a multiple of 512); use the Triton kernel")
     sa_t = sa.t().contiguous().t()  # (M, kt), strides (1, M)
     if b_block == 1:
         sb_arg = sb.t().contiguous()  # (kt, N) row-major: its .t() is (N, kt) with strides (1, N)
@@ -170,24 +187,40 @@ def _time_ms(fn, iters: int = 5) -> float:
     return start.elapsed_time(end) / iters
 
 
+AGREE = 2e-2  # relative Frobenius distance to the dequantized product that a backend must stay under
+
+
 def pick_backend(a, sa, b, sb, b_block, out_dtype) -> str:
-    """Time the Triton kernel and cuBLAS once for this shape; remember and return the faster."""
+    """Once per shape: run Triton and cuBLAS, keep those whose result agrees with the dequantized
+    reference (`fp8_gemm_ref` on the same device; the FP8 MMA's accumulation differs by ~1e-4), and
+    of those the faster. NOTE: a backend can accept a shape and still be wrong on it (scales of a
+    ragged K or N tile); "reference" (dequantize + matmul: right, slow) when neither agrees, with a
+    warning that names the shape."""
     key = (a.shape[0], b.shape[0], a.shape[1], b_block, out_dtype, a.device.index)
     if key not in _BACKEND_CACHE:
-        choice = "triton"
-        try:
-            t_cublas = _time_ms(lambda: fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype))
-            t_triton = _time_ms(lambda: fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype))
-            choice = "cublas" if t_cublas < t_triton else "triton"
-        except (RuntimeError, ValueError):  # this torch / cuBLAS refuses the scale layout or shape
-            pass
-        _BACKEND_CACHE[key] = choice
+        ref = fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=torch.float32)
+        times = {}
+        for name, fn in (("cublas", fp8_gemm_cublas), ("triton", fp8_gemm_triton)):
+            try:
+                out = fn(a, sa, b, sb, b_block, out_dtype).float()
+            except (RuntimeError, ValueError):  # this torch / cuBLAS refuses the scale layout or shape
+                continue
+            err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            if err < AGREE:  # NaN fails too
+                times[name] = _time_ms(lambda fn=fn: fn(a, sa, b, sb, b_block, out_dtype))
+        if not times:
+            import warnings
+
+            warnings.warn(f"fp8_gemm: neither Triton nor cuBLAS agrees with the reference on M={a.shape[0]} "
+                          f"N={b.shape[0]} K={a.shape[1]} b_block={b_block}; using the dequantized reference")
+        _BACKEND_CACHE[key] = min(times, key=times.get) if times else "reference"
     return _BACKEND_CACHE[key]
 
 
 def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
-    """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" | "triton" | "cublas" (CUDA), emulated on CPU."""
+    """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" | "triton" | "cublas" | "reference" (CUDA);
+    emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
     if backend == "auto":
@@ -196,7 +229,9 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
         return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
     if backend == "triton":
         return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype)
-    raise ValueError(f"fp8_gemm: backend must be 'auto', 'triton' or 'cublas', got {backend!r}")
+    if backend == "reference":
+        return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
+    raise ValueError(f"fp8_gemm: backend must be 'auto', 'triton', 'cublas' or 'reference', got {backend!r}")
 
 
 __all__ = ["fp8_gemm", "fp8_gemm_ref", "fp8_gemm_triton", "fp8_gemm_cublas", "use_triton"]

@@ -48,9 +48,41 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, precision: str) -> di
         gradient_accumulation_steps=cfg.global_batch_size // (cfg.micro_batch_size * world_size),
         gradient_clipping=cfg.grad_clip,
     )
-    # fp8 keeps bf16 master weights' engine: FP8 lives only inside the matmuls (kernels/)
-    config["bf16"] = {"enabled": precision in ("bf16", "fp8")}
+    # fp8 keeps bf16 master weights' engine: FP8 lives only inside the matmuls (kernels/).
+    # NOTE: no per-parameter overflow check before each step (DeepSpeed's default, kept for fp16's
+    # loss scaling): bf16 has fp32's range, and the check launches a few small kernels per parameter
+    # tensor every step, which kept the H200 idle for about 100 ms of a 230 ms step on the `small`
+    # profile (BENCHMARKS.md). A non-finite loss still stops training (training/pretrain.py).
+    config["bf16"] = {"enabled": precision in ("bf16", "fp8"), "check_grad_overflow": False}
     return config
+
+
+def apply_speed_options(model: nn.Module, cfg: PretrainConfig) -> None:
+    """GPU speed options, applied from outside the model before DeepSpeed wraps it (the numerics of
+    the CPU path do not change: "auto" attention is the default and compile is opt-in).
+
+    - `attention`: the SDPA kernel of every MLA layer (training/model/attention.py).
+    - `compile`: torch.compile per transformer block (regional: one graph per block kind, shared by
+      every layer of that kind, so compile time does not grow with depth) and of the loss head
+      (lm_head + float32 cross-entropy, the largest memory-bound step). NOTE: shapes stay static
+      (the MTP block sees T-1 positions and gets its own graph rather than a dynamic-shape one).
+    """
+    from training.model.attention import MLA
+    from training.model.model import Block
+
+    for m in model.modules():
+        if isinstance(m, MLA):
+            m.sdpa_backend = cfg.attention
+    if not cfg.compile:
+        return
+    import torch._dynamo
+
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.compile()
+    model._cross_entropy = torch.compile(model._cross_entropy)
 
 
 def lr_lambda(cfg: PretrainConfig):

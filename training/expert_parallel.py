@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from deepspeed.moe.layer import MoE as DeepSpeedMoE
 from deepspeed.utils import groups
 from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 
-from training.model.moe import Experts, MoE
+from training.model.moe import Experts, MoE, expert_counts, expert_swiglu
 
 MOE_PREFIX = "deepspeed_moe.experts.deepspeed_experts.0."  # DeepSpeed's per-expert key layout
 
@@ -51,19 +50,18 @@ def create_groups(ep_size: int) -> None:
         groups._create_expert_and_data_parallel(ep_size)
 
 
-def swiglu_experts(h: torch.Tensor, expert: torch.Tensor, w1, w2, w3) -> torch.Tensor:
-    """h (M, D) rows for local experts `expert` (M,) -> (M, D), computed one expert slice at a time."""
+def swiglu_experts(h: torch.Tensor, expert: torch.Tensor, w1, w2, w3, fp8: str | None = None) -> torch.Tensor:
+    """h (M, D) rows for local experts `expert` (M,), in any order -> (M, D), in the same order.
+
+    fp8: None (the model's own `expert_swiglu`: grouped GEMM on Hopper in bf16, a per-expert loop
+    elsewhere), "gpu" or "emulate" (kernels/experts.py's FP8 grouped GEMM, or its CPU emulation)."""
+    if fp8 is not None:  # the kernel permutes by expert itself (128-row aligned segments)
+        from kernels.experts import grouped_swiglu
+
+        ones = torch.ones((h.shape[0], 1), dtype=torch.float32, device=h.device)
+        return grouped_swiglu(h, expert[:, None], ones, w1, w2, w3, fp8=True, emulate=fp8 == "emulate")
     order = expert.argsort(stable=True)
-    counts = torch.bincount(expert, minlength=w1.shape[0]).tolist()  # NOTE: one host sync per layer
-    hs = h[order]
-    outs, start = [], 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        x = hs[start:start + n]  # (n, D)
-        outs.append((F.silu(x @ w1[e].T) * (x @ w3[e].T)) @ w2[e].T)  # (n, D)
-        start += n
-    out = torch.cat(outs) if outs else hs[:0]
+    out = expert_swiglu(h[order], expert[order], w1, w2, w3)
     return torch.empty_like(out).index_copy_(0, order, out)  # back to the arrival order
 
 
@@ -99,6 +97,8 @@ class ExpertParallelExperts(DeepSpeedMoE):
         self.deepspeed_moe = nn.Module()
         self.deepspeed_moe.experts = nn.Module()
         self.deepspeed_moe.experts.deepspeed_experts = nn.ModuleList([block])
+        # None: bf16/fp32 experts; "gpu" / "emulate": FP8 grouped GEMM (set by `use_fp8_experts`)
+        self.fp8: str | None = None
 
     def set_deepspeed_parallelism(self, use_data_before_expert_parallel_: bool = False) -> None:
         create_groups(self.ep_size)  # already done in __init__; the engine calls this on MoE layers
@@ -115,17 +115,20 @@ class ExpertParallelExperts(DeepSpeedMoE):
         order = flat.argsort(stable=True)  # pairs grouped by expert, so by owner rank too
         token, expert = order // K, flat[order]
         xs = x[token]  # (N*K, D)
-        if self.ep_size == 1:
-            ys = swiglu_experts(xs, expert, b.w1, b.w2, b.w3)
+        if self.ep_size == 1 and self.fp8 is None:
+            ys = expert_swiglu(xs, expert, b.w1, b.w2, b.w3)  # already sorted by expert
+        elif self.ep_size == 1:
+            ys = swiglu_experts(xs, expert, b.w1, b.w2, b.w3, self.fp8)
         else:
             ys = self._exchange(xs, expert)
         ys = ys * weights.flatten()[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
+    @torch.compiler.disable  # uneven splits are read on the host: an eager island under torch.compile
     def _exchange(self, xs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         P, group = self.ep_size, self.ep_group
         owner = expert // self.n_local  # (M,) destination rank in the EP group
-        send = torch.bincount(owner, minlength=P)  # (P,) rows to each rank
+        send = expert_counts(owner, P)  # (P,) rows to each rank
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=group)  # how many rows arrive from each rank
         send_l, recv_l = send.tolist(), recv.tolist()
@@ -134,7 +137,7 @@ class ExpertParallelExperts(DeepSpeedMoE):
         arrived = xs.new_empty(sum(recv_l), xs.shape[1])
         arrived = all_to_all_single(arrived, xs.contiguous(), recv_l, send_l, group=group)
         b = self.block
-        out = swiglu_experts(arrived, local_ids, b.w1, b.w2, b.w3)
+        out = swiglu_experts(arrived, local_ids, b.w1, b.w2, b.w3, self.fp8)
         back = xs.new_empty(xs.shape)
         return all_to_all_single(back, out.contiguous(), send_l, recv_l, group=group)
 
@@ -147,6 +150,18 @@ def apply_expert_parallel(model: nn.Module, ep_size: int) -> int:
     for module in model.modules():
         if isinstance(module, MoE) and isinstance(module.experts, Experts):
             module.experts = ExpertParallelExperts(module.experts, ep_size)
+            n += 1
+    return n
+
+
+def use_fp8_experts(model: nn.Module, emulate: bool) -> int:
+    """Run every ExpertParallelExperts' local experts on the FP8 grouped GEMM (kernels/experts.py),
+    after `kernels.convert.convert_to_fp8` has converted the linears (it leaves these blocks alone:
+    their forward is the wrapper's, not a GroupedExperts'). Same parameters; returns the count."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, ExpertParallelExperts):
+            m.fp8 = "emulate" if emulate else "gpu"
             n += 1
     return n
 

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from training import distributed
 from training.data import PackedBatches, read_index, unigram_entropy, validation_batches
-from training.engine import (build_engine, complete_tags, load_latest, peak_flops, resolved_precision,
-                             save_checkpoint)
+from training.engine import (apply_speed_options, build_engine, complete_tags, load_latest, peak_flops,
+                             resolved_precision, save_checkpoint)
 from training.expert_parallel import apply_expert_parallel, full_state_dict
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
@@ -156,16 +158,25 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
     from training.model import Transformer
 
     index = check_inputs(profile, shards_dir, tokenizer_dir, dist.world_size)
+    if cfg.activation_checkpointing:
+        raise ValueError("pretrain.activation_checkpointing: not supported yet (recomputing a MoE layer's forward "
+                         "would count its routed tokens twice for the bias update); set it to false")
     precision = resolved_precision(cfg, dist.device)
     seq_len = index["sequence_length"]
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = Transformer(profile.model)
     apply_expert_parallel(model, cfg.ep_size)
+    model.to(dist.device)
     if precision == "fp8":
         from kernels.convert import FP8Config, convert_to_fp8
 
+        from training.expert_parallel import use_fp8_experts
+
+        # the linears through the converter; the expert blocks stay inside their expert-parallel
+        # wrapper (which owns the all-to-all) and switch to the FP8 grouped GEMM there
         convert_to_fp8(model, FP8Config(exclude=[*FP8Config().exclude, "*deepspeed_experts*"]))
-    model.to(dist.device)
+        use_fp8_experts(model, emulate=dist.device.type != "cuda")
+    apply_speed_options(model, cfg)
     engine, _, scheduler = build_engine(model, cfg, dist, precision)
     ckpt_dir = stage.checkpoint_dir("pretrain")
     client = load_latest(engine, ckpt_dir, dist)
@@ -191,28 +202,47 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
 
     module = engine.module
     step_time, window_tokens, window_start = 0.0, 0, time.time()
+    profiler = None
     for step in range(start, cfg.steps):
         t0 = time.time()
-        lm = mtp = 0.0
+        done = step + 1
+        logging_step = done % cfg.log_every == 0 or done == cfg.steps
+        if cfg.profile_step and step == cfg.profile_step:
+            profiler = _start_profiler()
+        # NOTE: losses are summed on the device (float64, as the Python floats they replace) and read
+        # once per log: a .item() per micro-step would stall the GPU queue every micro-step
+        lm = torch.zeros((), dtype=torch.float64, device=dist.device)
+        mtp = torch.zeros((), dtype=torch.float64, device=dist.device)
         for micro in range(data.accumulation):
-            batch = data.batch(step, micro).to(dist.device)
-            output = engine(batch[:, :-1], batch[:, 1:])
-            engine.backward(output.loss)
-            if micro == data.accumulation - 1:
+            with record_function("data"):
+                batch = data.batch(step, micro).to(dist.device, non_blocking=True)
+            with record_function("forward"):
+                output = engine(batch[:, :-1], batch[:, 1:])
+            with record_function("backward"):
+                engine.backward(output.loss)
+            if micro == data.accumulation - 1 and logging_step:
                 gnorm = grad_norm(engine, module)  # before step() clears the gradients
-            engine.step()
-            lm += output.lm_loss.item() / data.accumulation
-            mtp += (sum(x.item() for x in output.mtp_losses) / max(1, len(output.mtp_losses))) / data.accumulation
-        load = module.update_router_biases()  # aux-loss-free balancing, after the optimizer step
+            with record_function("engine_step"):  # the optimizer step on the last micro-step
+                engine.step()
+            lm += output.lm_loss.detach().double() / data.accumulation
+            if output.mtp_losses:
+                mtp += torch.stack([x.detach().double() for x in output.mtp_losses]).mean() / data.accumulation
+        with record_function("router_bias_update"):
+            load = module.update_router_biases()  # aux-loss-free balancing, after the optimizer step
         tokens_seen += tokens_per_step
         step_time += time.time() - t0
         window_tokens += tokens_per_step
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            loss = distributed.all_mean(lm, dist.device)
+        if profiler is not None and step == cfg.profile_step + 1:
+            _stop_profiler(profiler, out, dist.rank, report)
+            profiler, window_tokens, window_start = None, 0, time.time()  # traced steps are not throughput
+        if logging_step:
+            loss = distributed.all_mean(lm.item(), dist.device)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at step {done} (pretrain.learning_rate "
+                                         f"{cfg.learning_rate}, precision {precision}): the run diverged")
             elapsed = time.time() - window_start
-            tps = window_tokens / elapsed
-            metrics = {"loss": loss, "mtp_loss": distributed.all_mean(mtp, dist.device),
+            tps = window_tokens / elapsed if window_tokens else 0.0
+            metrics = {"loss": loss, "mtp_loss": distributed.all_mean(mtp.item(), dist.device),
                        "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm,
                        "tokens_per_second": tps, "tokens": tokens_seen, "epoch": data.epoch_of(done)}
             if peak:
@@ -238,6 +268,30 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
 
     return _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
                    dist, report, start)
+
+
+def _start_profiler():
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    prof = profile(activities=activities, record_shapes=False)
+    prof.__enter__()
+    return prof
+
+
+def _stop_profiler(prof, out: Path, rank: int, report: Reporter) -> None:
+    """The two traced steps' operators by device time (CPU time on a CPU) -> <out>/profile_rank<r>.txt."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    events = prof.key_averages()
+    path = out / f"profile_rank{rank}.txt"
+    path.write_text(events.table(sort_by=key, row_limit=60, max_name_column_width=90) + "\n\nby CPU time:\n"
+                    + events.table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=90))
+    rows = [{"name": e.key, "calls": e.count, "self_us": getattr(e, key)} for e in events]
+    path.with_suffix(".json").write_text(json.dumps(sorted(rows, key=lambda r: -r["self_us"])))
+    report.info(f"profile of 2 steps written to {path}")
 
 
 def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,

@@ -297,7 +297,13 @@ class PretrainConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage (infra/deepspeed/zero<stage>.json)
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32", "fp8" (kernels/, GPU)
     ep_size: int = 1  # expert-parallel ranks; must divide the world size and n_routed_experts
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # refused by the trainer: a recomputed MoE forward counts tokens twice
+    # GPU speed (no effect on the CPU path's numerics): torch.compile each transformer block and the
+    # loss head; SDPA kernel for MLA ("auto": PyTorch's choice; "flash": v zero-padded to the q/k
+    # head dim; "cudnn", "efficient": training/model/attention.py)
+    compile: bool = False
+    attention: str = "auto"
+    profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
     eval_batches: int = 8  # micro-batches per validation pass (per rank)
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end)
@@ -318,6 +324,8 @@ class PretrainConfig:
              f"pretrain.global_batch_size ({self.global_batch_size}) must be a multiple of "
              f"pretrain.micro_batch_size ({self.micro_batch_size})"),
             (self.ep_size >= 1, f"pretrain.ep_size is {self.ep_size}; must be >= 1"),
+            (self.attention in ("auto", "flash", "cudnn", "efficient"),
+             f"pretrain.attention is {self.attention!r}; accepted: 'auto', 'flash', 'cudnn', 'efficient'"),
             (0 <= self.warmup_steps, f"pretrain.warmup_steps is {self.warmup_steps}; must be >= 0"),
         ]
         errors = [msg for ok, msg in checks if not ok]

@@ -11,6 +11,12 @@ Two ways to compute the same attention:
   only (kv_lora_rank + qk_rope_head_dim) numbers per token and layer, which is what makes MLA's
   cache 50-70x smaller than a multi-head cache of the same heads.
 
+Which SDPA kernel runs the naive path on a GPU is `MLA.sdpa_backend`, set from outside (the
+trainer's `pretrain.attention`): "auto" leaves PyTorch's choice (cuDNN's kernel on an H200 with torch
+2.11, the fastest measured: BENCHMARKS.md); "flash" zero-pads v to the q/k head dim, since PyTorch's
+flash kernel needs equal head dims (the padded output columns are exactly zero and are cut off);
+"cudnn" and "efficient" ask for those kernels. CPU tensors always take "auto".
+
 It matches transformers' `DeepseekV3Attention` (tests/test_model_hf.py compares logits). NOTE: with
 `rope_interleave` transformers rotates adjacent pairs (x0, x1), (x2, x3), ... and writes the result
 de-interleaved ([evens' ; odds']); we do the same. Queries and keys share the layout, so q.k is
@@ -24,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig, yarn_mscale
 
@@ -153,6 +160,7 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(self.kv_rank, H * (self.nope + self.v_dim), bias=False)  # W_UK ; W_UV
         self.o_proj = nn.Linear(H * self.v_dim, D, bias=False)
         self.softmax_scale = cfg.softmax_scale
+        self.sdpa_backend = "auto"  # on CUDA: "auto", "flash" (v padded), "cudnn", "efficient"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, cache: LatentCache | None = None) -> torch.Tensor:
@@ -186,10 +194,23 @@ class MLA(nn.Module):
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # (B, H, T, qk)
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.rope)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)  # (B, H, T, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale
-        )  # (B, H, T, v)
+        if self.sdpa_backend == "auto" or not q.is_cuda:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               scale=self.softmax_scale)  # (B, H, T, v)
+        else:
+            y = self._sdpa_on(self.sdpa_backend, q, k, v, mask)
         return y.transpose(1, 2)  # (B, T, H, v)
+
+    def _sdpa_on(self, backend: str, q, k, v, mask):
+        """SDPA on one named kernel; "flash" pads v (B, H, T, v) to q's head dim, then cuts it back."""
+        kernels = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                   "efficient": SDPBackend.EFFICIENT_ATTENTION}
+        assert backend in kernels, f"MLA.sdpa_backend is {backend!r}; accepted: 'auto', {sorted(kernels)}"
+        pad = q.shape[-1] - v.shape[-1] if backend == "flash" else 0
+        with sdpa_kernel([kernels[backend]]):
+            y = F.scaled_dot_product_attention(q, k, F.pad(v, (0, pad)) if pad else v, attn_mask=mask,
+                                               is_causal=mask is None, scale=self.softmax_scale)
+        return y[..., : v.shape[-1]] if pad else y  # (B, H, T, v)
 
     def _absorbed(self, q_nope, q_pe, kv, pe, mask):
         """Attention against the latents (DeepSeek-V3 inference code, attn_impl="absorb").

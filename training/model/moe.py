@@ -14,8 +14,10 @@ outside autograd, from the tokens counted since the previous call. The sequence-
 (alpha x sum_i f_i P_i per sequence) is the paper's small safety net; alpha = 0 turns it off.
 
 Dropless: every token reaches all its experts. `Experts.forward` sorts the (token, expert) pairs by
-expert and runs one contiguous slice per expert, skipping empty ones (the reference a grouped-GEMM
-kernel replaces). Expert weights are stacked (E, out, in) tensors w1 (gate), w3 (up), w2 (down)
+expert and runs `expert_swiglu` over the sorted rows: on a CPU one contiguous slice per expert,
+skipping empty ones (the reference); on a Hopper GPU in bf16 one `torch._grouped_mm` per projection
+over all experts, with the segment ends computed on the device (no host sync, no Python loop; same
+products, summed in another order). Expert weights are stacked (E, out, in) tensors w1 (gate), w3 (up), w2 (down)
 with `forward(x, topk_ids, topk_w)`: the interface of kernels/experts.py's `GroupedExperts`, which
 a trainer swaps in from outside (same parameters, same state-dict keys) for the grouped GEMM and
 FP8. On disk, transformers keeps one `experts.{i}.{gate,up,down}_proj.weight` per expert (hf.py).
@@ -87,7 +89,7 @@ class Router(nn.Module):
         weights = weights * cfg.routed_scaling_factor
         if self.training:
             with torch.no_grad():
-                self.tokens_per_expert += torch.bincount(indices.flatten(), minlength=E)
+                self.tokens_per_expert += expert_counts(indices.flatten(), E)
         return weights, indices, scores
 
 
@@ -110,19 +112,47 @@ class Experts(nn.Module):
         flat = indices.flatten()  # (N*K,) expert of each (token, slot) pair
         order = flat.argsort(stable=True)  # pairs grouped by expert
         token = order // K  # (N*K,) token of each sorted pair
-        # NOTE: one host sync per layer for the split sizes; grouped-GEMM kernels avoid it
-        counts = torch.bincount(flat, minlength=self.w1.shape[0]).tolist()
-        xs = x[token]  # (N*K, D), sorted by expert
-        outs, start = [], 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue  # an empty expert costs nothing
-            h = xs[start : start + n]  # (n, D)
-            h = F.silu(h @ self.w1[e].T) * (h @ self.w3[e].T)  # (n, I)
-            outs.append(h @ self.w2[e].T)  # (n, D)
-            start += n
-        ys = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)  # (N*K, D)
+        ys = expert_swiglu(x[token], flat[order], self.w1, self.w2, self.w3)  # (N*K, D), sorted by expert
+        ys = ys * weights.flatten()[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(num_experts,) int64 rows per expert. NOTE: not torch.bincount, which reads its max on the
+    host (a sync on CUDA, and a data-dependent shape under torch.compile)."""
+    return torch.zeros(num_experts, dtype=torch.long, device=expert.device).scatter_add_(
+        0, expert.long(), torch.ones_like(expert, dtype=torch.long))
+
+
+def use_grouped_mm(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """torch._grouped_mm's CUTLASS kernel: bf16 on a Hopper (sm_90+) GPU."""
+    return (x.is_cuda and x.dtype == w.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+
+
+def expert_swiglu(xs: torch.Tensor, expert: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                  w3: torch.Tensor) -> torch.Tensor:
+    """xs (M, D) rows sorted by `expert` (M,) (ascending) -> (M, D): w2[e] @ (silu(w1[e] x) * w3[e] x).
+
+    w1, w3 (E, I, D), w2 (E, D, I). Grouped GEMM where it runs (see `use_grouped_mm`), else one
+    slice per non-empty expert."""
+    E = w1.shape[0]
+    counts = expert_counts(expert, E)
+    if use_grouped_mm(xs, w1):
+        ends = counts.cumsum(0).to(torch.int32)  # (E,) end row of each expert's segment, on the device
+        # mat_b is the (E, in, out) transposed view of the stacked (E, out, in) weights: no copy
+        h = F.silu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=ends)) * torch._grouped_mm(
+            xs, w3.transpose(1, 2), offs=ends)  # (M, I)
+        return torch._grouped_mm(h, w2.transpose(1, 2), offs=ends)  # (M, D)
+    outs, start = [], 0
+    for e, n in enumerate(counts.tolist()):  # NOTE: one host sync per layer for the split sizes
+        if n == 0:
+            continue  # an empty expert costs nothing
+        h = xs[start : start + n]  # (n, D)
+        h = F.silu(h @ w1[e].T) * (h @ w3[e].T)  # (n, I)
+        outs.append(h @ w2[e].T)  # (n, D)
+        start += n
+    return torch.cat(outs) if outs else xs[:0]
 
 
 class MoE(nn.Module):

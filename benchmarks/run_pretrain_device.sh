@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# One device call (kind nvidia-h200-x2) for the `small` profile's trainer figures (issues 4 and 7):
+#   setup    wheels from .whl/ (infra/wheelhouse.sh), synthetic shards, GPU checks of the fast paths
+#   phase A  GPU 0: the transformers peer, then ours bf16 compiled     (one after the other, same GPU)
+#            GPU 1: ours bf16 eager, then ours FP8 eager                (same data and steps: loss gap)
+#   phase B  both GPUs: ours bf16, expert parallelism EP=2 (torchrun)
+#   phase C  GPU 0: the peer at batch 8 and 16, ours compiled with micro-batch 16 (ZeRO-1, then ZeRO-0)
+#            GPU 1: FP8 checks per linear shape, ours FP8 eager, ours bf16 eager (the loss-gap pair)
+#   phase D  GPU 1: ours FP8 eager; GPU 0: ours bf16 eager again (the bf16-vs-bf16 noise floor)
+#   phase E  after DeepSpeed's per-parameter bf16 overflow check was turned off (training/engine.py):
+#            GPU 0: the peer, ours compiled (micro-batch 8); GPU 1: ours compiled (micro-batch 16);
+#            then both GPUs: EP=2 compiled
+# (one call runs "A B", "C", "D" or "E": each fits the 10-minute limit of a call, not all together)
+#   summary  $OUT/pretrain.json, $OUT/summary.md; every log, history and profile in $OUT/logs.tgz
+# PHASES="A B" picks phases; every run has its own time limit, so a failure costs only its slot.
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+PHASES=${PHASES:-A B}
+STEPS=${STEPS:-40}
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # keep multicast off
+W=/dev/shm/seekflow  # data, checkpoints and exports in RAM: disk speed is not what is measured
+L=$W/logs  # few files may come back from $OUT: logs go into one tarball at the end
+mkdir -p "$W/runs" "$L"
+t_start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t_start ))s] $*" | tee -a "$OUT/steps.log"; }
+
+{
+  python3 -V; nproc
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,memory.total --format=csv
+  python3 -c "import torch, triton, transformers; print(torch.__version__, torch.version.cuda, triton.__version__, transformers.__version__, torch.cuda.device_count())"
+  # NOTE: `python3 -m pip`, not `pip`: the bare pip on the PATH belongs to another interpreter
+  python3 -m pip install --no-index --find-links .whl -r .whl/requirements.txt 2>&1 | tail -3 \
+    || python3 -m pip install --no-index --no-deps --find-links .whl -r .whl/requirements.txt 2>&1 | tail -3
+  python3 -c "import deepspeed, datatrove, dagster_pipes, pydantic; print('deepspeed', deepspeed.__version__)"
+} > "$L/env.txt" 2>&1
+stamp "setup done"; tail -4 "$L/env.txt"
+
+python3 benchmarks/bench_pretrain.py data "$W/data" --train 1024 --validation 64 > /dev/null
+[ -n "$SKIP_CHECKS" ] || CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/bench_pretrain.py checks "$L/checks.json" > "$L/checks.log" 2>&1
+ATTN=${ATTN:-$(tail -1 "$L/checks.log" | grep -E '^(auto|flash|cudnn|efficient)$' || echo auto)}
+stamp "checks done, attention kernel: $ATTN"; cut -c1-400 "$L/checks.log" 2>/dev/null
+
+COMMON="pretrain.steps=$STEPS pretrain.warmup_steps=10 pretrain.log_every=5 pretrain.eval_every=$STEPS
+pretrain.eval_batches=2 pretrain.checkpoint_every=$STEPS pretrain.attention=$ATTN"
+
+train() {  # name gpus limit_s overrides...: one trainer run, its log under $OUT
+  local name=$1 gpus=$2 limit=$3; shift 3
+  local dir="$W/runs/$name"
+  python3 benchmarks/bench_pretrain.py config "$dir/stage.json" "$W/data" "$dir" $COMMON \
+    launch.nproc_per_node="$gpus" "$@" > /dev/null
+  stamp "start $name on GPU(s) ${CUDA_VISIBLE_DEVICES:-all}"
+  if [ "$gpus" = 1 ]; then
+    timeout "$limit" python3 -m training.pretrain --config "$dir/stage.json" > "$L/$name.log" 2>&1
+  else
+    timeout "$limit" python3 -m torch.distributed.run --nproc_per_node "$gpus" --master_port 29533 \
+      -m training.pretrain --config "$dir/stage.json" > "$L/$name.log" 2>&1
+  fi
+  stamp "end $name rc=$? $(grep -c 'tok/s' "$L/$name.log") logged windows"
+  cp "$dir"/profile_rank0.txt "$L/${name}_profile.txt" 2>/dev/null
+  cp "$dir"/profile_rank0.json "$L/${name}_profile.json" 2>/dev/null
+  cp "$dir"/history.json "$L/${name}_history.json" 2>/dev/null
+  cp "$dir"/stage.json "$L/${name}_stage.json" 2>/dev/null
+  grep -E "tok/s|validation|Error|error" "$L/$name.log" | tail -12 | cut -c1-300
+}
+
+if [[ " $PHASES " == *" A "* ]]; then
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    stamp "start HF peer"
+    timeout 180 python3 benchmarks/peer_hf_deepseek_v3.py > "$L/hf_peer.log" 2>&1
+    stamp "end HF peer: $(tail -1 "$L/hf_peer.log")"
+    train bf16_compile 1 330 pretrain.precision=bf16 pretrain.compile=true pretrain.profile_step=$((STEPS - 8))
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    train bf16_eager 1 240 pretrain.precision=bf16 pretrain.profile_step=$((STEPS - 8))
+    train fp8_eager 1 270 pretrain.precision=fp8
+  ) &
+  wait
+fi
+
+if [[ " $PHASES " == *" C "* ]]; then
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    timeout 120 python3 benchmarks/peer_hf_deepseek_v3.py > "$L/hf_peer.log" 2>&1
+    timeout 120 python3 benchmarks/peer_hf_deepseek_v3.py 16 > "$L/hf_peer_b16.log" 2>&1
+    stamp "HF peer: $(tail -1 "$L/hf_peer.log") | batch 16: $(tail -1 "$L/hf_peer_b16.log")"
+    train bf16_compile_mb16 1 240 pretrain.precision=bf16 pretrain.compile=true pretrain.micro_batch_size=16 \
+      pretrain.profile_step=$((STEPS - 8))
+    train bf16_compile_mb16_zero0 1 180 pretrain.precision=bf16 pretrain.compile=true \
+      pretrain.micro_batch_size=16 pretrain.zero_stage=0
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    timeout 150 python3 benchmarks/bench_pretrain.py checks "$L/checks_fp8.json" --which fp8_linears,fp8_experts \
+      > "$L/checks_fp8.log" 2>&1
+    stamp "fp8 checks: $(cut -c1-1500 "$L/checks_fp8.log")"
+    train fp8_eager 1 240 pretrain.precision=fp8 pretrain.profile_step=$((STEPS - 8))
+    train bf16_eager 1 150 pretrain.precision=bf16
+  ) &
+  wait
+fi
+
+if [[ " $PHASES " == *" D "* ]]; then
+  (CUDA_VISIBLE_DEVICES=1 train fp8_eager 1 330 pretrain.precision=fp8 pretrain.profile_step=$((STEPS - 8))) &
+  (CUDA_VISIBLE_DEVICES=0 train bf16_eager_repeat 1 200 pretrain.precision=bf16) &
+  wait
+fi
+
+if [[ " $PHASES " == *" E "* ]]; then
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    timeout 120 python3 benchmarks/peer_hf_deepseek_v3.py > "$L/hf_peer.log" 2>&1
+    stamp "HF peer: $(tail -1 "$L/hf_peer.log")"
+    train bf16_compile_fast 1 200 pretrain.precision=bf16 pretrain.compile=true pretrain.profile_step=$((STEPS - 8))
+  ) &
+  (CUDA_VISIBLE_DEVICES=1 train bf16_compile_mb16_fast 1 200 pretrain.precision=bf16 pretrain.compile=true \
+     pretrain.micro_batch_size=16) &
+  wait
+  train ep2_bf16_fast 2 150 pretrain.precision=bf16 pretrain.ep_size=2 pretrain.compile=true
+fi
+
+left=$(( ${DEADLINE:-560} - ($(date +%s) - t_start) - 25 ))  # the call's limit is 600 s
+EP_LIMIT=$(( left < ${EP_LIMIT:-240} ? left : ${EP_LIMIT:-240} ))
+if [[ " $PHASES " == *" B "* ]] && [ "$EP_LIMIT" -lt 90 ]; then
+  stamp "phase B skipped: ${left}s left"
+elif [[ " $PHASES " == *" B "* ]]; then
+  COMPILE=false
+  [ -f "$W/runs/bf16_compile/history.json" ] && COMPILE=true
+  [[ " $PHASES " == *" A "* ]] || COMPILE=${COMPILE_EP:-true}
+  train ep2_bf16 2 $EP_LIMIT pretrain.precision=bf16 pretrain.ep_size=2 pretrain.compile=$COMPILE
+fi
+
+python3 benchmarks/bench_pretrain.py summary "$W/runs" "$L" "$OUT/pretrain.json" | tee "$OUT/summary.md"
+for f in "$L"/*.log; do echo "== $f"; grep -E "Error|error:|Traceback" "$f" | head -4 | cut -c1-300; done
+tar -czf "$OUT/logs.tgz" -C "$W" logs
+stamp "all done"
