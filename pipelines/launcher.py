@@ -32,10 +32,10 @@ class TrainingLauncher(dg.ConfigurableResource):
     def run(self, context: dg.AssetExecutionContext, module: str, config_path: Path, launch: LaunchConfig,
             output_dir: Path, stage: str) -> dg.PipesClientCompletedInvocation:
         kind = self.kind or os.environ.get("SEEKFLOW_LAUNCH_KIND") or launch.kind
-        # PASSIVE: OpenMP threads sleep instead of spinning at barriers; on a shared CPU box a
-        # spinning trainer next to another busy process slows both down many times over
-        env = {"PYTHONUNBUFFERED": "1", "SEEKFLOW_HOME": str(seekflow_home()),
-               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        # NOTE: two CPU trainers sharing the same cores slow each other down many times over (OpenMP
+        # threads spin at barriers); OMP_WAIT_POLICY=PASSIVE in the environment trades some speed
+        # alone for much better behaviour shared. The default keeps PyTorch's own setting.
+        env = {"PYTHONUNBUFFERED": "1", "SEEKFLOW_HOME": str(seekflow_home())}
         try:
             if kind == "local":
                 command = local_command(module, config_path, launch)
