@@ -21,7 +21,6 @@ from assets.r1_zero import r1_zero_assets
 from assets.resources import MLflowTracking, SeekflowProfile
 from pipelines.launcher import TrainingLauncher
 
-CORPUS = dg.AssetSelection.groups("corpus")
 
 GROUPS = {
     "corpus": "Sources to packed token shards (datatrove)",
@@ -31,7 +30,8 @@ GROUPS = {
     "distillation": "r1's samples, then the dense students (one run per student partition)",
     "evaluation": "The report card across every model",
 }
-group_jobs = [dg.define_asset_job(name, selection=dg.AssetSelection.groups(name), description=desc)
+# `<group>_job`: a job may not share its name with an asset (`r1`, `r1_zero`)
+group_jobs = [dg.define_asset_job(f"{name}_job", selection=dg.AssetSelection.groups(name), description=desc)
               for name, desc in GROUPS.items()]
 full_lifecycle_job = dg.define_asset_job("full_lifecycle", selection=dg.AssetSelection.all(),
                                          description="Materialize every asset, sources to the last stage")

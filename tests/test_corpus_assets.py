@@ -49,7 +49,9 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"web_sources", "code_sources", "web_documents", "code_documents", "filtered_web", "filtered_code",
             "deduplicated_corpus", "tokenizer", "pretraining_shards"} <= keys
-    assert defs.resolve_job_def("full_lifecycle") and defs.resolve_job_def("corpus")
+    assert defs.resolve_job_def("full_lifecycle") and defs.resolve_job_def("corpus_job")
+    # what `dagster dev` and the web server do on load: names must be unique across jobs and assets
+    dg.Definitions.validate_loadable(defs)
 
 
 def test_corpus_group_materializes_with_planted_duplicates(seekflow_home, fixture_sources):

@@ -126,12 +126,15 @@ def grad_norm(engine, module) -> float:
     return total.sqrt().item()
 
 
+def layer_label(name: str) -> str:
+    """`layers.3.mlp` -> `3`; an MTP block's MoE `mtp.0.block.mlp` -> `mtp0` (never mistaken for layer 0)."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "layers" else f"{parts[0]}{parts[1]}"
+
+
 def router_metrics(model) -> dict[str, float]:
-    out = {}
-    for name, moe in model.moe_layers().items():
-        layer = name.split(".")[1] if name.startswith("layers.") else name.replace(".", "_")
-        out[f"router_bias_norm.{layer}"] = moe.gate.e_score_correction_bias.norm().item()
-    return out
+    return {f"router_bias_norm.{layer_label(name)}": moe.gate.e_score_correction_bias.norm().item()
+            for name, moe in model.moe_layers().items()}
 
 
 def train(stage: StageConfig) -> dict:
@@ -248,7 +251,7 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
             if peak:
                 metrics["mfu"] = fpt * tps / (peak * dist.world_size)
             for name, ratio in load.items():
-                metrics[f"expert_load_max_over_mean.{name.split('.')[1]}"] = ratio
+                metrics[f"expert_load_max_over_mean.{layer_label(name)}"] = ratio
             metrics.update(router_metrics(module))
             report.metrics(metrics, step=done)
             history.append({"step": done, "loss": loss, "tokens_per_second": tps})
