@@ -5,6 +5,7 @@
     python benchmarks/bench_pretrain.py checks OUT.json [--which ...]  (GPU: fast paths against references)
     python benchmarks/bench_pretrain.py summary RUNS_DIR LOGS_DIR OUT.json
     python benchmarks/bench_pretrain.py breakdown RUN/profile_rank0.json ...   (GPU time per step, by kind)
+    python benchmarks/bench_pretrain.py widths OUT.json [--scales 1 2 4 --layers 4]  (GPU: FP8 vs BF16 by width)
 
 benchmarks/run_pretrain_device.sh runs all of it in one device call. The trainer itself is the real
 one (`python -m training.pretrain --config FILE`, or torchrun for expert parallelism).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -272,7 +274,9 @@ def run_figures(run_dir: Path, skip_windows: int = 1) -> dict | None:
     fpt_no_mtp = flops_per_token(profile.model, seq, include_mtp=False, causal=True)
     gpus = profile.launch.nproc_per_node
     losses = [h["loss"] for h in hist if "loss" in h]
+    tail = losses[-max(1, len(losses) // 5):]  # the last fifth of the logged steps
     return {"tokens_per_s": tps, "tokens_per_s_per_gpu": tps / gpus, "gpus": gpus,
+            "tail_loss": sum(tail) / len(tail) if tail else None,
             "windows": [w["tokens_per_second"] for w in windows],
             "flops_per_token": fpt, "flops_per_token_without_mtp": fpt_no_mtp,
             "mfu_989": fpt * tps / (989e12 * gpus), "mfu_790": fpt * tps / (790e12 * gpus),
@@ -324,13 +328,185 @@ def summary(runs: Path, logs: Path, out: Path) -> None:
             print(f"FP8 vs BF16 ({a} / {b}): train loss {gap['loss_bf16']:.4f} vs {gap['loss_fp8']:.4f} "
                   f"({gap['rel_gap']:+.3%}), validation {gap['val_bf16']:.4f} vs {gap['val_fp8']:.4f} "
                   f"({gap['val_rel_gap']:+.3%}), speed x{gap['speed_fp8_over_bf16']:.2f}")
+    comparison = precision_comparison(res["runs"])
+    if comparison:
+        res["fp8_vs_bf16_repeats"] = comparison
+    out.write_text(json.dumps(res, indent=1))
+
+
+def precision_comparison(runs: dict, ref: str = "bf16", other: str = "fp8") -> dict | None:
+    """Runs named <ref>_<i> and <other>_<i> (identical configs but the precision, same data and
+    seeds): the ref runs' spread is the run-to-run noise (nondeterministic kernels: atomics in the
+    MoE combine, routing ties), against which the gap of each <other> run to the ref mean is read."""
+    groups: dict[str, list[dict]] = {}
+    for name, f in runs.items():
+        base, _, idx = name.rpartition("_")
+        if idx.isdigit():
+            groups.setdefault(base, []).append(f)
+    if not (groups.get(ref) and groups.get(other)):
+        return None
+    out = {"runs": {ref: len(groups[ref]), other: len(groups[other])}}
+    print(f"\n{other} vs {ref}, {len(groups[other])} and {len(groups[ref])} runs (relative to the {ref} mean):")
+    for metric in ("final_loss", "tail_loss", "val_loss"):
+        a = [f[metric] for f in groups[ref] if f.get(metric) is not None]
+        b = [f[metric] for f in groups[other] if f.get(metric) is not None]
+        if not (a and b):
+            continue
+        m = sum(a) / len(a)
+        row = {ref: a, other: b, f"{ref}_mean": m, f"{ref}_spread_rel": (max(a) - min(a)) / m,
+               f"{ref}_each_rel": [(x - m) / m for x in a], f"{other}_each_rel": [(x - m) / m for x in b],
+               "gap_rel": (sum(b) / len(b) - m) / m}
+        out[metric] = row
+        print(f"  {metric}: {ref} {', '.join(f'{x:.4f}' for x in a)} (spread {row[f'{ref}_spread_rel']:.3%}); "
+              f"{other} {', '.join(f'{x:.4f}' for x in b)}: mean gap {row['gap_rel']:+.3%}, each "
+              f"{', '.join(f'{x:+.3%}' for x in row[f'{other}_each_rel'])}")
+    tps = {k: [f["tokens_per_s"] for f in groups[k]] for k in (ref, other)}
+    out["tokens_per_s"] = {**tps, "ratio_of_medians": statistics.median(tps[other]) / statistics.median(tps[ref])}
+    out["mfu_989"] = {k: [f["mfu_989"] for f in groups[k]] for k in (ref, other)}
+    print(f"  tokens/s: {ref} {[round(x) for x in tps[ref]]}, {other} {[round(x) for x in tps[other]]}: "
+          f"{other}/{ref} {out['tokens_per_s']['ratio_of_medians']:.2f}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 against BF16 by width, on the real model (one process, no DeepSpeed engine)
+
+WIDTH_BASE = {"hidden_size": 1024, "intermediate_size": 2816, "moe_intermediate_size": 512,
+              "q_lora_rank": 384, "kv_lora_rank": 256, "num_attention_heads": 16}  # the small profile
+
+
+def time_model_step(profile, precision: str, micro_batch: int, steps: int, warmup: int = 3,
+                    kernel_profile: bool = False) -> dict:
+    """tokens/s of forward + backward + AdamW step + router bias update of training/model's
+    Transformer, set up as training/pretrain.py does (expert-parallel wrapper with EP=1, FP8
+    conversion, SDPA choice, bf16 weights), on random tokens. NOTE: plain fused AdamW on the bf16
+    weights instead of DeepSpeed's engine (fp32 master copy): the same extra work for both precisions."""
+    import time
+
+    import torch
+
+    from training import distributed
+    from training.engine import apply_speed_options
+    from training.expert_parallel import apply_expert_parallel
+    from training.model import Transformer
+    from training.pretrain import convert_model_to_fp8
+
+    dist = distributed.init()
+    torch.manual_seed(0)
+    with torch.device(dist.device):
+        model = Transformer(profile.model)
+    apply_expert_parallel(model, 1)
+    if precision == "fp8":
+        convert_model_to_fp8(model, emulate=False)
+    apply_speed_options(model, profile.pretrain)
+    model.to(torch.bfloat16).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    seq, vocab = profile.shards.sequence_length, profile.model.vocab_size
+    batch = torch.randint(0, vocab, (micro_batch, seq + 1), device=dist.device)
+
+    def step():
+        out = model(batch[:, :-1], batch[:, 1:])
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.update_router_biases()
+        return out.loss
+
+    for _ in range(warmup):  # autotuning, backend choice, allocator
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    res = {"tokens_per_s": micro_batch * seq * steps / dt, "step_ms": dt / steps * 1e3, "loss": loss.item(),
+           "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+    if kernel_profile:  # GPU kernel time of two more steps, by kind (see kernel_kind)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+        kinds: dict[str, float] = {}
+        names: dict[str, float] = {}
+        for e in prof.key_averages():
+            us = getattr(e, "self_device_time_total", 0) or 0
+            if us > 0:
+                kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + us / 2 / 1e3
+                names[e.key[:90]] = us / 2 / 1e3
+        res["kernel_ms_per_step"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        res["top_kernels_ms_per_step"] = dict(sorted(names.items(), key=lambda kv: -kv[1])[:25])
+        if precision == "fp8":  # what backend="auto" / impl="auto" chose, with their medians
+            from kernels.fp8_gemm import backend_choices
+            from kernels.moe import impl_choices
+
+            res["fp8_gemm_choices"] = backend_choices()
+            res["grouped_gemm_choices"] = impl_choices()
+    del model, opt
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return res
+
+
+def width_scan(out: Path, scales: list[int], layers: int, micro_batch: int, steps: int,
+               kernel_profile: bool = False, precisions: tuple[str, ...] = ("bf16", "fp8")) -> None:
+    """The small model with every width scaled by s (hidden, FFN, expert and LoRA widths, heads; head
+    dims fixed) and `layers` layers, bf16 against FP8: where FP8 starts to pay."""
+    import torch
+
+    from training.model import flops_per_token
+    from training.settings import load_profile
+
+    res = {"device": torch.cuda.get_device_name(), "layers": layers, "micro_batch": micro_batch,
+           "steps": steps, "rows": []}
+    print("| scale | hidden | experts I | GFLOP/token | bf16 tokens/s | FP8 tokens/s | FP8 / bf16 | "
+          "bf16 MFU (989) | FP8 MFU (989) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in scales:
+        overrides = {f"model.{k}": v * s for k, v in WIDTH_BASE.items()}
+        overrides.update({"model.num_hidden_layers": layers, "pretrain.compile": False})
+        profile = load_profile("small", overrides)
+        fpt = flops_per_token(profile.model, profile.shards.sequence_length, causal=True)
+        row = {"scale": s, "overrides": overrides, "flops_per_token": fpt}
+        for precision in precisions:
+            try:
+                row[precision] = time_model_step(profile, precision, micro_batch, steps,
+                                                 kernel_profile=kernel_profile)
+                row[precision]["mfu_989"] = fpt * row[precision]["tokens_per_s"] / 989e12
+            except Exception as e:  # out of memory at a large width, a kernel failure: record it
+                row[precision] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                torch.cuda.empty_cache()
+        res["rows"].append(row)
+        out.write_text(json.dumps(res, indent=1))
+        b, f = row.get("bf16", {}), row.get("fp8", {})
+        if "tokens_per_s" in b and "tokens_per_s" in f:
+            row["fp8_over_bf16"] = f["tokens_per_s"] / b["tokens_per_s"]
+            print(f"| {s} | {1024 * s} | {512 * s} | {fpt / 1e9:.2f} | {b['tokens_per_s']:,.0f} | "
+                  f"{f['tokens_per_s']:,.0f} | {row['fp8_over_bf16']:.2f} | {b['mfu_989']:.1%} | "
+                  f"{f['mfu_989']:.1%} |", flush=True)
+        else:
+            print(f"| {s} | {1024 * s} | bf16: {b.get('error', 'ok')} | fp8: {f.get('error', 'ok')} |", flush=True)
+        for precision in precisions:
+            if "kernel_ms_per_step" in row[precision]:
+                ms = row[precision]["kernel_ms_per_step"]
+                print(f"  scale {s} {precision}: GPU kernels {sum(ms.values()):.1f} ms/step: "
+                      + "; ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)
+                if os.environ.get("TOP_KERNELS"):
+                    for k, v in row[precision]["top_kernels_ms_per_step"].items():
+                        print(f"    {v:7.2f} ms  {k}")
+                    r = row[precision]
+                    for c in r.get("fp8_gemm_choices", []) + r.get("grouped_gemm_choices", []):
+                        med = ", ".join(f"{k} {v:.3f}" for k, v in c["median_ms"].items())
+                        print(f"    auto {c.get('backend', c.get('impl'))} ({med}) {c['key'][:160]}")
     out.write_text(json.dumps(res, indent=1))
 
 
 # kernel name -> what it does, for the per-step breakdown of a trainer's profile (profile_rank0.json)
 def kernel_kind(name: str) -> str:
     n = name.lower()
-    if "_fp8_gemm" in n or "_grouped_gemm_kernel" in n:
+    if "_fp8_gemm" in n or "_grouped_gemm" in n or "_grouped_wgrad" in n:
         return "FP8 GEMMs (Triton)"
     if "gemmuniversal" in n or "cutlass" in n:
         return "grouped GEMM (experts, torch._grouped_mm)"
@@ -340,8 +516,10 @@ def kernel_kind(name: str) -> str:
         return "attention (cuDNN SDPA)"
     if "fusedopti" in n or "multi_tensor" in n:
         return "AdamW (fused)"
-    if "quant" in n or "_permute" in n or "_combine" in n:
-        return "FP8 quantize / permute / combine (Triton)"
+    if "quant" in n:
+        return "FP8 quantization (Triton)"
+    if "_permute" in n or "_combine" in n:
+        return "MoE permute / combine (Triton)"
     if n.startswith("triton_"):
         return "fused elementwise / reductions (torch.compile)"
     if "memcpy" in n or "memset" in n:
@@ -399,6 +577,14 @@ def main() -> None:
     s.add_argument("out", type=Path)
     b = sub.add_parser("breakdown")
     b.add_argument("profiles", type=Path, nargs="+")
+    w = sub.add_parser("widths")
+    w.add_argument("out", type=Path)
+    w.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
+    w.add_argument("--layers", type=int, default=4)
+    w.add_argument("--micro-batch", type=int, default=8)
+    w.add_argument("--steps", type=int, default=8)
+    w.add_argument("--profile", action="store_true", help="GPU kernel time by kind, two more steps")
+    w.add_argument("--precisions", nargs="+", default=["bf16", "fp8"])
     a = ap.parse_args()
     if a.cmd == "data":
         print(make_data(a.out, a.vocab, a.seq, a.train, a.validation))
@@ -409,6 +595,8 @@ def main() -> None:
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)
+    elif a.cmd == "widths":
+        width_scan(a.out, a.scales, a.layers, a.micro_batch, a.steps, a.profile, tuple(a.precisions))
     else:
         summary(a.runs, a.logs, a.out)
 

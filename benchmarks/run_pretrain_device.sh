@@ -10,7 +10,12 @@
 #   phase E  after DeepSpeed's per-parameter bf16 overflow check was turned off (training/engine.py):
 #            GPU 0: the peer, ours compiled (micro-batch 8); GPU 1: ours compiled (micro-batch 16);
 #            then both GPUs: EP=2 compiled
-# (one call runs "A B", "C", "D" or "E": each fits the 10-minute limit of a call, not all together)
+#   phase F  issue 7's FP8-vs-BF16 comparison (2026-11-30): three BF16 and three FP8 runs of identical
+#            configs but the precision (same data, seeds, steps; eager), alternating over the two GPUs
+#            so that each precision runs on both: the BF16 runs' spread is the noise floor
+#   phase G  (one GPU) the GPU kernel tests, the FP8 step's GPU time by kernel kind at widths 1x and
+#            4x (bench_pretrain.py widths), one more FP8 run of phase F's config (one of three spiked)
+# (one call runs "A B", "C", "D", "E", "F" or "G": each fits the 10-minute limit of a call, not all together)
 #   summary  $OUT/pretrain.json, $OUT/summary.md; every log, history and profile in $OUT/logs.tgz
 # PHASES="A B" picks phases; every run has its own time limit, so a failure costs only its slot.
 set -o pipefail
@@ -36,13 +41,13 @@ stamp() { echo "[$(( $(date +%s) - t_start ))s] $*" | tee -a "$OUT/steps.log"; }
 } > "$L/env.txt" 2>&1
 stamp "setup done"; tail -4 "$L/env.txt"
 
-python3 benchmarks/bench_pretrain.py data "$W/data" --train 1024 --validation 64 > /dev/null
+python3 benchmarks/bench_pretrain.py data "$W/data" --train ${TRAIN_SEQS:-1024} --validation 64 > /dev/null
 [ -n "$SKIP_CHECKS" ] || CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/bench_pretrain.py checks "$L/checks.json" > "$L/checks.log" 2>&1
 ATTN=${ATTN:-$(tail -1 "$L/checks.log" | grep -E '^(auto|flash|cudnn|efficient)$' || echo auto)}
 stamp "checks done, attention kernel: $ATTN"; cut -c1-400 "$L/checks.log" 2>/dev/null
 
 COMMON="pretrain.steps=$STEPS pretrain.warmup_steps=10 pretrain.log_every=5 pretrain.eval_every=$STEPS
-pretrain.eval_batches=2 pretrain.checkpoint_every=$STEPS pretrain.attention=$ATTN"
+pretrain.eval_batches=${EVAL_BATCHES:-2} pretrain.checkpoint_every=$STEPS pretrain.attention=$ATTN"
 
 train() {  # name gpus limit_s overrides...: one trainer run, its log under $OUT
   local name=$1 gpus=$2 limit=$3; shift 3
@@ -119,6 +124,29 @@ if [[ " $PHASES " == *" E "* ]]; then
      pretrain.micro_batch_size=16) &
   wait
   train ep2_bf16_fast 2 150 pretrain.precision=bf16 pretrain.ep_size=2 pretrain.compile=true
+fi
+
+if [[ " $PHASES " == *" F "* ]]; then
+  F_BF16=${F_BF16_S:-140}; F_FP8=${F_FP8_S:-190}  # per-run limits: the three runs of a GPU fit one call
+  (export CUDA_VISIBLE_DEVICES=0
+   train bf16_1 1 $F_BF16 pretrain.precision=bf16 pretrain.compile=false
+   train fp8_2 1 $F_FP8 pretrain.precision=fp8 pretrain.compile=false
+   train bf16_3 1 $F_BF16 pretrain.precision=bf16 pretrain.compile=false) &
+  (export CUDA_VISIBLE_DEVICES=1
+   train fp8_1 1 $F_FP8 pretrain.precision=fp8 pretrain.compile=false
+   train bf16_2 1 $F_BF16 pretrain.precision=bf16 pretrain.compile=false
+   train fp8_3 1 $F_FP8 pretrain.precision=fp8 pretrain.compile=false) &
+  wait
+fi
+
+if [[ " $PHASES " == *" G "* ]]; then  # one GPU: GPU tests, FP8 step breakdown, one more FP8 run
+  export CUDA_VISIBLE_DEVICES=0
+  timeout 150 python3 -m pytest tests/test_kernels_gpu.py -q -rs -n 4 -p no:cacheprovider > "$L/tests.log" 2>&1
+  stamp "GPU tests: $(tail -1 "$L/tests.log")"; grep -E "^(FAILED|ERROR)" "$L/tests.log" | cut -c1-200
+  timeout 140 python3 benchmarks/bench_pretrain.py widths "$L/widths_profile.json" --scales 1 4 --steps 4 --profile \
+    > "$L/widths_profile.log" 2>&1
+  stamp "widths: rc=$?"; grep -E "^\||scale" "$L/widths_profile.log" | cut -c1-900
+  train fp8_4 1 ${G_FP8_S:-220} pretrain.precision=fp8 pretrain.compile=false
 fi
 
 left=$(( ${DEADLINE:-560} - ($(date +%s) - t_start) - 25 ))  # the call's limit is 600 s

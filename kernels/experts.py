@@ -8,23 +8,22 @@ and `forward(x (T, D), topk_ids (T, k) int, topk_w (T, k) float) -> (T, D)` comp
 A model whose experts are a ModuleList of per-expert nn.Linear modules (the DeepSeek-V3 inference
 code's layout) is converted linear by linear instead, with no grouped GEMM.
 
-Backward. dgrad runs the grouped GEMM again on the transposed weights; wgrad is one GEMM per
-non-empty expert over its 128-aligned row segment (a host read of the segment offsets; empty
-experts are skipped). In FP8 the wgrad operands are quantized along rows (128x1 tiles), which never
-straddle two experts because segments are 128-aligned.
+Backward. dgrad runs the grouped GEMM again on the transposed weights. wgrad in FP8 is one launch
+over all experts (`grouped_wgrad_fp8`: each expert's reduction runs over its own 128-aligned row
+segment, bounds read on the device, no host sync); its operands are quantized along rows (128x1
+tiles), which never straddle two experts because segments are 128-aligned. wgrad in bf16 is one
+GEMM per non-empty expert (a host read of the segment offsets; empty experts are skipped).
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_quant import FP8, TILE, act_quant, act_quant_ref, weight_quant, weight_quant_ref
-from kernels.moe import Routing, combine, grouped_gemm, grouped_gemm_ref, make_routing, permute
+from kernels.moe import (Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
+                         make_routing, permute)
 
 
 def _quant_stacked(w: torch.Tensor, wq_fn):
@@ -60,39 +59,28 @@ class GroupedLinearFunction(torch.autograd.Function):
     def backward(ctx, dout):
         r, fp8, emulate = ctx.r, ctx.fp8, ctx.emulate
         dout = dout.contiguous()
-        offs, counts = r.offsets.tolist(), r.counts.tolist()
         grouped = grouped_gemm_ref if emulate else grouped_gemm
-        if fp8:
+        if fp8:  # NOTE: no host read of the routing here: segment bounds stay on the device
             x_perm, wq, ws = ctx.saved_tensors
             aq = act_quant_ref if emulate else act_quant
-            # NOTE: Triton with one fixed config, not "auto" nor the autotuner: segment lengths
-            # change every step, and both would benchmark again for every new length
-            gemm = fp8_gemm_ref if emulate else partial(fp8_gemm_triton, autotune=False)
             dq, ds = aq(dout)  # 1x128 along N
             dx = grouped(dq, wq.transpose(1, 2).contiguous(), r, ds,
-                              ws.transpose(1, 2).contiguous(), out_dtype=dout.dtype)
-            dtq, dts = aq(dout.t())  # (N, P): 128x1 tiles along rows
+                         ws.transpose(1, 2).contiguous(), out_dtype=dout.dtype)
+            dtq, dts = aq(dout.t())  # (N, P): 128x1 tiles along rows, never across two experts
             xtq, xts = aq(x_perm.t())  # (K, P)
-            E, N, K = wq.shape
-            dw = torch.zeros((E, N, K), dtype=torch.float32, device=dout.device)
-            for e in range(E):
-                if counts[e] == 0:
-                    continue
-                lo, hi = offs[e], offs[e + 1]  # multiples of 128
-                tl_, th_ = lo // TILE, hi // TILE
-                dw[e] = gemm(dtq[:, lo:hi], dts[:, tl_:th_], xtq[:, lo:hi], xts[:, tl_:th_], 1,
-                             out_dtype=torch.float32)
+            dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r)  # (E, N, K)
         else:
             x_perm, w = ctx.saved_tensors
             dx = grouped(dout, w.transpose(1, 2).contiguous(), r)
             dw = torch.zeros(w.shape, dtype=torch.float32, device=dout.device)
+            offs, counts = r.offsets.tolist(), r.counts.tolist()  # NOTE: a host sync (bf16 path only)
             for e in range(w.shape[0]):
                 if counts[e] == 0:
                     continue
                 lo, hi = offs[e], offs[e + 1]
                 dw[e] = dout[lo:hi].float().t() @ x_perm[lo:hi].float()
-        # rows of empty tail tiles were never written by the grouped GEMM: zero them
-        dx[offs[-1]:] = 0
+        # NOTE: rows of dx past the last segment are left as the grouped GEMM left them (unwritten on
+        # the GPU): PermuteFunction's backward reads routed rows only
         return dx, dw.to(ctx.w_dtype), None, None, None
 
 

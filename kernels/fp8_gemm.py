@@ -16,10 +16,19 @@ The kernel does what the paper calls promotion: each 128-deep slice of K goes th
 in FP8 and the partial product is scaled and added to an FP32 accumulator held in registers, so the
 limited accumulation width of the FP8 MMA never spans more than 128 products.
 
+Two Triton kernels compute it. "classic": one program per output tile, pointer loads. "tma":
+persistent (one program per SM walking the tiles in grouped order, so the next tile's loads can
+overlap this tile's epilogue), operands through Hopper's TMA unit (host-side tensor descriptors:
+hardware address generation and bounds handling, no masks), epilogue through a TMA store. Both
+have the same promotion, which is what keeps them behind cuBLAS (BENCHMARKS.md: the tensor cores
+wait while the CUDA cores scale each slice; DeepGEMM hides it with warp-specialized ping-pong, which
+Triton 3.6 offers only on Blackwell).
+
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
-the peer: `fp8_gemm(..., backend="auto")` runs both once per shape on the GPU and keeps the faster of
-those whose result agrees with the reference (see pick_backend).
+the peer: `fp8_gemm(..., backend="auto")` runs cuBLAS and both Triton kernels once per shape and
+layout on the GPU and keeps the fastest (median of 21 timed calls) of those whose result agrees with
+the reference (see pick_backend and kernels/autoselect.py).
 Shapes need not be multiples of 128 (ragged tiles are masked); the cuBLAS peer needs M, N, K
 multiples of 16, and (weights) K a multiple of 512, and is skipped otherwise: see fp8_gemm_cublas.
 """
@@ -28,7 +37,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import HAS_TRITON, INTERPRET, grouped_tile, require_cuda, tl, triton, use_triton
+from kernels._triton import (HAS_TRITON, TensorDescriptor, autotuned, fixed_config, grouped_tile, launch_kwargs,
+                             num_sms, require_cuda, tl, tma_block_shapes, tma_ok, triton, use_triton)
+from kernels.autoselect import Choice, choose, tensor_key
 from kernels.fp8_quant import FP8, TILE, act_dequant, cdiv
 
 
@@ -61,7 +72,8 @@ def fp8_gemm_ref(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.float32,
 
 
 # ---------------------------------------------------------------------------------------------
-# Triton kernel
+# Triton kernels: "classic" (one program per tile, pointer loads) and "tma" (persistent, TMA loads)
+
 
 if HAS_TRITON:
 
@@ -91,7 +103,11 @@ if HAS_TRITON:
         a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :]
         b_ptrs = b_ptr + rn[:, None] * stride_bn + offs_k[None, :]
         sa_ptrs = sa_ptr + rm * stride_sam
-        sb_ptrs = sb_ptr + (rn // B_BLOCK) * stride_sbn
+        if B_BLOCK == 1:
+            sb_ptrs = sb_ptr + rn * stride_sbn
+        else:  # one or two block scales for the whole tile (see the TMA kernel's NOTE)
+            sb_ptrs = sb_ptr + (pid_n * BLOCK_N // B_BLOCK) * stride_sbn
+            sb_next = tl.minimum(pid_n * BLOCK_N // B_BLOCK + 1, tl.cdiv(N, B_BLOCK) - 1) * stride_sbn
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         kb = 0
@@ -100,9 +116,15 @@ if HAS_TRITON:
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             sa = tl.load(sa_ptrs + kb)
-            sb = tl.load(sb_ptrs + kb)
             # promotion: an FP8 MMA over one 128-deep slice, then scaled into the FP32 accumulator
-            acc += tl.dot(a, tl.trans(b)) * sa[:, None] * sb[None, :]
+            if B_BLOCK == 1:
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * tl.load(sb_ptrs + kb)[None, :])
+            elif BLOCK_N <= B_BLOCK:
+                acc += tl.dot(a, tl.trans(b)) * (sa * tl.load(sb_ptrs + kb))[:, None]
+            else:
+                tl.static_assert(BLOCK_N == 2 * B_BLOCK, "BLOCK_N must be at most two weight blocks")
+                sb = tl.where(tl.arange(0, BLOCK_N) < B_BLOCK, tl.load(sb_ptrs + kb), tl.load(sb_ptr + sb_next + kb))
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
             kb += 1
@@ -111,16 +133,82 @@ if HAS_TRITON:
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
-    # NOTE: the autotuner needs a GPU driver; under TRITON_INTERPRET the first config is used as is
-    _fp8_gemm_tuned = (_fp8_gemm_kernel if INTERPRET else
-                       triton.autotune(configs=_CONFIGS, key=["M", "N", "K", "B_BLOCK"])(_fp8_gemm_kernel))
+    _fp8_gemm_tuned = autotuned(_fp8_gemm_kernel, _CONFIGS, key=["M", "N", "K", "B_BLOCK"])
+
+    def _tma_config(bm, bn, warps, stages, flatten=True):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "FLATTEN": flatten},
+                             num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
+
+    # NOTE: the promotion holds the accumulator AND a fresh slice product in registers; only tiles
+    # with at most 64 accumulator values a thread (128x128 on 8 warps, 64x256 on 8, 64x128 on 4)
+    # compile without spills (ptxas, sm_90: 128x256 on 8 warps spilled 45-67 values in the loop)
+    _TMA_CONFIGS = [
+        _tma_config(128, 128, 8, 4),
+        _tma_config(64, 256, 8, 4),
+        _tma_config(128, 128, 8, 5),
+        _tma_config(64, 128, 4, 4),
+        _tma_config(128, 128, 8, 3, flatten=False),
+        _tma_config(64, 256, 8, 3, flatten=False),
+    ]
+
+    @triton.jit
+    def _fp8_gemm_tma_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, M, N, K, stride_sam, stride_sbn, OUT_BYTES,
+                             B_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
+                             NUM_SMS: tl.constexpr):
+        # persistent: one program per SM walks the output tiles in grouped order; with FLATTEN the
+        # compiler fuses the tile and K loops so that the next tile's loads overlap this epilogue
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN):
+            pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+            # NOTE: TMA zero-fills reads past M, N and K and clips the store at M, N; only the scale
+            # reads of a ragged tile need clamping (their products are never stored)
+            rows = tl.minimum(off_m + tl.arange(0, BLOCK_M), M - 1)
+            sa_ptrs = sa_ptr + rows * stride_sam
+            if B_BLOCK == 1:  # wgrad: one B scale per column
+                cols = tl.minimum(off_n + tl.arange(0, BLOCK_N), N - 1)
+                sb_ptrs = sb_ptr + cols * stride_sbn
+            else:  # weight blocks: one or two B scales per slice for the whole tile
+                sb_ptrs = sb_ptr + (off_n // B_BLOCK) * stride_sbn
+                sb_next = tl.minimum(off_n // B_BLOCK + 1, tl.cdiv(N, B_BLOCK) - 1) * stride_sbn  # 2nd half
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for kb in range(k_steps):
+                a = a_desc.load([off_m, kb * BLOCK_K])
+                b = b_desc.load([off_n, kb * BLOCK_K])
+                sa = tl.load(sa_ptrs + kb)
+                # promotion: one FP8 MMA per 128-deep slice, scaled into the fp32 accumulator.
+                # NOTE: a loaded per-column scale vector lives in the accumulator's layout (32 values
+                # a thread) in every pipeline stage and made the kernel spill; block scales are
+                # loaded as one or two numbers and only expanded where they are used
+                if B_BLOCK == 1:
+                    sb = tl.load(sb_ptrs + kb)
+                    acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
+                elif BLOCK_N <= B_BLOCK:
+                    sb = tl.load(sb_ptrs + kb)
+                    acc += tl.dot(a, b.T) * (sa * sb)[:, None]
+                else:
+                    tl.static_assert(BLOCK_N == 2 * B_BLOCK, "BLOCK_N must be at most two weight blocks")
+                    sb0 = tl.load(sb_ptrs + kb)
+                    sb1 = tl.load(sb_ptr + sb_next + kb)
+                    sb = tl.where(tl.arange(0, BLOCK_N) < B_BLOCK, sb0, sb1)
+                    acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
+            c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+
+    # NOTE: OUT_BYTES is only a key: descriptors carry no dtype the autotuner sees, and an fp32 output
+    # needs twice the epilogue shared memory of a bf16 one (a config can fit one and not the other)
+    _fp8_gemm_tma_tuned = autotuned(_fp8_gemm_tma_kernel, _TMA_CONFIGS, key=["M", "N", "K", "B_BLOCK", "OUT_BYTES"])
 
 
-def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
-                    autotune: bool = True) -> torch.Tensor:
-    """autotune=False launches the first config as is: for shapes that change every call (an
-    expert's row count in the MoE weight gradient), where the autotuner, keyed by M, N and K,
-    would benchmark every config again for each new shape."""
+def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, impl: str | None = None,
+                    config=None) -> torch.Tensor:
+    """Our Triton FP8 GEMM. impl: "tma" (persistent, TMA loads; needs 16-byte aligned rows: K a
+    multiple of 16, N of 8 for bf16 output), "classic" (one program per tile), None: "tma" where it
+    applies. config: None autotunes (keyed by M, N, K, b_block); an index into the impl's config list
+    or a triton.Config launches that config as is (tests, and shapes that change every call)."""
     M, N, K = _check(a, sa, b, sb, b_block)
     require_cuda(a, b, sa, sb, what="fp8_gemm_triton")
     assert a.stride(1) == 1 and b.stride(1) == 1, (
@@ -128,19 +216,46 @@ def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
         "for the dgrad operand")
     assert sa.stride(1) == 1 and sb.stride(1) == 1, "fp8_gemm_triton: scales must be row-major"
     c = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if impl is None:
+        impl = "tma" if tma_ok(a, b, c) else "classic"
+    if impl == "tma":
+        if not tma_ok(a, b, c):
+            raise ValueError(f"fp8_gemm_triton: impl='tma' needs 16-byte aligned operands and rows (M={M}, "
+                             f"N={N}, K={K}, out {out_dtype}); use impl='classic'")
+        return _fp8_gemm_tma(a, sa, b, sb, c, b_block, M, N, K, config)
+    if impl != "classic":
+        raise ValueError(f"fp8_gemm_triton: impl must be 'tma', 'classic' or None, got {impl!r}")
+    cfg = fixed_config(config, _CONFIGS)
 
     def grid(meta):
         return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
-    if INTERPRET or not autotune:
-        cfg = _CONFIGS[0]
-        kernel, extra = _fp8_gemm_kernel, dict(cfg.kwargs)
-        if not INTERPRET:
-            extra.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (a, b, c, sa, sb, M, N, K, a.stride(0), b.stride(0), c.stride(0), sa.stride(0), sb.stride(0))
+    if cfg is None:
+        _fp8_gemm_tuned[grid](*args, B_BLOCK=b_block, BLOCK_K=TILE)
     else:
-        kernel, extra = _fp8_gemm_tuned, {}
-    kernel[grid](a, b, c, sa, sb, M, N, K, a.stride(0), b.stride(0), c.stride(0),
-                 sa.stride(0), sb.stride(0), B_BLOCK=b_block, BLOCK_K=TILE, **extra)
+        kw = launch_kwargs(cfg)
+        _fp8_gemm_kernel[grid(kw)](*args, B_BLOCK=b_block, BLOCK_K=TILE, **kw)
+    return c
+
+
+def _fp8_gemm_tma(a, sa, b, sb, c, b_block, M, N, K, config):
+    cfg = fixed_config(config, _TMA_CONFIGS)
+    first = (cfg or _TMA_CONFIGS[0]).kwargs  # the autotuner's pre-hook resets the block shapes
+    a_d = TensorDescriptor.from_tensor(a, [first["BLOCK_M"], TILE])
+    b_d = TensorDescriptor.from_tensor(b, [first["BLOCK_N"], TILE])
+    c_d = TensorDescriptor.from_tensor(c, [first["BLOCK_M"], first["BLOCK_N"]])
+    sms = num_sms(a.device)
+
+    def grid(meta):
+        return (min(sms, cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
+
+    args = (a_d, b_d, c_d, sa, sb, M, N, K, sa.stride(0), sb.stride(0), c.element_size())
+    if cfg is None:
+        _fp8_gemm_tma_tuned[grid](*args, B_BLOCK=b_block, BLOCK_K=TILE, NUM_SMS=sms)
+    else:
+        kw = launch_kwargs(cfg)
+        _fp8_gemm_tma_kernel[grid(kw)](*args, B_BLOCK=b_block, BLOCK_K=TILE, NUM_SMS=sms, **kw)
     return c
 
 
@@ -173,65 +288,61 @@ def fp8_gemm_cublas(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
 # ---------------------------------------------------------------------------------------------
 # dispatch
 
-_BACKEND_CACHE: dict[tuple, str] = {}
+_BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
+BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in this order (ties: first)
 
 
-def _time_ms(fn, iters: int = 5) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+def _run(backend: str, a, sa, b, sb, b_block, out_dtype):
+    if backend == "cublas":
+        return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
+    if backend in ("triton", "triton_tma", "triton_classic"):
+        impl = None if backend == "triton" else backend.split("_")[1]
+        return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype, impl=impl)
+    if backend == "reference":
+        return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
+    raise ValueError(f"fp8_gemm: backend must be 'auto', {', '.join(map(repr, BACKENDS))}, 'triton' or "
+                     f"'reference', got {backend!r}")
 
 
-AGREE = 2e-2  # relative Frobenius distance to the dequantized product that a backend must stay under
-
-
-def pick_backend(a, sa, b, sb, b_block, out_dtype) -> str:
-    """Once per shape: run Triton and cuBLAS, keep those whose result agrees with the dequantized
-    reference (`fp8_gemm_ref` on the same device; the FP8 MMA's accumulation differs by ~1e-4), and
-    of those the faster. NOTE: a backend can accept a shape and still be wrong on it (scales of a
-    ragged K or N tile); "reference" (dequantize + matmul: right, slow) when neither agrees, with a
-    warning that names the shape."""
-    key = (a.shape[0], b.shape[0], a.shape[1], b_block, out_dtype, a.device.index)
+def pick_backend(a, sa, b, sb, b_block, out_dtype, candidates=None, timer=None) -> str:
+    """Once per shape and layout (shapes, strides, dtypes, b_block, device): run every backend, keep
+    those whose result agrees with the dequantized reference (`fp8_gemm_ref` on the same device;
+    the FP8 MMA's accumulation differs by ~1e-4), and of those the one with the smallest median time
+    (kernels/autoselect.py). NOTE: a backend can accept a shape and still be wrong on it (cuBLAS on
+    K/128 not a multiple of 4, measured); "reference" (dequantize + matmul: right, slow) when none
+    agrees, with a warning that names the shape. `candidates` ({name: fn(a, sa, b, sb, b_block,
+    out_dtype)}) and `timer` replace the real ones in tests."""
+    key = ("fp8_gemm", b_block, out_dtype) + tensor_key(a, sa, b, sb)
     if key not in _BACKEND_CACHE:
         ref = fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=torch.float32)
-        times = {}
-        for name, fn in (("cublas", fp8_gemm_cublas), ("triton", fp8_gemm_triton)):
-            try:
-                out = fn(a, sa, b, sb, b_block, out_dtype).float()
-            except (RuntimeError, ValueError):  # this torch / cuBLAS refuses the scale layout or shape
-                continue
-            err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-            if err < AGREE:  # NaN fails too
-                times[name] = _time_ms(lambda fn=fn: fn(a, sa, b, sb, b_block, out_dtype))
-        if not times:
-            import warnings
+        cands = candidates or {n: (lambda *args, n=n: _run(n, *args)) for n in BACKENDS}
 
-            warnings.warn(f"fp8_gemm: neither Triton nor cuBLAS agrees with the reference on M={a.shape[0]} "
-                          f"N={b.shape[0]} K={a.shape[1]} b_block={b_block}; using the dequantized reference")
-        _BACKEND_CACHE[key] = min(times, key=times.get) if times else "reference"
-    return _BACKEND_CACHE[key]
+        def error_of(out):
+            return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+        fns = {n: (lambda fn=fn: fn(a, sa, b, sb, b_block, out_dtype)) for n, fn in cands.items()}
+        choose(key, fns, error_of, _BACKEND_CACHE, **({"timer": timer} if timer else {}),
+               what=f"fp8_gemm M={a.shape[0]} N={b.shape[0]} K={a.shape[1]} b_block={b_block}")
+    return _BACKEND_CACHE[key].name
+
+
+def backend_choices() -> list[dict]:
+    """What `auto` chose so far, with the medians it measured (for benchmarks and logs)."""
+    return [{"key": str(k), "backend": c.name, "median_ms": c.median_ms, "rel_err": c.rel_err,
+             "refused": c.refused, "samples": c.samples} for k, c in _BACKEND_CACHE.items()]
 
 
 def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
-    """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" | "triton" | "cublas" | "reference" (CUDA);
-    emulated (the reference) on CPU."""
+    """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
+    per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
+    "triton_classic", "reference"; emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
     if backend == "auto":
         backend = pick_backend(a, sa, b, sb, b_block, out_dtype)
-    if backend == "cublas":
-        return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
-    if backend == "triton":
-        return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype)
-    if backend == "reference":
-        return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
-    raise ValueError(f"fp8_gemm: backend must be 'auto', 'triton', 'cublas' or 'reference', got {backend!r}")
+    return _run(backend, a, sa, b, sb, b_block, out_dtype)
 
 
-__all__ = ["fp8_gemm", "fp8_gemm_ref", "fp8_gemm_triton", "fp8_gemm_cublas", "use_triton"]
+__all__ = ["fp8_gemm", "fp8_gemm_ref", "fp8_gemm_triton", "fp8_gemm_cublas", "pick_backend",
+           "backend_choices", "use_triton"]

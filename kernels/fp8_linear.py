@@ -61,8 +61,13 @@ class FP8LinearFunction(torch.autograd.Function):
             dx = gemm(dyq, dys, wq.t().contiguous(), ws.t().contiguous(), TILE,
                       out_dtype=dy.dtype, backend=backend).view(x_shape)  # (M, K)
         if ctx.needs_input_grad[1]:
-            dytq, dyts = aq(dy2.t())  # (N, M): 128x1 tiles of dy, along tokens
-            xtq, xts = aq(x2.t())  # (K, M): 128x1 tiles of x
+            # (N, Mp), (K, Mp): 128x1 tiles of dy and x along tokens, Mp = M padded with zero columns
+            # to a multiple of 128. NOTE: without the padding, a token count like the MTP block's
+            # 8 x 2047 = 16376 left 16-byte-misaligned rows that neither cuBLAS nor the TMA kernel
+            # takes, and the pointer kernel ran this product at ~30 TFLOP/s (2026-11-30, H200: 113 of
+            # the FP8 step's 476 ms of kernels at 4x the small width)
+            dytq, dyts = aq(dy2.t(), pad_to=TILE)
+            xtq, xts = aq(x2.t(), pad_to=TILE)
             dw = gemm(dytq, dyts, xtq, xts, 1, out_dtype=torch.float32,
                       backend=backend).to(w_dtype)  # (N, K)
         if has_bias and ctx.needs_input_grad[2]:

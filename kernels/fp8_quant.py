@@ -42,16 +42,18 @@ def _check_float(x: torch.Tensor, name: str) -> None:
 # reference (CPU or GPU, pure PyTorch)
 
 
-def act_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> q (M, K) fp8 e4m3, s (M, ceil(K/128)) fp32 with x ~ q * s per 1x128 tile."""
+def act_quant_ref(x: torch.Tensor, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float -> q (M, K) fp8 e4m3, s (M, ceil(K/128)) fp32 with x ~ q * s per 1x128 tile.
+    pad_to (dividing 128): q gets ceil(K/pad_to)*pad_to columns, the extra ones zero (scales unchanged)."""
     _check_float(x, "act_quant_ref")
+    assert TILE % pad_to == 0, f"act_quant: pad_to must divide {TILE}, got {pad_to}"
     M, K = x.shape
     kt = cdiv(K, TILE)
     xp = torch.nn.functional.pad(x.float(), (0, kt * TILE - K)).view(M, kt, TILE)  # (M, kt, 128)
     amax = xp.abs().amax(dim=-1).clamp_min(EPS)  # (M, kt)
     s = amax / FP8_MAX
     q = (xp / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q.view(M, kt * TILE)[:, :K].contiguous(), s
+    return q.view(M, kt * TILE)[:, :cdiv(K, pad_to) * pad_to].contiguous(), s
 
 
 def weight_quant_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +96,10 @@ def cdiv(a: int, b: int) -> int:
 if HAS_TRITON:
 
     @triton.jit
-    def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_sm,
+    def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, K_OUT, stride_xm, stride_xk, stride_qm, stride_sm,
                           BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
-        # one program: BLOCK_M rows x one 128-wide tile; x is read through strides (may be x.t())
+        # one program: BLOCK_M rows x one 128-wide tile; x is read through strides (may be x.t());
+        # columns K..K_OUT of q (padding) get zeros
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -108,7 +111,8 @@ if HAS_TRITON:
         s = amax / 448.0
         q = tl.div_rn(x, s[:, None])
         q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q,
+                 mask=(offs_m[:, None] < M) & (offs_k[None, :] < K_OUT))
         tl.store(s_ptr + offs_m * stride_sm + pid_k, s, mask=offs_m < M)
 
     @triton.jit
@@ -129,16 +133,18 @@ if HAS_TRITON:
         tl.store(s_ptr + pid_n * stride_sn + pid_k, s)
 
 
-def act_quant_triton(x: torch.Tensor, block_m: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def act_quant_triton(x: torch.Tensor, block_m: int = 32, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of act_quant_ref; x may be a strided view (e.g. y.t() for 128x1 tiles)."""
     _check_float(x, "act_quant_triton")
     require_cuda(x, what="act_quant_triton")
+    assert TILE % pad_to == 0, f"act_quant: pad_to must divide {TILE}, got {pad_to}"
     M, K = x.shape
     kt = cdiv(K, TILE)
-    q = torch.empty((M, K), dtype=FP8, device=x.device)
+    k_out = cdiv(K, pad_to) * pad_to
+    q = torch.empty((M, k_out), dtype=FP8, device=x.device)
     s = torch.empty((M, kt), dtype=torch.float32, device=x.device)
     grid = (cdiv(M, block_m), kt)
-    _act_quant_kernel[grid](x, q, s, M, K, x.stride(0), x.stride(1), q.stride(0), s.stride(0),
+    _act_quant_kernel[grid](x, q, s, M, K, k_out, x.stride(0), x.stride(1), q.stride(0), s.stride(0),
                             BLOCK_M=block_m, TILE_K=TILE, num_warps=4)
     return q, s
 
@@ -159,8 +165,8 @@ def weight_quant_triton(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # dispatch: Triton on CUDA, the reference elsewhere (the CPU emulation path)
 
 
-def act_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return act_quant_triton(x) if use_triton(x) else act_quant_ref(x)
+def act_quant(x: torch.Tensor, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    return act_quant_triton(x, pad_to=pad_to) if use_triton(x) else act_quant_ref(x, pad_to=pad_to)
 
 
 def weight_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

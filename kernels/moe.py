@@ -13,9 +13,17 @@ Why it exists. A per-expert loop launches E small GEMMs, each too short to fill 
 dense GEMM over all experts wastes E/k of its work. The grouped GEMM does exactly the routed FLOPs
 in one launch, with no host synchronisation (the routing's sizes are bounded statically).
 
+Two Triton kernels compute the grouped GEMM: "classic" (one program per tile of the static padded
+bound, pointer loads) and "tma" (persistent: one program per SM over the tiles that hold routed
+rows, the count read on the device; operands through Hopper's TMA unit; larger tiles); `impl="auto"`
+keeps the faster of the two that agree with the reference, per shape. The FP8 weight gradient of all
+experts is one more launch (`grouped_wgrad_fp8`): the reduction runs along each expert's own rows,
+with the segment bounds read on the device, so the backward needs no host read of the routing.
+
 What it matches. `grouped_gemm_ref` (a loop over experts in plain PyTorch, skipping empty ones) and
-`moe_ref` (per-token dense evaluation, no permutation at all) run on CPU; tests compare the Triton
-kernels with them on random routings, including experts that receive no token.
+`moe_ref` (per-token dense evaluation, no permutation at all) run on CPU, as does `grouped_wgrad_ref`;
+tests compare the Triton kernels with them on random routings, including experts that receive no
+token.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import HAS_TRITON, INTERPRET, grouped_tile, require_cuda, tl, triton, use_triton
+from kernels._triton import (HAS_TRITON, INTERPRET, TensorDescriptor, autotuned, fixed_config, grouped_tile,
+                             launch_kwargs, num_sms, require_cuda, tl, tma_block_shapes, tma_ok, triton,
+                             use_triton)
+from kernels.autoselect import Choice, choose
 from kernels.fp8_quant import FP8, TILE, act_dequant, cdiv
 
 ALIGN = 128  # rows per expert segment are padded to this; a GEMM row tile must divide it
@@ -115,6 +126,24 @@ def grouped_gemm_ref(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtyp
     return out
 
 
+def grouped_wgrad_ref(dq, ds, xq, xs, r: Routing) -> torch.Tensor:
+    """dw (E, N, K) fp32, dw[e] = dout[segment e]^T @ x[segment e] from the FP8 transposed operands:
+    dq (N, P) and xq (K, P) quantized along the rows' axis (1x128 tiles of the transposes: 128x1
+    tiles of dout and x), ds (N, P/128), xs (K, P/128). A loop over non-empty experts."""
+    N, P = dq.shape
+    K = xq.shape[0]
+    dw = torch.zeros((r.num_experts, N, K), dtype=torch.float32, device=dq.device)
+    offs, counts = r.offsets.tolist(), r.counts.tolist()
+    for e in range(r.num_experts):
+        if counts[e] == 0:
+            continue
+        lo, hi = offs[e], offs[e + 1]  # multiples of 128: whole scale tiles
+        a = act_dequant(dq[:, lo:hi], ds[:, lo // TILE:hi // TILE])
+        b = act_dequant(xq[:, lo:hi], xs[:, lo // TILE:hi // TILE])
+        dw[e] = a @ b.t()
+    return dw
+
+
 def combine_ref(out_perm: torch.Tensor, topk_w: torch.Tensor, r: Routing) -> torch.Tensor:
     """y (T, N) = sum_j topk_w[t, j] * out_perm[row_of[t, j]], summed in float32."""
     g = out_perm[r.row_of].float()  # (T, k, N)
@@ -200,8 +229,109 @@ if HAS_TRITON:
             c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=offs_n[None, :] < N)
 
-    _grouped_gemm_tuned = (_grouped_gemm_kernel if INTERPRET else
-                           triton.autotune(configs=_GG_CONFIGS, key=["N", "K", "IS_FP8"])(_grouped_gemm_kernel))
+    _grouped_gemm_tuned = autotuned(_grouped_gemm_kernel, _GG_CONFIGS, key=["N", "K", "IS_FP8"])
+
+    def _gg_tma_config(bm, bn, bk, warps, stages, flatten=True):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten},
+                             num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
+
+    # NOTE: BLOCK_M must divide ALIGN (128): a row tile never spans two experts. Shared memory
+    # (ptxas, sm_90, limit 227 KB): 128x256x64 with 3 stages 208 KB, with 4 stages 256 KB (too much)
+    _GG_TMA_CONFIGS = [
+        _gg_tma_config(128, 256, 64, 8, 3),
+        _gg_tma_config(128, 128, 64, 8, 4),
+        _gg_tma_config(128, 128, 64, 8, 5),
+        _gg_tma_config(128, 128, 64, 4, 4),
+        _gg_tma_config(64, 256, 64, 4, 4),
+        _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
+    ]
+    _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
+        _gg_tma_config(128, 128, 128, 8, 4),
+        _gg_tma_config(64, 256, 128, 8, 4),
+        _gg_tma_config(64, 128, 128, 4, 4),
+        _gg_tma_config(128, 128, 128, 8, 3, flatten=False),
+    ]
+
+    @triton.jit
+    def _grouped_gemm_tma_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, N, K,
+                                 stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
+                                 IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                                 FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
+        # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
+        # device, so tiles of the static padding bound past the last segment cost nothing
+        used = tl.load(used_ptr).to(tl.int32)
+        num_m = tl.cdiv(used, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN):
+            pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+            e = tl.load(tile_expert_ptr + off_m // ALIGN_M)
+            # b_desc views the stacked weights as (E*N, K): expert e's rows start at e*N. NOTE: when
+            # N % BLOCK_N != 0 the last column tile reads the next expert's first rows (or zeros past
+            # the end): they only feed output columns >= N, which the TMA store clips
+            b_row = e * N + off_n
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for kb in range(k_steps):
+                a = a_desc.load([off_m, kb * BLOCK_K])
+                b = b_desc.load([b_row, kb * BLOCK_K])
+                if IS_FP8:  # one 128-deep slice per step, promoted into fp32 with its scales
+                    sa = tl.load(sa_ptr + (off_m + tl.arange(0, BLOCK_M)) * stride_sam + kb)
+                    # one or two 128x128 weight blocks per tile: scalars, not a per-column vector
+                    sb_row = sb_ptr + e * stride_sbe + kb
+                    sb0 = tl.load(sb_row + (off_n // 128) * stride_sbn)
+                    if BLOCK_N <= 128:
+                        acc += tl.dot(a, b.T) * (sa * sb0)[:, None]
+                    else:
+                        tl.static_assert(BLOCK_N == 256, "BLOCK_N must be at most two weight blocks")
+                        sb1 = tl.load(sb_row + tl.minimum(off_n // 128 + 1, tl.cdiv(N, 128) - 1) * stride_sbn)
+                        sb = tl.where(tl.arange(0, BLOCK_N) < 128, sb0, sb1)
+                        acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
+                else:
+                    acc = tl.dot(a, b.T, acc)
+            c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+
+    _gg_tma_tuned = {  # one autotuner per precision: their config lists differ
+        fp8: autotuned(_grouped_gemm_tma_kernel, cfgs, key=["N", "K", "IS_FP8", "OUT_BYTES"])
+        for fp8, cfgs in ((False, _GG_TMA_CONFIGS), (True, _GG_TMA_FP8_CONFIGS))}
+
+    _WG_CONFIGS = [  # tiles whose per-column B scales did not make ptxas spill (fp8_gemm.py)
+        _gg_tma_config(64, 256, 128, 8, 4),
+        _gg_tma_config(64, 128, 128, 4, 4),
+        _gg_tma_config(64, 256, 128, 8, 3),
+    ]
+
+    @triton.jit
+    def _grouped_wgrad_fp8_kernel(a_desc, b_desc, c_ptr, sa_ptr, sb_ptr, offsets_ptr, N, K,
+                                  stride_ce, stride_cn, stride_sa, stride_sb,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                  GROUP_M: tl.constexpr, FLATTEN: tl.constexpr):
+        # program (tile, e): dw[e] tile = sum over expert e's rows [lo, hi) of a[:, rows] b[:, rows]^T,
+        # the reduction running along the permuted rows in 128-row slices (one scale tile each);
+        # operands through TMA (a (N, P), b (K, P), both fp8 with 1x128 scales along P)
+        e = tl.program_id(1)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
+        lo = tl.load(offsets_ptr + e).to(tl.int32)
+        hi = tl.load(offsets_ptr + e + 1).to(tl.int32)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        sa_ptrs = sa_ptr + tl.minimum(off_m + tl.arange(0, BLOCK_M), N - 1) * stride_sa
+        sb_ptrs = sb_ptr + tl.minimum(off_n + tl.arange(0, BLOCK_N), K - 1) * stride_sb
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(lo, hi, BLOCK_K):  # segment ends are multiples of 128: whole scale tiles
+            a = a_desc.load([off_m, k0])
+            b = b_desc.load([off_n, k0])
+            j = k0 // BLOCK_K
+            acc += tl.dot(a, b.T) * (tl.load(sa_ptrs + j)[:, None] * tl.load(sb_ptrs + j)[None, :])
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        c_ptrs = c_ptr + e.to(tl.int64) * stride_ce + offs_m[:, None] * stride_cn + offs_n[None, :]
+        tl.store(c_ptrs, acc, mask=(offs_m[:, None] < N) & (offs_n[None, :] < K))
+
+    # keyed by N and K only: the segment lengths change every step and must not re-tune
+    _grouped_wgrad_tuned = autotuned(_grouped_wgrad_fp8_kernel, _WG_CONFIGS, key=["N", "K"])
 
 
 def permute(x: torch.Tensor, r: Routing) -> torch.Tensor:
@@ -231,8 +361,19 @@ def combine(out_perm: torch.Tensor, topk_w: torch.Tensor, r: Routing) -> torch.T
     return y
 
 
-def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=None):
-    """Triton grouped GEMM (bf16, or FP8 with 1x128 / 128x128 scales); the reference on CPU."""
+_IMPL_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
+
+
+def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=None, impl: str = "auto",
+                 config=None):
+    """Triton grouped GEMM (bf16, or FP8 with 1x128 / 128x128 scales); the reference on CPU.
+
+    impl: "tma" (persistent, TMA loads and stores, only the row tiles that hold routed rows),
+    "classic" (one program per tile of the static padded bound), "auto": the faster of the two that
+    agree with the reference, measured once per (N, K, E, dtypes) (not per row count: that changes
+    with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
+    NOTE: output rows past the last expert's segment (offsets[E]) are left unwritten by "tma" and
+    "classic": nothing downstream reads them (combine reads routed rows only)."""
     is_fp8 = x_perm.dtype == FP8
     if not (use_triton(x_perm, w) or INTERPRET):
         return grouped_gemm_ref(x_perm, w, r, x_scale, w_scale, out_dtype)
@@ -252,20 +393,100 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     else:
         sa = sb = x_perm  # unused
     out_dtype = out_dtype or (torch.bfloat16 if is_fp8 else x_perm.dtype)
+    args = (x_perm, w, r, sa, sb, out_dtype, is_fp8)
+    if impl == "auto" and INTERPRET:  # no timing without a GPU: the TMA kernel where it applies
+        impl = "tma" if _tma_fits(x_perm, w, out_dtype) else "classic"
+    if impl == "auto":
+        impl = _pick_impl(*args, x_scale, w_scale)
+    if impl == "tma":
+        return _grouped_tma(*args, config)
+    if impl == "classic":
+        return _grouped_classic(*args, config)
+    raise ValueError(f"grouped_gemm: impl must be 'auto', 'tma' or 'classic', got {impl!r}")
+
+
+def _tma_fits(x_perm, w, out_dtype) -> bool:
+    E, N, K = w.shape
+    c_row_bytes = N * torch.empty((), dtype=out_dtype).element_size()
+    return w.is_contiguous() and c_row_bytes % 16 == 0 and tma_ok(x_perm, w.view(E * N, K))
+
+
+def _pick_impl(x_perm, w, r, sa, sb, out_dtype, is_fp8, x_scale, w_scale) -> str:
+    E, N, K = w.shape
+    key = ("grouped_gemm", E, N, K, x_perm.dtype, out_dtype, x_perm.device.type, x_perm.device.index)
+    if key not in _IMPL_CACHE:
+        rows = r.row_of.flatten()  # routed rows: the only ones with a defined value
+        ref = grouped_gemm_ref(x_perm, w, r, x_scale, w_scale, out_dtype=torch.float32)[rows]
+        args = (x_perm, w, r, sa, sb, out_dtype, is_fp8, None)
+        cands = {"tma": lambda: _grouped_tma(*args)} if _tma_fits(x_perm, w, out_dtype) else {}
+        cands["classic"] = lambda: _grouped_classic(*args)
+
+        def error_of(out):
+            return ((out[rows].float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+        choose(key, cands, error_of, _IMPL_CACHE, what=f"grouped_gemm E={E} N={N} K={K} {x_perm.dtype}")
+    name = _IMPL_CACHE[key].name
+    if name == "reference":
+        raise RuntimeError(f"grouped_gemm: neither Triton kernel agrees with the reference for {key} "
+                           f"({_IMPL_CACHE[key].refused})")
+    return name
+
+
+def impl_choices() -> list[dict]:
+    """What `impl="auto"` chose so far, with the medians it measured."""
+    return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "rel_err": c.rel_err,
+             "refused": c.refused} for k, c in _IMPL_CACHE.items()]
+
+
+def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
+    P, K = x_perm.shape
+    E, N, _ = w.shape
+    if not _tma_fits(x_perm, w, out_dtype):
+        raise ValueError(f"grouped_gemm: impl='tma' needs contiguous weights and 16-byte aligned rows "
+                         f"(K={K}, N={N}, {x_perm.dtype} -> {out_dtype}); use impl='classic'")
     c = torch.empty((P, N), dtype=out_dtype, device=x_perm.device)
+    configs = _GG_TMA_FP8_CONFIGS if is_fp8 else _GG_TMA_CONFIGS
+    cfg = fixed_config(config, configs)
+    first = (cfg or configs[0]).kwargs  # the autotuner's pre-hook resets the block shapes
+    bm, bn, bk = first["BLOCK_M"], first["BLOCK_N"], first["BLOCK_K"]
+    a_d = TensorDescriptor.from_tensor(x_perm, [bm, bk])
+    b_d = TensorDescriptor.from_tensor(w.view(E * N, K), [bn, bk])
+    c_d = TensorDescriptor.from_tensor(c, [bm, bn])
+    sms = num_sms(x_perm.device)
+
+    def grid(meta):  # NOTE: P is the static bound; the kernel stops at the routed rows itself
+        return (min(sms, cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
+
+    args = (a_d, b_d, c_d, sa, sb, r.tile_expert, r.offsets[E:], N, K, sa.stride(0),
+            sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0, c.element_size())  # OUT_BYTES: a key
+    if cfg is None:
+        _gg_tma_tuned[is_fp8][grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms)
+    else:
+        kw = launch_kwargs(cfg)
+        _grouped_gemm_tma_kernel[grid(kw)](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms, **kw)
+    return c
+
+
+def _grouped_classic(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
+    P, K = x_perm.shape
+    E, N, _ = w.shape
+    c = torch.empty((P, N), dtype=out_dtype, device=x_perm.device)
+    if is_fp8 and config is None and not INTERPRET:
+        return _grouped_fp8(x_perm, w, c, sa, sb, r, P, N, K)
+    cfg = fixed_config(config, _GG_CONFIGS)
 
     def grid(meta):
         return (cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
-    extra = dict(_GG_CONFIGS[0].kwargs) if INTERPRET else {}
-    if is_fp8:
-        extra["BLOCK_K"] = TILE
-        if not INTERPRET:  # the FP8 path needs 128-deep K steps: override the tuned BLOCK_K
-            return _grouped_fp8(x_perm, w, c, sa, sb, r, P, N, K)
-    _grouped_gemm_tuned[grid](x_perm, w, c, sa, sb, r.tile_expert, P, N, K,
-                              x_perm.stride(0), w.stride(0), w.stride(1), c.stride(0),
-                              sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0,
-                              IS_FP8=is_fp8, ALIGN_M=ALIGN, **extra)
+    args = (x_perm, w, c, sa, sb, r.tile_expert, P, N, K, x_perm.stride(0), w.stride(0), w.stride(1),
+            c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0)
+    if cfg is None:
+        _grouped_gemm_tuned[grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN)
+    else:
+        kw = launch_kwargs(cfg)
+        if is_fp8:
+            kw["BLOCK_K"] = TILE  # the FP8 path needs 128-deep K steps
+        _grouped_gemm_kernel[grid(kw)](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, **kw)
     return c
 
 
@@ -277,3 +498,39 @@ def _grouped_fp8(x_perm, w, c, sa, sb, r, P, N, K):
         c.stride(0), sa.stride(0), sb.stride(0), sb.stride(1), IS_FP8=True, ALIGN_M=ALIGN,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=TILE, GROUP_M=8, num_warps=8, num_stages=4)
     return c
+
+
+def grouped_wgrad_fp8(dq, ds, xq, xs, r: Routing, config=None) -> torch.Tensor:
+    """dw (E, N, K) fp32 = per expert, dout[segment]^T @ x[segment], in one launch with the segment
+    bounds read on the device (no host sync, no loop over experts; an empty expert gets zeros).
+    Operands as in `grouped_wgrad_ref` (which runs on CPU)."""
+    if not (use_triton(dq, xq) or INTERPRET):
+        return grouped_wgrad_ref(dq, ds, xq, xs, r)
+    require_cuda(dq, xq, what="grouped_wgrad_fp8")
+    N, P = dq.shape
+    K = xq.shape[0]
+    assert dq.dtype == xq.dtype == FP8, f"grouped_wgrad_fp8: operands must be {FP8}, got {dq.dtype}, {xq.dtype}"
+    assert xq.shape[1] == P == r.padded_rows, (
+        f"grouped_wgrad_fp8: dq (N, P)={tuple(dq.shape)} and xq (K, P)={tuple(xq.shape)} must span the "
+        f"routing's {r.padded_rows} padded rows")
+    assert ds.shape == (N, P // TILE) and xs.shape == (K, P // TILE), "grouped_wgrad_fp8: scales must be 1x128 tiles"
+    assert dq.stride(1) == 1 and xq.stride(1) == 1 and ds.stride(1) == 1 and xs.stride(1) == 1, (
+        "grouped_wgrad_fp8: operands and scales must be row-contiguous")
+    assert tma_ok(dq, xq), "grouped_wgrad_fp8: operands must be 16-byte aligned (P a multiple of 16)"
+    E = r.num_experts
+    dw = torch.empty((E, N, K), dtype=torch.float32, device=dq.device)
+    cfg = fixed_config(config, _WG_CONFIGS)
+    first = (cfg or _WG_CONFIGS[0]).kwargs  # the autotuner's pre-hook resets the block shapes
+    a_d = TensorDescriptor.from_tensor(dq, [first["BLOCK_M"], TILE])
+    b_d = TensorDescriptor.from_tensor(xq, [first["BLOCK_N"], TILE])
+
+    def grid(meta):
+        return (cdiv(N, meta["BLOCK_M"]) * cdiv(K, meta["BLOCK_N"]), E)
+
+    args = (a_d, b_d, dw, ds, xs, r.offsets, N, K, dw.stride(0), dw.stride(1), ds.stride(0), xs.stride(0))
+    if cfg is None:
+        _grouped_wgrad_tuned[grid](*args)
+    else:
+        kw = launch_kwargs(cfg)
+        _grouped_wgrad_fp8_kernel[grid(kw)](*args, **kw)
+    return dw

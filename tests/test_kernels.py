@@ -64,6 +64,15 @@ def test_tile_scales_confine_an_outlier():
     assert (err_t[others] / x.abs()[others]).median() > 0.1
 
 
+def test_act_quant_pads_columns_with_zeros_and_keeps_scales():
+    # the wgrad pads the token axis to 128 so that the FP8 rows stay 16-byte aligned (fp8_linear.py)
+    x = torch.randn(6, 300)
+    q, s = act_quant_ref(x)
+    qp, sp = act_quant_ref(x, pad_to=128)
+    assert qp.shape == (6, 384) and torch.equal(sp, s)
+    assert torch.equal(qp[:, :300].float(), q.float()) and not qp[:, 300:].float().any()
+
+
 def test_zero_tile_gives_zeros_not_nan():
     x = torch.zeros(4, 256)
     x[0, 200] = 1.0
@@ -103,6 +112,84 @@ def test_fp8_gemm_refuses_mismatched_shapes():
         fp8_gemm_ref(aq, sa, bq, sb, b_block=1)
     with pytest.raises(AssertionError, match="must be torch.float8_e4m3fn"):
         fp8_gemm_ref(torch.randn(64, 256), sa, bq, sb)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend="auto": the selection logic, with CPU stand-ins for the backends and a fake timer
+# (what the real timer measures on a GPU is in BENCHMARKS.md)
+
+
+class _FakeTimer:
+    """Returns fixed per-call samples (ms) per candidate; records which candidates it was asked to time."""
+
+    def __init__(self, samples):
+        self.samples, self.calls = samples, []
+
+    def __call__(self, fns):
+        self.calls.append(sorted(fns))
+        return {n: self.samples[n] for n in fns}
+
+
+def _operands(M=96, N=160, K=256):
+    aq, sa = act_quant_ref(torch.randn(M, K))
+    bq, sb = weight_quant_ref(torch.randn(N, K))
+    return aq, sa, bq, sb
+
+
+def _stand_ins():
+    def right(*args):
+        return fp8_gemm_ref(*args[:5], out_dtype=args[5])
+
+    def wrong(*args):  # e.g. cuBLAS on a scale layout it mishandles: fast and 10% off
+        return right(*args) * 1.1
+
+    def refuses(*args):
+        raise ValueError("this layout is not supported")
+
+    return {"wrong": wrong, "refuses": refuses, "spiky": right, "steady": right}
+
+
+def test_auto_keeps_the_fastest_median_of_the_backends_that_agree(monkeypatch):
+    from kernels import fp8_gemm as mod
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    # "spiky" is faster on 20 of 21 calls but one outlier makes its MEAN slower than "steady"
+    timer = _FakeTimer({"spiky": [1.0] * 20 + [500.0], "steady": [2.0] * 21, "wrong": [0.1] * 21})
+    ops = _operands()
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates=_stand_ins(), timer=timer) == "spiky"
+    assert timer.calls == [["spiky", "steady"]]  # neither the wrong nor the refusing one is timed
+    (choice,) = mod.backend_choices()
+    assert "disagrees" in choice["refused"]["wrong"] and "ValueError" in choice["refused"]["refuses"]
+    assert choice["median_ms"] == {"spiky": 1.0, "steady": 2.0}
+    # cached per layout: the same layout is not measured again ...
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates=_stand_ins(), timer=timer) == "spiky"
+    assert len(timer.calls) == 1
+    # ... another layout of the same shapes is (a K-strided view of A; a bf16 output)
+    aq, sa, bq, sb = ops
+    a_view = torch.empty(aq.shape[1], aq.shape[0], dtype=aq.dtype).t().copy_(aq)
+    mod.pick_backend(a_view, sa, bq, sb, 128, torch.float32, candidates=_stand_ins(), timer=timer)
+    mod.pick_backend(aq, sa, bq, sb, 128, torch.bfloat16, candidates=_stand_ins(), timer=timer)
+    assert len(timer.calls) == 3 and len(mod.backend_choices()) == 3
+
+
+@pytest.mark.parametrize("second_ms,winner", [(0.99, "first"), (0.9, "second")])
+def test_auto_ties_go_to_the_first_listed_backend(monkeypatch, second_ms, winner):
+    from kernels import fp8_gemm as mod
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    right = _stand_ins()["steady"]
+    timer = _FakeTimer({"first": [1.0] * 21, "second": [second_ms] * 21})
+    got = mod.pick_backend(*_operands(), 128, torch.float32, candidates={"first": right, "second": right},
+                           timer=timer)
+    assert got == winner  # within 2% of the fastest is a tie, and the first listed wins it
+
+
+def test_auto_falls_back_to_the_reference_when_no_backend_agrees(monkeypatch):
+    from kernels import fp8_gemm as mod
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    cands = {k: v for k, v in _stand_ins().items() if k in ("wrong", "refuses")}
+    with pytest.warns(UserWarning, match="no candidate ran and agreed"):
+        got = mod.pick_backend(*_operands(), 128, torch.float32, candidates=cands,
+                               timer=_FakeTimer({}))
+    assert got == "reference"
 
 
 # ---------------------------------------------------------------------------------------------

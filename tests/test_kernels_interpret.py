@@ -33,8 +33,8 @@ ti._patch_lang_tensor = _patched
 
 from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_quant import act_quant_ref, act_quant_triton, weight_quant_ref, weight_quant_triton
-from kernels.moe import (combine, combine_ref, grouped_gemm, grouped_gemm_ref, make_routing,
-                         permute, permute_ref)
+from kernels.moe import (combine, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
+                         grouped_wgrad_ref, make_routing, permute, permute_ref)
 
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
@@ -49,12 +49,18 @@ for M, K in [(50, 200), (3, 130)]:
     q, s = weight_quant_triton(x)
     qr, sr = weight_quant_ref(x)
     assert torch.equal(s, sr), "weight scales"
+    q, s = act_quant_triton(x.t(), pad_to=128)  # the wgrad's zero-padded token axis
+    qr, sr = act_quant_ref(x.t(), pad_to=128)
+    assert torch.equal(s, sr) and q.shape == qr.shape, "padded act scales"
+    assert not q[:, M:].float().any(), "padding columns are zero"
 
-for M, N, K, bb in [(70, 200, 300, 128), (64, 96, 130, 1)]:
+# classic: any shape; tma: K a multiple of 16 (16-byte fp8 rows), 6 tiles over 4 persistent programs
+for M, N, K, bb, impl in [(70, 200, 300, 128, "classic"), (64, 96, 130, 1, "classic"),
+                          (300, 200, 320, 128, "tma"), (64, 96, 144, 1, "tma")]:
     aq, sa = act_quant_ref(torch.randn(M, K))
     bq, sb = weight_quant_ref(torch.randn(N, K)) if bb == 128 else act_quant_ref(torch.randn(N, K))
-    c = fp8_gemm_triton(aq, sa, bq, sb, bb, out_dtype=torch.float32)
-    assert rel(c, fp8_gemm_ref(aq, sa, bq, sb, bb, compute_dtype=torch.float64)) < 1e-5, "gemm"
+    c = fp8_gemm_triton(aq, sa, bq, sb, bb, out_dtype=torch.float32, impl=impl)
+    assert rel(c, fp8_gemm_ref(aq, sa, bq, sb, bb, compute_dtype=torch.float64)) < 1e-5, f"gemm {impl}"
 
 T, k, E, D, N = 40, 3, 6, 192, 160
 x, w = torch.randn(T, D), torch.randn(E, N, D) / 14
@@ -64,14 +70,21 @@ r = make_routing(ids, E)
 xp = permute(x, r)
 assert torch.equal(xp, permute_ref(x, r)), "permute"
 rows = r.row_of.flatten()
-o = grouped_gemm(xp, w, r)
-assert rel(o[rows], grouped_gemm_ref(xp, w, r)[rows]) < 1e-5, "grouped bf16"
+for impl in ("classic", "tma"):  # tma: 5 row tiles (one per non-empty expert) over 4 programs
+    o = grouped_gemm(xp, w, r, impl=impl)
+    assert rel(o[rows], grouped_gemm_ref(xp, w, r)[rows]) < 1e-5, f"grouped {impl}"
 assert rel(combine(o, tw, r), combine_ref(o, tw, r)) < 1e-6, "combine"
 xq, xs = act_quant_ref(x)
 wq, ws = zip(*(weight_quant_ref(w[e]) for e in range(E)))
 args = (permute(xq, r), torch.stack(wq), r, permute(xs, r), torch.stack(ws))
-o8 = grouped_gemm(*args, out_dtype=torch.float32)
-assert rel(o8[rows], grouped_gemm_ref(*args, out_dtype=torch.float32)[rows]) < 1e-5, "grouped fp8"
+for impl in ("classic", "tma"):
+    o8 = grouped_gemm(*args, out_dtype=torch.float32, impl=impl)
+    assert rel(o8[rows], grouped_gemm_ref(*args, out_dtype=torch.float32)[rows]) < 1e-5, f"grouped fp8 {impl}"
+dq, ds = act_quant_ref(torch.randn(r.padded_rows, N).t())  # (N, P): dout quantized along rows
+xtq, xts = act_quant_ref(torch.randn(r.padded_rows, D).t())
+dw = grouped_wgrad_fp8(dq, ds, xtq, xts, r)
+assert rel(dw, grouped_wgrad_ref(dq, ds, xtq, xts, r)) < 1e-5, "grouped wgrad fp8"
+assert dw[E - 1].abs().max() == 0, "the empty expert's gradient is zero"
 print("interpret ok")
 '''
 

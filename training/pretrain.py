@@ -137,6 +137,19 @@ def router_metrics(model) -> dict[str, float]:
             for name, moe in model.moe_layers().items()}
 
 
+def convert_model_to_fp8(model, emulate: bool) -> list[str]:
+    """The FP8 recipe on a model after `apply_expert_parallel` (also used by benchmarks/bench_pretrain.py):
+    the linears through the converter; the expert blocks stay inside their expert-parallel wrapper
+    (which owns the all-to-all) and switch to the FP8 grouped GEMM there."""
+    from kernels.convert import FP8Config, convert_to_fp8
+
+    from training.expert_parallel import use_fp8_experts
+
+    names = convert_to_fp8(model, FP8Config(exclude=[*FP8Config().exclude, "*deepspeed_experts*"]))
+    use_fp8_experts(model, emulate=emulate)
+    return names
+
+
 def train(stage: StageConfig) -> dict:
     profile = stage.resolved_profile()
     cfg, out = profile.pretrain, Path(stage.output_dir)
@@ -171,14 +184,7 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
     apply_expert_parallel(model, cfg.ep_size)
     model.to(dist.device)
     if precision == "fp8":
-        from kernels.convert import FP8Config, convert_to_fp8
-
-        from training.expert_parallel import use_fp8_experts
-
-        # the linears through the converter; the expert blocks stay inside their expert-parallel
-        # wrapper (which owns the all-to-all) and switch to the FP8 grouped GEMM there
-        convert_to_fp8(model, FP8Config(exclude=[*FP8Config().exclude, "*deepspeed_experts*"]))
-        use_fp8_experts(model, emulate=dist.device.type != "cuda")
+        convert_model_to_fp8(model, emulate=dist.device.type != "cuda")
     apply_speed_options(model, cfg)
     engine, _, scheduler = build_engine(model, cfg, dist, precision)
     ckpt_dir = stage.checkpoint_dir("pretrain")

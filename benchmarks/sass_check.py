@@ -1,0 +1,122 @@
+"""Compile the Triton GEMM kernels for sm_90 on a machine WITHOUT a GPU and report what ptxas made of
+each config: registers, stack (spill) bytes, shared memory, and the SASS instructions that matter
+(QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory).
+
+    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad]
+
+Uses the ptxas and cuobjdump that Triton's wheel carries (triton/backends/nvidia/bin), so it costs
+no device time. A config whose shared memory exceeds 227 KB (232,448 bytes) cannot launch on an
+H100/H200; one with a stack frame and STL/LDL in its loop spills. This is how the FP8 kernels'
+spills were found (2026-11-30: the classic FP8 GEMM kept 1,328 bytes of stack).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import kernels.fp8_gemm as g  # noqa: E402
+import kernels.moe as m  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+SMEM_LIMIT = 232448
+OPS = ("QGMMA", "HGMMA", "FFMA", "UTMALDG", "UTMASTG", "STL", "LDL")
+
+
+def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
+                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    except Exception as e:  # a config this Triton cannot compile
+        print(f"| {name} | compile error: {type(e).__name__}: {str(e).splitlines()[0][:120]} |")
+        return
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    regs = re.search(r"REG:(\d+)", usage).group(1)
+    stack = re.search(r"STACK:(\d+)", usage).group(1)
+    ops = {op: len(re.findall(rf"\b{op}\b", sass)) for op in OPS}
+    smem = k.metadata.shared
+    fits = "yes" if smem <= SMEM_LIMIT else "NO"
+    print(f"| {name} | w{cfg.num_warps} s{cfg.num_stages} | {regs} | {stack} | {smem:,} ({fits}) | "
+          + " | ".join(str(ops[o]) for o in OPS) + " |")
+
+
+def fp8_tma(out="bf16"):
+    for cfg in g._TMA_CONFIGS:
+        kw = cfg.kwargs
+        bm, bn = kw["BLOCK_M"], kw["BLOCK_N"]
+        for b_block, o in ((128, out), (1, "fp32")):
+            sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, 128]>", "b_desc": f"tensordesc<fp8e4nv[{bn}, 128]>",
+                   "c_desc": f"tensordesc<{o}[{bm}, {bn}]>", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "M": "i32",
+                   "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sbn": "i32", "OUT_BYTES": "i32",
+                   **{c: "constexpr" for c in ("B_BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN",
+                                               "NUM_SMS")}}
+            consts = {"B_BLOCK": b_block, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8,
+                      "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
+            report(g._fp8_gemm_tma_kernel, sig, consts, cfg,
+                   f"fp8 tma {bm}x{bn} flatten={kw['FLATTEN']} b_block={b_block} {o}")
+
+
+def fp8_classic():
+    for cfg in g._CONFIGS:
+        kw = cfg.kwargs
+        sig = {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
+               **{a: "i32" for a in ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_sam",
+                                     "stride_sbn")},
+               **{c: "constexpr" for c in ("B_BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
+        consts = {"B_BLOCK": 128, "BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8}
+        report(g._fp8_gemm_kernel, sig, consts, cfg, f"fp8 classic {kw['BLOCK_M']}x{kw['BLOCK_N']} b_block=128")
+
+
+def grouped_tma():
+    for fp8, cfgs in ((False, m._GG_TMA_CONFIGS), (True, m._GG_TMA_FP8_CONFIGS)):
+        dt = "fp8e4nv" if fp8 else "bf16"
+        for cfg in cfgs:
+            kw = cfg.kwargs
+            bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+            sig = {"a_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "b_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
+                   "c_desc": f"tensordesc<bf16[{bm}, {bn}]>", "sa_ptr": "*fp32" if fp8 else "*bf16",
+                   "sb_ptr": "*fp32" if fp8 else "*bf16", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
+                   **{a: "i32" for a in ("N", "K", "stride_sam", "stride_sbe", "stride_sbn", "OUT_BYTES")},
+                   **{c: "constexpr" for c in ("IS_FP8", "ALIGN_M", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M",
+                                               "FLATTEN", "NUM_SMS")}}
+            consts = {"IS_FP8": fp8, "ALIGN_M": 128, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                      "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
+            report(m._grouped_gemm_tma_kernel, sig, consts, cfg,
+                   f"grouped tma {dt} {bm}x{bn}x{bk} flatten={kw['FLATTEN']}")
+
+
+def wgrad():
+    for cfg in m._WG_CONFIGS:
+        kw = cfg.kwargs
+        sig = {"a_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_M']}, 128]>",
+               "b_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_N']}, 128]>", "c_ptr": "*fp32", "sa_ptr": "*fp32",
+               "sb_ptr": "*fp32", "offsets_ptr": "*i64",
+               **{a: "i32" for a in ("N", "K", "stride_ce", "stride_cn", "stride_sa", "stride_sb")},
+               **{c: "constexpr" for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN")}}
+        consts = {"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8,
+                  "FLATTEN": kw["FLATTEN"]}
+        report(m._grouped_wgrad_fp8_kernel, sig, consts, cfg, f"grouped wgrad fp8 {kw['BLOCK_M']}x{kw['BLOCK_N']}")
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad"]
+    print("| kernel, config | warps, stages | registers | stack bytes | shared memory (fits 227 KB) | "
+          + " | ".join(OPS) + " |")
+    print("| --- " * (5 + len(OPS)) + "|")
+    for w in which:
+        globals()[w]()
