@@ -65,16 +65,17 @@ class PackedBatches:
 
 
 def validation_batches(shards_dir: Path, micro_batch: int, batches: int, rank: int, world_size: int):
-    """`batches x world_size` micro-batches of validation windows spread evenly over the whole split
-    (a fixed stride, so the sample stands for the split and is the same at every evaluation);
-    this rank's share. Every rank gets the same number of full batches: expert parallelism needs
-    all ranks in each forward."""
+    """`batches` micro-batches of validation windows in all, spread evenly over the whole split (a
+    fixed stride, so the sample stands for the split and is the same at every evaluation), dealt
+    round-robin to the ranks: this rank's share. The sample does not depend on the number of ranks,
+    so validation losses of runs on different world sizes compare. `batches` must be a multiple of
+    `world_size` (check_inputs says so): expert parallelism needs all ranks in each forward."""
     dataset = packed_dataset(Path(shards_dir), "validation")
     n = len(dataset)
-    total = batches * world_size * micro_batch
+    total = batches * micro_batch
     picks = [(i * n) // total for i in range(total)] if total <= n else [i % n for i in range(total)]
-    for b in range(batches):
-        start = (b * world_size + rank) * micro_batch
+    for b in range(rank, batches, world_size):
+        start = b * micro_batch
         yield torch.stack([dataset[i]["input_ids"] for i in picks[start:start + micro_batch]]).long()
 
 

@@ -63,6 +63,9 @@ def check_inputs(profile: Profile, shards_dir: Path, tokenizer_dir: Path, world_
     if train.global_batch_size % per_step:
         raise ValueError(f"pretrain.global_batch_size ({train.global_batch_size}) must be a multiple of "
                          f"pretrain.micro_batch_size x ranks ({train.micro_batch_size} x {world_size} = {per_step})")
+    if train.eval_batches % world_size:
+        raise ValueError(f"pretrain.eval_batches ({train.eval_batches}) must be a multiple of the number of ranks "
+                         f"({world_size}): each rank evaluates the same number of micro-batches")
     if world_size % train.ep_size or (model.n_routed_experts and model.n_routed_experts % train.ep_size):
         raise ValueError(f"pretrain.ep_size ({train.ep_size}) must divide the number of ranks ({world_size}) "
                          f"and model.n_routed_experts ({model.n_routed_experts})")

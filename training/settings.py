@@ -305,7 +305,7 @@ class PretrainConfig:
     attention: str = "auto"
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
-    eval_batches: int = 8  # micro-batches per validation pass (per rank)
+    eval_batches: int = 8  # micro-batches per validation pass, over all ranks (a multiple of the rank count)
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
     log_every: int = 10  # steps between metric logs
