@@ -35,6 +35,8 @@ OPS = ("QGMMA", "HGMMA", "FFMA", "UTMALDG", "UTMASTG", "STL", "LDL")
 
 
 def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
+    """`signature`: the runtime arguments' types; every constexpr argument is typed from `constexprs`."""
+    signature = {**signature, **{c: "constexpr" for c in constexprs}}
     try:
         k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
                            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
@@ -62,9 +64,7 @@ def fp8_tma(out="bf16"):
         for b_block, o in ((128, out), (1, "fp32")):
             sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, 128]>", "b_desc": f"tensordesc<fp8e4nv[{bn}, 128]>",
                    "c_desc": f"tensordesc<{o}[{bm}, {bn}]>", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "M": "i32",
-                   "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sbn": "i32", "OUT_BYTES": "i32",
-                   **{c: "constexpr" for c in ("B_BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN",
-                                               "NUM_SMS")}}
+                   "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sbn": "i32", "OUT_BYTES": "i32"}
             consts = {"B_BLOCK": b_block, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8,
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(g._fp8_gemm_tma_kernel, sig, consts, cfg,
@@ -76,8 +76,7 @@ def fp8_classic():
         kw = cfg.kwargs
         sig = {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
                **{a: "i32" for a in ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "stride_sam",
-                                     "stride_sbn")},
-               **{c: "constexpr" for c in ("B_BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
+                                     "stride_sbn")}}
         consts = {"B_BLOCK": 128, "BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8}
         report(g._fp8_gemm_kernel, sig, consts, cfg, f"fp8 classic {kw['BLOCK_M']}x{kw['BLOCK_N']} b_block=128")
 
@@ -91,9 +90,7 @@ def grouped_tma():
             sig = {"a_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "b_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
                    "c_desc": f"tensordesc<bf16[{bm}, {bn}]>", "sa_ptr": "*fp32" if fp8 else "*bf16",
                    "sb_ptr": "*fp32" if fp8 else "*bf16", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
-                   **{a: "i32" for a in ("N", "K", "stride_sam", "stride_sbe", "stride_sbn", "OUT_BYTES")},
-                   **{c: "constexpr" for c in ("IS_FP8", "ALIGN_M", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M",
-                                               "FLATTEN", "NUM_SMS")}}
+                   **{a: "i32" for a in ("N", "K", "stride_sam", "stride_sbe", "stride_sbn", "OUT_BYTES")}}
             consts = {"IS_FP8": fp8, "ALIGN_M": 128, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(m._grouped_gemm_tma_kernel, sig, consts, cfg,
@@ -106,8 +103,7 @@ def wgrad():
         sig = {"a_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_M']}, 128]>",
                "b_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_N']}, 128]>", "c_ptr": "*fp32", "sa_ptr": "*fp32",
                "sb_ptr": "*fp32", "offsets_ptr": "*i64",
-               **{a: "i32" for a in ("N", "K", "stride_ce", "stride_cn", "stride_sa", "stride_sb")},
-               **{c: "constexpr" for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN")}}
+               **{a: "i32" for a in ("N", "K", "stride_ce", "stride_cn", "stride_sa", "stride_sb")}}
         consts = {"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8,
                   "FLATTEN": kw["FLATTEN"]}
         report(m._grouped_wgrad_fp8_kernel, sig, consts, cfg, f"grouped wgrad fp8 {kw['BLOCK_M']}x{kw['BLOCK_N']}")
