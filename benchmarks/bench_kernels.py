@@ -11,6 +11,9 @@
    per-expert loop and one dense GEMM with the same FLOPs, as the expert count grows; the
    autotuner's time for every TMA config at one shape.
 4. The experts' FP8 weight gradient: one grouped launch against the per-expert loop it replaced.
+5. One FP8 linear's training step (forward + backward, 16,384 tokens): the 2026-12 path (weight cached
+   per optimizer step, both layouts per read, bf16 wgrad) against the 2026-11-30 sequence of passes
+   and against bf16 (section "linear").
 The FP8 training step of the real model (tokens/s by width) is benchmarks/bench_pretrain.py's
 `widths`; the MLP stand-in that used to be section 3 here is superseded by it.
 
@@ -34,8 +37,11 @@ import triton  # noqa: E402  (a GPU script: triton is required here)
 
 import kernels.fp8_gemm as fp8_gemm_mod  # noqa: E402
 import kernels.moe as moe  # noqa: E402
-from kernels.fp8_gemm import fp8_gemm_cublas, fp8_gemm_triton, pick_backend  # noqa: E402
-from kernels.fp8_quant import act_quant_triton, weight_quant_triton  # noqa: E402
+from kernels.fp8_gemm import fp8_gemm, fp8_gemm_cublas, fp8_gemm_triton, pick_backend  # noqa: E402
+from kernels.fp8_linear import FP8Linear  # noqa: E402
+from kernels.fp8_quant import (act_quant_dual_triton, act_quant_triton, weight_quant_dual_triton,  # noqa: E402
+                               weight_quant_triton)
+from kernels.weight_cache import invalidate_fp8_weights  # noqa: E402
 from kernels.moe import grouped_gemm, grouped_wgrad_fp8, make_routing, permute  # noqa: E402
 
 GEMM_SHAPES = [  # (M, N, K, label)
@@ -133,18 +139,77 @@ def fmt_gemm_row(r):
 
 
 def quant_section() -> list[dict]:
+    """GB/s of each kernel (bytes read + written once), and what the dual kernels replace: the two
+    single-layout passes over an activation (the second a transposed read), the weight quantization
+    followed by a transpose of its FP8 copy."""
     rows = []
-    for M, K in [(4096, 7168), (16384, 2048)]:
+    for M, K in [(4096, 7168), (16384, 2048), (16376, 1024)]:
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         nbytes = M * K * (2 + 1) + M * (K // 128) * 4
         ms_a = bench(lambda: act_quant_triton(x))
-        ms_t = bench(lambda: act_quant_triton(x.t()))
+        ms_t = bench(lambda: act_quant_triton(x.t(), pad_to=128))
         ms_w = bench(lambda: weight_quant_triton(x))
+        ms_ad = bench(lambda: act_quant_dual_triton(x))
+        ms_wd = bench(lambda: weight_quant_dual_triton(x))
+
+        def weight_then_transpose():
+            q, sc = weight_quant_triton(x)
+            return q.t().contiguous(), sc.t().contiguous()
+
+        ms_wt = bench(weight_then_transpose)
+        dual_bytes = M * K * (2 + 1 + 1) + 2 * M * (K // 128) * 4
         rows.append({"shape": f"{M}x{K}", "act_quant_GBps": nbytes / ms_a / 1e6,
-                     "act_quant_transposed_GBps": nbytes / ms_t / 1e6,
-                     "weight_quant_GBps": nbytes / ms_w / 1e6})
-        print(f"| {M} x {K} | {rows[-1]['act_quant_GBps']:.0f} | {rows[-1]['act_quant_transposed_GBps']:.0f} "
-              f"| {rows[-1]['weight_quant_GBps']:.0f} |", flush=True)
+                     "act_quant_transposed_GBps": nbytes / ms_t / 1e6, "weight_quant_GBps": nbytes / ms_w / 1e6,
+                     "act_dual_GBps": dual_bytes / ms_ad / 1e6, "weight_dual_GBps": dual_bytes / ms_wd / 1e6,
+                     "ms": {"act": ms_a, "act_t": ms_t, "act_dual": ms_ad, "weight": ms_w,
+                            "weight_then_transpose": ms_wt, "weight_dual": ms_wd}})
+        r = rows[-1]
+        print(f"| {M} x {K} | {r['act_quant_GBps']:.0f} | {r['act_quant_transposed_GBps']:.0f} | "
+              f"{r['weight_quant_GBps']:.0f} | {r['act_dual_GBps']:.0f} | {r['weight_dual_GBps']:.0f} | "
+              f"{ms_a + ms_t:.3f} -> {ms_ad:.3f} | {ms_wt:.3f} -> {ms_wd:.3f} |", flush=True)
+    return rows
+
+
+def previous_fp8_linear_step(x, w, dy):
+    """The 2026-11-30 FP8Linear's passes, called in sequence (no autograd): weight quantized every
+    call, its FP8 copy transposed for the dgrad, dy and x quantized again along the tokens, the
+    weight gradient in fp32 and then cast."""
+    xq, xs = act_quant_triton(x)
+    wq, ws = weight_quant_triton(w)
+    fp8_gemm(xq, xs, wq, ws, 128, out_dtype=x.dtype)
+    dyq, dys = act_quant_triton(dy)
+    fp8_gemm(dyq, dys, wq.t().contiguous(), ws.t().contiguous(), 128, out_dtype=dy.dtype)
+    dytq, dyts = act_quant_triton(dy.t(), pad_to=128)
+    xtq, xts = act_quant_triton(x.t(), pad_to=128)
+    return fp8_gemm(dytq, dyts, xtq, xts, 1, out_dtype=torch.float32).to(w.dtype)
+
+
+def linear_section(tokens: int = 16384) -> list[dict]:
+    """Forward + backward of one linear layer in ms: bf16 nn.Linear, our FP8Linear with its weight
+    cached (a micro-step inside an accumulation window) and re-quantized every call (one micro-step
+    per optimizer step), and the previous sequence of FP8 passes. NOTE: the previous sequence runs
+    without autograd, so it is timed slightly in its favour."""
+    rows = []
+    for fin, fout, what in [(1024, 512, "small expert width"), (1024, 2816, "small dense up"),
+                            (4096, 2048, "4x expert width"), (4096, 11264, "4x dense up")]:
+        lin = torch.nn.Linear(fin, fout, bias=False, device="cuda", dtype=torch.bfloat16)
+        fp8 = FP8Linear.from_linear(lin)
+        x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
+
+        def step(m, invalidate=False):
+            if invalidate:
+                invalidate_fp8_weights()
+            m(x).backward(dy)
+
+        r = {"what": what, "in": fin, "out": fout, "tokens": tokens,
+             "bf16_ms": bench(lambda: step(lin)), "fp8_cached_ms": bench(lambda: step(fp8)),
+             "fp8_requant_ms": bench(lambda: step(fp8, True)),
+             "fp8_previous_ms": bench(lambda: previous_fp8_linear_step(x.detach(), lin.weight.detach(), dy))}
+        rows.append(r)
+        print(f"| {what} | {fin} -> {fout} | {r['bf16_ms']:.3f} | {r['fp8_previous_ms']:.3f} | "
+              f"{r['fp8_requant_ms']:.3f} | {r['fp8_cached_ms']:.3f} | "
+              f"{r['bf16_ms'] / r['fp8_cached_ms']:.2f} |", flush=True)
     return rows
 
 
@@ -236,7 +301,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--sections", default="gemm,quant,grouped,wgrad")
+    ap.add_argument("--sections", default="gemm,quant,grouped,wgrad,linear")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py needs a CUDA GPU"
     sections = args.sections.split(",")
@@ -254,8 +319,9 @@ def main():
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")
-        print("| shape | act 1x128 | act 128x1 (transposed read) | weight 128x128 |")
-        print("| --- | --- | --- | --- |")
+        print("| shape | act 1x128 | act 128x1 (transposed read) | weight 128x128 | act dual (both layouts) | "
+              "weight dual (w and w^T) | act: two passes -> dual, ms | weight: quant + transpose -> dual, ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         results["quant"] = quant_section()
     if "grouped" in sections:
         print("\n## Grouped GEMM, 32768 routed rows x N=1536 x K=2048, TFLOP/s of the routed FLOPs")
@@ -268,6 +334,12 @@ def main():
         print("| weights | one grouped launch | per-expert loop (host read + 32 GEMMs) | speedup |")
         print("| --- | --- | --- | --- |")
         results["wgrad"] = wgrad_section()
+    if "linear" in sections:
+        print(f"\n## One linear's forward + backward, 16,384 tokens, ms (CUDA events, back to back)")
+        print("| layer | in -> out | bf16 | FP8 previous passes | FP8 now, weight quantized every call | "
+              "FP8 now, weight cached | bf16 / FP8 cached |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        results["linear"] = linear_section()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

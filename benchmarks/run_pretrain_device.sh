@@ -15,7 +15,13 @@
 #            so that each precision runs on both: the BF16 runs' spread is the noise floor
 #   phase G  (one GPU) the GPU kernel tests, the FP8 step's GPU time by kernel kind at widths 1x and
 #            4x (bench_pretrain.py widths), one more FP8 run of phase F's config (one of three spiked)
-# (one call runs "A B", "C", "D", "E", "F" or "G": each fits the 10-minute limit of a call, not all together)
+#   phase H  (two GPUs, 2026-12 FP8 changes) GPU 0: phase F's BF16 / FP8 pair (eager), then the same pair
+#            compiled (pretrain.compile=true: FP8 ops are eager islands in the compiled blocks);
+#            GPU 1: the GPU kernel tests, bench_kernels.py quant / linear / wgrad, widths 1x and 4x
+#   phase I  (two GPUs) GPU 0: three FP8 seeds of 40 steps through benchmarks/fp8_spike.py (loss, gradient
+#            norm and per-module gradient norms every step), one BF16 seed beside them, then a BF16 / FP8
+#            pair of phase F's config; GPU 1: widths 8x (2 layers: 4 do not fit), a third pair
+# (one call runs "A B", "C", "D", "E", "F", "G", "H" or "I": each fits the 10-minute limit of a call)
 #   summary  $OUT/pretrain.json, $OUT/summary.md; every log, history and profile in $OUT/logs.tgz
 # PHASES="A B" picks phases; every run has its own time limit, so a failure costs only its slot.
 set -o pipefail
@@ -147,6 +153,53 @@ if [[ " $PHASES " == *" G "* ]]; then  # one GPU: GPU tests, FP8 step breakdown,
     > "$L/widths_profile.log" 2>&1
   stamp "widths: rc=$?"; grep -E "^\||scale" "$L/widths_profile.log" | cut -c1-900
   train fp8_4 1 ${G_FP8_S:-220} pretrain.precision=fp8 pretrain.compile=false
+fi
+
+spike() {  # name seed limit overrides...: a 40-step run with per-module gradient norms every step
+  local name=$1 seed=$2 limit=$3; shift 3
+  local dir="$W/runs/$name"
+  python3 benchmarks/bench_pretrain.py config "$dir/stage.json" "$W/data" "$dir" $COMMON pretrain.compile=false \
+    pretrain.seed=$seed pretrain.steps=40 pretrain.log_every=1 pretrain.eval_every=40 pretrain.checkpoint_every=40 \
+    "$@" > /dev/null
+  stamp "start spike run $name on GPU ${CUDA_VISIBLE_DEVICES}"
+  timeout "$limit" python3 benchmarks/fp8_spike.py run "$dir/stage.json" "$L/${name}_norms.json" > "$L/$name.log" 2>&1
+  stamp "end $name rc=$?"
+  cp "$dir"/history.json "$L/${name}_history.json" 2>/dev/null
+  grep -E "step (1|5|10|15|20|25|30|35|40)/|Error" "$L/$name.log" | cut -c1-200
+}
+
+if [[ " $PHASES " == *" H "* ]]; then
+  (export CUDA_VISIBLE_DEVICES=0
+   train bf16_1 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
+   train fp8_1 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
+   train bf16c_1 1 ${H_BF16C_S:-150} pretrain.precision=bf16 pretrain.compile=true
+   train fp8c_1 1 ${H_FP8C_S:-150} pretrain.precision=fp8 pretrain.compile=true) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout ${H_TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -n 4 -p no:cacheprovider > "$L/tests.log" 2>&1
+   stamp "GPU tests: $(tail -1 "$L/tests.log")"; grep -E "^(FAILED|ERROR)" "$L/tests.log" | cut -c1-300
+   timeout ${H_BENCH_S:-120} python3 benchmarks/bench_kernels.py --sections quant,linear,wgrad --json "$L/bench.json" \
+     > "$L/bench.log" 2>&1
+   stamp "bench rc=$?"; grep -E "^\||^#" "$L/bench.log" | cut -c1-300
+   TOP_KERNELS=1 timeout ${H_WIDTH_S:-220} python3 benchmarks/bench_pretrain.py widths "$L/widths.json" --scales 1 4 --steps 4 \
+     --profile > "$L/widths.log" 2>&1
+   stamp "widths rc=$?"; grep -E "^\||scale" "$L/widths.log" | cut -c1-900) &
+  wait
+fi
+
+if [[ " $PHASES " == *" I "* ]]; then
+  (export CUDA_VISIBLE_DEVICES=0
+   for seed in 1 2 3; do spike fp8_seed$seed $seed 90 pretrain.precision=fp8; done
+   spike bf16_seed1 1 80 pretrain.precision=bf16
+   train bf16_2 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
+   train fp8_2 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false) &
+  (export CUDA_VISIBLE_DEVICES=1
+   TOP_KERNELS=1 timeout ${I_WIDTH_S:-200} python3 benchmarks/bench_pretrain.py widths "$L/widths8.json" --scales 8 --layers 2 \
+     --steps 3 --profile > "$L/widths8.log" 2>&1
+   stamp "widths 8x rc=$?"; grep -E "^\||scale|rror" "$L/widths8.log" | cut -c1-900
+   train fp8_3 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
+   train bf16_3 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false) &
+  wait
+  python3 benchmarks/fp8_spike.py summary "$L"/*_norms.json 2>&1 | cut -c1-1500
 fi
 
 left=$(( ${DEADLINE:-560} - ($(date +%s) - t_start) - 25 ))  # the call's limit is 600 s

@@ -26,6 +26,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import kernels.fp8_gemm as g  # noqa: E402
+import kernels.fp8_quant as fq  # noqa: E402
 import kernels.moe as m  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -100,17 +101,34 @@ def grouped_tma():
 def wgrad():
     for cfg in m._WG_CONFIGS:
         kw = cfg.kwargs
-        sig = {"a_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_M']}, 128]>",
-               "b_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_N']}, 128]>", "c_ptr": "*fp32", "sa_ptr": "*fp32",
-               "sb_ptr": "*fp32", "offsets_ptr": "*i64",
-               **{a: "i32" for a in ("N", "K", "stride_ce", "stride_cn", "stride_sa", "stride_sb")}}
-        consts = {"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8,
-                  "FLATTEN": kw["FLATTEN"]}
-        report(m._grouped_wgrad_fp8_kernel, sig, consts, cfg, f"grouped wgrad fp8 {kw['BLOCK_M']}x{kw['BLOCK_N']}")
+        for out in ("fp32", "bf16"):  # bf16: the weight's dtype, written straight from the accumulator
+            sig = {"a_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_M']}, 128]>",
+                   "b_desc": f"tensordesc<fp8e4nv[{kw['BLOCK_N']}, 128]>", "c_ptr": f"*{out}", "sa_ptr": "*fp32",
+                   "sb_ptr": "*fp32", "offsets_ptr": "*i64",
+                   **{a: "i32" for a in ("N", "K", "stride_ce", "stride_cn", "stride_sa", "stride_sb")}}
+            consts = {"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": 128, "GROUP_M": 8,
+                      "FLATTEN": kw["FLATTEN"]}
+            report(m._grouped_wgrad_fp8_kernel, sig, consts, cfg,
+                   f"grouped wgrad fp8 {kw['BLOCK_M']}x{kw['BLOCK_N']} {out}")
+
+
+def quant():
+    """The quantization kernels as the wrappers launch them (a 128x128 tile in registers for the dual ones:
+    spills would show here)."""
+    cfg = triton.Config({}, num_warps=fq.DUAL_WARPS, num_stages=1)
+    ptrs = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "st_ptr": "*fp32"}
+    report(fq._act_quant_dual_kernel, {**ptrs, **{a: "i32" for a in ("M", "K", "MP", "stride_xm", "stride_xk",
+           "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}}, {"TILE_": 128}, cfg, "act quant dual 128x128")
+    wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
+    report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
+           "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")
+    report(fq._act_quant_kernel, {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", **{a: "i32" for a in (
+           "M", "K", "K_OUT", "stride_xm", "stride_xk", "stride_qm", "stride_sm")}}, {"BLOCK_M": 32, "TILE_K": 128},
+           triton.Config({}, num_warps=4, num_stages=1), "act quant 32x128 (single layout)")
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad"]
+    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad", "quant"]
     print("| kernel, config | warps, stages | registers | stack bytes | shared memory (fits 227 KB) | "
           + " | ".join(OPS) + " |")
     print("| --- " * (5 + len(OPS)) + "|")

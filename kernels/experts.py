@@ -10,9 +10,15 @@ code's layout) is converted linear by linear instead, with no grouped GEMM.
 
 Backward. dgrad runs the grouped GEMM again on the transposed weights. wgrad in FP8 is one launch
 over all experts (`grouped_wgrad_fp8`: each expert's reduction runs over its own 128-aligned row
-segment, bounds read on the device, no host sync); its operands are quantized along rows (128x1
-tiles), which never straddle two experts because segments are 128-aligned. wgrad in bf16 is one
-GEMM per non-empty expert (a host read of the segment offsets; empty experts are skipped).
+segment, bounds read on the device, no host sync, written in the weight's dtype); its operands are
+quantized along rows (128x1 tiles), which never straddle two experts because segments are
+128-aligned. wgrad in bf16 is one GEMM per non-empty expert (a host read of the segment offsets;
+empty experts are skipped).
+
+FP8 passes, as in kernels/fp8_linear.py: the stacked weights are quantized once per optimizer step in
+both layouts (w and the dgrad's w^T, one launch over all experts: kernels/weight_cache.py); the
+input rows and the output gradient are each read once for both of their layouts
+(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_quant import FP8, TILE, act_quant, act_quant_ref, weight_quant, weight_quant_ref
+from kernels.fp8_linear import fp8_ops
+from kernels.fp8_quant import FP8, TILE
 from kernels.moe import (Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, permute)
+from kernels.weight_cache import quantized_weight
 
 
 def _quant_stacked(w: torch.Tensor, wq_fn):
@@ -43,12 +51,17 @@ class GroupedLinearFunction(torch.autograd.Function):
     def forward(ctx, x_perm, w, r: Routing, fp8: bool, emulate: bool):
         grouped = grouped_gemm_ref if emulate else grouped_gemm
         if fp8:
-            aq = act_quant_ref if emulate else act_quant
-            wq_fn = weight_quant_ref if emulate else weight_quant
-            xq, xs = aq(x_perm)
-            wq, ws = _quant_stacked(w, wq_fn)
-            out = grouped(xq, wq, r, xs, ws, out_dtype=x_perm.dtype)
-            ctx.save_for_backward(x_perm, wq, ws)
+            ops = fp8_ops(emulate)
+            need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            w8 = quantized_weight(w, need_dx, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
+            if need_dw:  # (K, P): x^T in 1x128 tiles along the rows, for the wgrad
+                xq, xs, xtq, xts = ops.act_dual(x_perm)
+            else:
+                xq, xs = ops.act(x_perm)
+                xtq = xts = None
+            out = grouped(xq, w8.q, r, xs, w8.s, out_dtype=x_perm.dtype)
+            ctx.save_for_backward(xtq, xts)
+            ctx.w8, ctx.ops = w8, ops
         else:
             out = grouped(x_perm, w, r)
             ctx.save_for_backward(x_perm, w)
@@ -58,18 +71,27 @@ class GroupedLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         r, fp8, emulate = ctx.r, ctx.fp8, ctx.emulate
-        dout = dout.contiguous()
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grouped = grouped_gemm_ref if emulate else grouped_gemm
+        dx = dw = None
         if fp8:  # NOTE: no host read of the routing here: segment bounds stay on the device
-            x_perm, wq, ws = ctx.saved_tensors
-            aq = act_quant_ref if emulate else act_quant
-            dq, ds = aq(dout)  # 1x128 along N
-            dx = grouped(dq, wq.transpose(1, 2).contiguous(), r, ds,
-                         ws.transpose(1, 2).contiguous(), out_dtype=dout.dtype)
-            dtq, dts = aq(dout.t())  # (N, P): 128x1 tiles along rows, never across two experts
-            xtq, xts = aq(x_perm.t())  # (K, P)
-            dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r)  # (E, N, K)
+            xtq, xts = ctx.saved_tensors
+            w8, ops = ctx.w8, ctx.ops
+            # dout (P, N): 1x128 along N for the dgrad, and (N, P) 1x128 along rows for the wgrad
+            # (128x1 tiles never straddle two experts: segments are 128-aligned)
+            if need_dx and need_dw:
+                dq, ds, dtq, dts = ops.act_dual(dout)
+            elif need_dx:
+                dq, ds = ops.act(dout)
+            else:
+                dtq, dts = ops.act(dout.t())
+            if need_dx:
+                dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=dout.dtype)
+            if need_dw:
+                dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r,
+                                                                           out_dtype=ctx.w_dtype)  # (E, N, K)
         else:
+            dout = dout.contiguous()
             x_perm, w = ctx.saved_tensors
             dx = grouped(dout, w.transpose(1, 2).contiguous(), r)
             dw = torch.zeros(w.shape, dtype=torch.float32, device=dout.device)
@@ -79,9 +101,10 @@ class GroupedLinearFunction(torch.autograd.Function):
                     continue
                 lo, hi = offs[e], offs[e + 1]
                 dw[e] = dout[lo:hi].float().t() @ x_perm[lo:hi].float()
+            dw = dw.to(ctx.w_dtype)
         # NOTE: rows of dx past the last segment are left as the grouped GEMM left them (unwritten on
         # the GPU): PermuteFunction's backward reads routed rows only
-        return dx, dw.to(ctx.w_dtype), None, None, None
+        return dx, dw, None, None, None
 
 
 class PermuteFunction(torch.autograd.Function):
@@ -134,6 +157,7 @@ class GroupedExperts(nn.Module):
         return grouped_swiglu(x, topk_ids, topk_w, self.w1, self.w2, self.w3, self.fp8, self.emulate)
 
 
+@torch.compiler.disable  # an eager island under torch.compile, like FP8Linear.forward (see there)
 def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = False) -> torch.Tensor:
     """GroupedExperts' forward as a function of its weights (for wrappers that own the parameters,
     e.g. training/expert_parallel.py): x (T, D), topk_ids / topk_w (T, k) -> (T, D)."""

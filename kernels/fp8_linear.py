@@ -3,73 +3,118 @@
 What it computes. Forward: x is quantized per 1x128 tile, w per 128x128 block, and the FP8 GEMM
 accumulates in FP32 (kernels/fp8_gemm.py). Backward: dgrad dx = dy @ w reuses the FP8 weight
 (transposed: 128x128 blocks transpose into 128x128 blocks) with dy quantized per 1x128 tile; wgrad
-dw = dy^T @ x quantizes dy and x along the token axis (128x1 tiles), as the paper does, and returns
-dw in FP32 before casting to the weight's dtype. The master weight stays in whatever precision the
-module holds (DeepSpeed keeps its own FP32 master copy and optimizer state); FP8 lives only inside
-the function.
+dw = dy^T @ x quantizes dy and x along the token axis (128x1 tiles), as the paper does, and writes dw
+in the weight's dtype straight from the GEMM (FP32 accumulation, one rounding at the store: the
+same value as an FP32 result cast afterwards, without the FP32 pass). The master weight stays in
+whatever precision the module holds (DeepSpeed keeps its own FP32 master copy and optimizer state);
+FP8 lives only inside the function.
+
+Passes, per training step of one linear (2026-11-30 version in brackets):
+  - the weight: quantized once per optimizer step in both layouts, w and w^T, from one read
+    (kernels/weight_cache.py) [quantized on every forward, its FP8 copy transposed on every backward];
+  - x: one read in the forward writes both x's 1x128 tiles (forward GEMM) and x^T's (wgrad), and the
+    FP8 x^T is what is saved for the backward, as the paper does [x kept in bf16, quantized again
+    through a strided read in the backward];
+  - dy: one read writes both layouts (dgrad, wgrad) [two reads];
+  - dw: written in bf16 by the GEMM [FP32, then a cast kernel].
 
 Why it exists. FP8 doubles the tensor-core rate over bf16 on Hopper; the fine-grained scales keep
 the loss within the paper's 0.25% of BF16.
 
 What it matches. `emulate=True` (and any CPU tensor) runs the same quantize -> dequantize -> matmul
-numerics in plain PyTorch, so CI on a CPU checks the FP8 path's gradients against float64 ones.
+numerics in plain PyTorch (the *_ref functions, the same weight cache), so CI on a CPU checks the
+FP8 path's gradients against float64 ones.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
-from kernels.fp8_quant import TILE, act_quant, act_quant_ref, weight_quant, weight_quant_ref
+from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref, weight_quant,
+                               weight_quant_dual, weight_quant_dual_ref, weight_quant_ref)
+from kernels.weight_cache import QuantizedWeight, quantized_weight
 
 
-def _ops(emulate: bool):
-    if emulate:
-        return act_quant_ref, weight_quant_ref, (lambda *a, **k: fp8_gemm_ref(*a, **{kk: v for kk, v in k.items() if kk != "backend"}))
-    return act_quant, weight_quant, fp8_gemm
+@dataclass(frozen=True)
+class FP8Ops:
+    """The quantizers and GEMM of one mode: the Triton kernels ("gpu") or the references ("emulate")."""
+
+    mode: str
+    act: Callable  # x (M, K) -> q, s; pad_to=
+    act_dual: Callable  # x (M, K) -> q, s, qt, st (both layouts, one read)
+    weight: Callable  # w (N, K) -> q, s
+    weight_dual: Callable  # w (N, K) or (E, N, K) -> q, s, qt, st
+    gemm: Callable  # fp8_gemm's signature
+
+    def weight_of(self, w: torch.Tensor, transposed: bool) -> QuantizedWeight:
+        """w's FP8 copy, once per optimizer step (kernels/weight_cache.py)."""
+        return quantized_weight(w, transposed, self.weight, self.weight_dual, self.mode)
+
+
+def _gemm_ref(a, sa, b, sb, b_block=TILE, out_dtype=torch.bfloat16, backend=None):
+    return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
+
+
+GPU_OPS = FP8Ops("gpu", act_quant, act_quant_dual, weight_quant, weight_quant_dual, fp8_gemm)
+EMULATED_OPS = FP8Ops("emulate", act_quant_ref, act_quant_dual_ref, weight_quant_ref, weight_quant_dual_ref,
+                      _gemm_ref)
+
+
+def fp8_ops(emulate: bool) -> FP8Ops:
+    return EMULATED_OPS if emulate else GPU_OPS
 
 
 class FP8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, backend: str = "auto", emulate: bool = False):
-        aq, wq_fn, gemm = _ops(emulate)
+        ops = fp8_ops(emulate)
         K = x.shape[-1]
         N = weight.shape[0]
         assert weight.shape[1] == K, f"FP8Linear: input has {K} features, weight is {tuple(weight.shape)}"
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2 = x.reshape(-1, K)  # (M, K), M = all leading dims
-        xq, xs = aq(x2)
-        wq, ws = wq_fn(weight)
-        y = gemm(xq, xs, wq, ws, TILE, out_dtype=x.dtype, backend=backend)  # (M, N)
+        w8 = ops.weight_of(weight, transposed=need_dx)
+        xtq = xts = None
+        if need_dw:  # (K, Mp), (K, Mp/128): x^T in 1x128 tiles along the tokens, Mp = M padded to 128
+            xq, xs, xtq, xts = ops.act_dual(x2)
+        else:
+            xq, xs = ops.act(x2)
+        y = ops.gemm(xq, xs, w8.q, w8.s, TILE, out_dtype=x.dtype, backend=backend)  # (M, N)
         if bias is not None:
             y = y + bias.to(y.dtype)
-        # NOTE: x is kept in its own precision for wgrad (the paper caches it in FP8; a later step)
-        ctx.save_for_backward(x2, wq, ws)
-        ctx.meta = (x.shape, weight.dtype, bias is not None, backend, emulate)
+        ctx.save_for_backward(xtq, xts)
+        ctx.w8 = w8  # NOTE: the FP8 copy this forward used, even if the cache moves on before backward
+        ctx.meta = (x.shape, weight.dtype, bias is not None, backend, ops)
         return y.view(*x.shape[:-1], N)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, wq, ws = ctx.saved_tensors
-        x_shape, w_dtype, has_bias, backend, emulate = ctx.meta
-        aq, _, gemm = _ops(emulate)
-        N = wq.shape[0]
+        xtq, xts = ctx.saved_tensors
+        w8 = ctx.w8
+        x_shape, w_dtype, has_bias, backend, ops = ctx.meta
+        N = w8.q.shape[0]
         dy2 = dy.reshape(-1, N)  # (M, N)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dyq, dys = aq(dy2)  # 1x128 tiles along N, the reduction axis of dgrad
-            dx = gemm(dyq, dys, wq.t().contiguous(), ws.t().contiguous(), TILE,
-                      out_dtype=dy.dtype, backend=backend).view(x_shape)  # (M, K)
-        if ctx.needs_input_grad[1]:
-            # (N, Mp), (K, Mp): 128x1 tiles of dy and x along tokens, Mp = M padded with zero columns
-            # to a multiple of 128. NOTE: without the padding, a token count like the MTP block's
-            # 8 x 2047 = 16376 left 16-byte-misaligned rows that neither cuBLAS nor the TMA kernel
-            # takes, and the pointer kernel ran this product at ~30 TFLOP/s (2026-11-30, H200: 113 of
-            # the FP8 step's 476 ms of kernels at 4x the small width)
-            dytq, dyts = aq(dy2.t(), pad_to=TILE)
-            xtq, xts = aq(x2.t(), pad_to=TILE)
-            dw = gemm(dytq, dyts, xtq, xts, 1, out_dtype=torch.float32,
-                      backend=backend).to(w_dtype)  # (N, K)
+        # dy in 1x128 tiles along N (dgrad's reduction axis) and dy^T in 1x128 tiles along the tokens
+        # (wgrad's), zero-padded to a multiple of 128 tokens. NOTE: without the padding, a token count
+        # like the MTP block's 8 x 2047 = 16376 left 16-byte-misaligned rows that neither cuBLAS nor
+        # the TMA kernel takes, and the pointer kernel ran this product at ~30 TFLOP/s (2026-11-30)
+        if need_dx and need_dw:
+            dyq, dys, dytq, dyts = ops.act_dual(dy2)
+        elif need_dx:
+            dyq, dys = ops.act(dy2)
+        elif need_dw:
+            dytq, dyts = ops.act(dy2.t(), pad_to=TILE)
+        if need_dx:
+            dx = ops.gemm(dyq, dys, w8.qt, w8.st, TILE, out_dtype=dy.dtype, backend=backend).view(x_shape)  # (M, K)
+        if need_dw:
+            dw = ops.gemm(dytq, dyts, xtq, xts, 1, out_dtype=w_dtype, backend=backend)  # (N, K)
         if has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0).to(w_dtype)
         return dx, dw, db, None, None
@@ -91,6 +136,11 @@ class FP8Linear(nn.Linear):
         new.backend, new.emulate = backend, emulate
         return new
 
+    # NOTE: opaque to torch.compile (training/engine.py compiles whole blocks): dynamo cannot trace the
+    # weight cache (data_ptr, version) nor the Triton launches with host-side TMA descriptors, so
+    # each FP8 linear is a graph break and runs eagerly; the norms, RoPE and SwiGLU between them
+    # are still fused by the compiler
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emulate = self.emulate or not x.is_cuda
         return FP8LinearFunction.apply(x, self.weight, self.bias, self.backend, emulate)

@@ -11,6 +11,13 @@ An outlier then only costs precision inside its own tile, not the whole tensor. 
 gradient the recipe quantizes activations and output gradients along the token axis (128x1 tiles);
 that is `act_quant(x.t())`: the kernel reads through strides, so no copy is made before it.
 
+Both layouts in one pass. A linear's training step needs x and dy in BOTH layouts: 1x128 along the
+features (forward, dgrad) and 128x1 along the tokens (wgrad), and its weight both as w (forward) and
+as w^T (dgrad). `act_quant_dual` and `weight_quant_dual` read the input once and write both layouts
+(a 128x128 tile in registers gives the row scales, the column scales and, for the weight, the
+transposed block), instead of a second strided read of the input or a transpose kernel on the FP8
+copy. Their references are the single-layout references applied twice (`*_dual_ref`).
+
 Why it exists. Dequantization is folded into the GEMM (`kernels/fp8_gemm.py`), which needs the
 scales in exactly these layouts; torch has no op that produces them.
 
@@ -30,6 +37,11 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 value
 TILE = 128  # the recipe's tile / block edge
 EPS = 1e-12  # amax floor: an all-zero tile gets a tiny scale, not 0/0
+# warps of the dual-layout kernels (a 128x128 fp32 tile in registers). sm_90 ptxas
+# (benchmarks/sass_check.py quant): 8 warps use 255 registers with 48 / 144 bytes of stack (act /
+# weight), 16 warps 128 registers with 48 / 72; either way the spills are a dozen scalars stored and
+# reloaded once per tile (addresses and scales, not the tile), so 16 warps for the lower register count
+DUAL_WARPS = 16
 
 
 def _check_float(x: torch.Tensor, name: str) -> None:
@@ -69,6 +81,28 @@ def weight_quant_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(nt * TILE, kt * TILE)[:N, :K].contiguous(), s
 
 
+def act_quant_dual_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, K) -> q (M, K), s (M, ceil(K/128)) in 1x128 tiles along K, and qt (K, Mp), st (K, ceil(M/128))
+    in 1x128 tiles of x^T (128x1 tiles of x along the tokens), Mp = M padded to a multiple of 128 with
+    zero columns: what the forward / dgrad and the wgrad of a linear need."""
+    q, s = act_quant_ref(x)
+    qt, st = act_quant_ref(x.t(), pad_to=TILE)
+    return q, s, qt, st
+
+
+def weight_quant_dual_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) or stacked (E, N, K) -> q, s as weight_quant_ref (per matrix), and the transposed layout
+    qt (.., K, N) = q^T, st (.., ceil(K/128), ceil(N/128)) = s^T: 128x128 blocks transpose with the
+    matrix, so w^T's quantization is q^T with the same scales (the dgrad's operand)."""
+    assert w.dim() in (2, 3), f"weight_quant_dual_ref: expected (N, K) or (E, N, K), got {tuple(w.shape)}"
+    if w.dim() == 2:
+        q, s = weight_quant_ref(w)
+    else:
+        qs = [weight_quant_ref(w[e]) for e in range(w.shape[0])]
+        q, s = torch.stack([a for a, _ in qs]), torch.stack([b for _, b in qs])
+    return q, s, q.transpose(-1, -2).contiguous(), s.transpose(-1, -2).contiguous()
+
+
 def act_dequant(q: torch.Tensor, s: torch.Tensor, group_rows: int = 1) -> torch.Tensor:
     """Inverse of the quantizers: q (R, C) fp8 with s (ceil(R/group_rows), ceil(C/128)) -> float32.
 
@@ -96,6 +130,20 @@ def cdiv(a: int, b: int) -> int:
 if HAS_TRITON:
 
     @triton.jit
+    def _load_tile(ptr, offs_r, offs_c, R, C, stride_r, stride_c):
+        """A (len(offs_r), len(offs_c)) tile of a strided matrix in fp32, zeros outside (R, C)."""
+        mask = (offs_r[:, None] < R) & (offs_c[None, :] < C)
+        return tl.load(ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _to_fp8(x, s):
+        """x / s rounded to nearest, clamped to E4M3's finite range, for ONE scale s (a weight block).
+        NOTE: the activation kernels write this inline: with a per-row scale vector passed in, ptxas
+        (sm_90) gave the 32x128 kernel 148 registers instead of 80 and the dual one 280 bytes of stack
+        instead of 48 (benchmarks/sass_check.py quant)."""
+        return tl.minimum(tl.maximum(tl.div_rn(x, s), -448.0), 448.0).to(tl.float8e4nv)
+
+    @triton.jit
     def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, K_OUT, stride_xm, stride_xk, stride_qm, stride_sm,
                           BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
         # one program: BLOCK_M rows x one 128-wide tile; x is read through strides (may be x.t());
@@ -104,11 +152,9 @@ if HAS_TRITON:
         pid_k = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_k = pid_k * TILE_K + tl.arange(0, TILE_K)
-        mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask, other=0.0).to(tl.float32)
-        amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12)  # (BLOCK_M,)
-        s = amax / 448.0
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+        s = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (BLOCK_M,)
         q = tl.div_rn(x, s[:, None])
         q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
         tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q,
@@ -122,15 +168,91 @@ if HAS_TRITON:
         pid_k = tl.program_id(1)
         offs_n = pid_n * TILE_ + tl.arange(0, TILE_)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
-        mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-                    mask=mask, other=0.0).to(tl.float32)
-        amax = tl.maximum(tl.max(tl.abs(w)), 1e-12)
-        s = amax / 448.0
-        q = tl.div_rn(w, s)
-        q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-        tl.store(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :], q, mask=mask)
+        w = _load_tile(w_ptr, offs_n, offs_k, N, K, stride_wn, stride_wk)
+        s = tl.maximum(tl.max(tl.abs(w)), 1e-12) / 448.0
+        tl.store(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :], _to_fp8(w, s),
+                 mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
         tl.store(s_ptr + pid_n * stride_sn + pid_k, s)
+
+    @triton.jit
+    def _act_quant_dual_kernel(x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
+                               stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr):
+        # one program: one 128x128 tile of x, read once. Row scales (amax over the tile's 128 columns)
+        # give q / s (1x128 along K); column scales (amax over its 128 rows) give qt / st, written
+        # transposed (1x128 along M of x^T). Rows M..MP of the tile are zeros: qt's padding columns.
+        pid_m = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
+        offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
+        mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        ax = tl.abs(x)
+        s_row = tl.maximum(tl.max(ax, axis=1), 1e-12) / 448.0  # (TILE,) one per row
+        q = tl.div_rn(x, s_row[:, None])
+        q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
+        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+        tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
+        s_col = tl.maximum(tl.max(ax, axis=0), 1e-12) / 448.0  # (TILE,) one per column
+        qt = tl.div_rn(x, s_col[None, :])
+        qt = tl.trans(tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv))  # (TILE k, TILE m): along m
+        tl.store(qt_ptr + offs_k[:, None] * stride_qtk + offs_m[None, :], qt,
+                 mask=(offs_k[:, None] < K) & (offs_m[None, :] < MP))
+        tl.store(st_ptr + offs_k * stride_stk + pid_m, s_col, mask=offs_k < K)
+
+    @triton.jit
+    def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
+                                  NT, KT, TILE_: tl.constexpr):
+        # one program: one 128x128 block of matrix e; q (E, N, K) and qt (E, K, N) contiguous,
+        # s (E, NT, KT) and st (E, KT, NT) contiguous
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        e = tl.program_id(2).to(tl.int64)
+        offs_n = pid_n * TILE_ + tl.arange(0, TILE_)
+        offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
+        mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+        w = _load_tile(w_ptr + e * stride_we, offs_n, offs_k, N, K, stride_wn, stride_wk)
+        s = tl.maximum(tl.max(tl.abs(w)), 1e-12) / 448.0
+        q = _to_fp8(w, s)
+        tl.store(q_ptr + e * N * K + offs_n[:, None] * K + offs_k[None, :], q, mask=mask)
+        tl.store(qt_ptr + e * N * K + offs_k[:, None] * N + offs_n[None, :], tl.trans(q),
+                 mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
+        tl.store(s_ptr + e * NT * KT + pid_n * KT + pid_k, s)
+        tl.store(st_ptr + e * NT * KT + pid_k * NT + pid_n, s)
+
+
+def _outputs(device, q_shape: tuple, s_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty FP8 values and fp32 scales (every element is written by the kernel)."""
+    return (torch.empty(q_shape, dtype=FP8, device=device), torch.empty(s_shape, dtype=torch.float32, device=device))
+
+
+def act_quant_dual_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton version of act_quant_dual_ref: one read of x (any strides), both layouts written."""
+    _check_float(x, "act_quant_dual_triton")
+    require_cuda(x, what="act_quant_dual_triton")
+    M, K = x.shape
+    mt, kt = cdiv(M, TILE), cdiv(K, TILE)
+    q, s = _outputs(x.device, (M, K), (M, kt))
+    qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
+    _act_quant_dual_kernel[(mt, kt)](x, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
+                                     s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, num_warps=DUAL_WARPS)
+    return q, s, qt, st
+
+
+def weight_quant_dual_triton(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton version of weight_quant_dual_ref, (N, K) or stacked (E, N, K): one launch, one read."""
+    assert w.dim() in (2, 3), f"weight_quant_dual_triton: expected (N, K) or (E, N, K), got {tuple(w.shape)}"
+    _check_float(w.reshape(-1, w.shape[-1]), "weight_quant_dual_triton")
+    require_cuda(w, what="weight_quant_dual_triton")
+    w3 = w if w.dim() == 3 else w[None]
+    E, N, K = w3.shape
+    nt, kt = cdiv(N, TILE), cdiv(K, TILE)
+    q, s = _outputs(w.device, (E, N, K), (E, nt, kt))
+    qt, st = _outputs(w.device, (E, K, N), (E, kt, nt))
+    _weight_quant_dual_kernel[(nt, kt, E)](w3, q, s, qt, st, N, K, w3.stride(0), w3.stride(1), w3.stride(2),
+                                           nt, kt, TILE_=TILE, num_warps=DUAL_WARPS)
+    if w.dim() == 2:
+        return q[0], s[0], qt[0], st[0]
+    return q, s, qt, st
 
 
 def act_quant_triton(x: torch.Tensor, block_m: int = 32, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,8 +263,7 @@ def act_quant_triton(x: torch.Tensor, block_m: int = 32, pad_to: int = 1) -> tup
     M, K = x.shape
     kt = cdiv(K, TILE)
     k_out = cdiv(K, pad_to) * pad_to
-    q = torch.empty((M, k_out), dtype=FP8, device=x.device)
-    s = torch.empty((M, kt), dtype=torch.float32, device=x.device)
+    q, s = _outputs(x.device, (M, k_out), (M, kt))
     grid = (cdiv(M, block_m), kt)
     _act_quant_kernel[grid](x, q, s, M, K, k_out, x.stride(0), x.stride(1), q.stride(0), s.stride(0),
                             BLOCK_M=block_m, TILE_K=TILE, num_warps=4)
@@ -154,8 +275,7 @@ def weight_quant_triton(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     require_cuda(w, what="weight_quant_triton")
     N, K = w.shape
     nt, kt = cdiv(N, TILE), cdiv(K, TILE)
-    q = torch.empty((N, K), dtype=FP8, device=w.device)
-    s = torch.empty((nt, kt), dtype=torch.float32, device=w.device)
+    q, s = _outputs(w.device, (N, K), (nt, kt))
     _weight_quant_kernel[(nt, kt)](w, q, s, N, K, w.stride(0), w.stride(1), q.stride(0),
                                    s.stride(0), TILE_=TILE, num_warps=8)
     return q, s
@@ -171,3 +291,11 @@ def act_quant(x: torch.Tensor, pad_to: int = 1) -> tuple[torch.Tensor, torch.Ten
 
 def weight_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return weight_quant_triton(w) if use_triton(w) else weight_quant_ref(w)
+
+
+def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return act_quant_dual_triton(x) if use_triton(x) else act_quant_dual_ref(x)
+
+
+def weight_quant_dual(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return weight_quant_dual_triton(w) if use_triton(w) else weight_quant_dual_ref(w)

@@ -126,8 +126,8 @@ def grouped_gemm_ref(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtyp
     return out
 
 
-def grouped_wgrad_ref(dq, ds, xq, xs, r: Routing) -> torch.Tensor:
-    """dw (E, N, K) fp32, dw[e] = dout[segment e]^T @ x[segment e] from the FP8 transposed operands:
+def grouped_wgrad_ref(dq, ds, xq, xs, r: Routing, out_dtype=torch.float32) -> torch.Tensor:
+    """dw (E, N, K) in out_dtype (computed in fp32), dw[e] = dout[segment e]^T @ x[segment e] from the FP8 transposed operands:
     dq (N, P) and xq (K, P) quantized along the rows' axis (1x128 tiles of the transposes: 128x1
     tiles of dout and x), ds (N, P/128), xs (K, P/128). A loop over non-empty experts."""
     N, P = dq.shape
@@ -141,7 +141,7 @@ def grouped_wgrad_ref(dq, ds, xq, xs, r: Routing) -> torch.Tensor:
         a = act_dequant(dq[:, lo:hi], ds[:, lo // TILE:hi // TILE])
         b = act_dequant(xq[:, lo:hi], xs[:, lo // TILE:hi // TILE])
         dw[e] = a @ b.t()
-    return dw
+    return dw.to(out_dtype)
 
 
 def combine_ref(out_perm: torch.Tensor, topk_w: torch.Tensor, r: Routing) -> torch.Tensor:
@@ -328,7 +328,7 @@ if HAS_TRITON:
         offs_m = off_m + tl.arange(0, BLOCK_M)
         offs_n = off_n + tl.arange(0, BLOCK_N)
         c_ptrs = c_ptr + e.to(tl.int64) * stride_ce + offs_m[:, None] * stride_cn + offs_n[None, :]
-        tl.store(c_ptrs, acc, mask=(offs_m[:, None] < N) & (offs_n[None, :] < K))
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < N) & (offs_n[None, :] < K))
 
     # keyed by N and K only: the segment lengths change every step and must not re-tune
     _grouped_wgrad_tuned = autotuned(_grouped_wgrad_fp8_kernel, _WG_CONFIGS, key=["N", "K"])
@@ -500,12 +500,13 @@ def _grouped_fp8(x_perm, w, c, sa, sb, r, P, N, K):
     return c
 
 
-def grouped_wgrad_fp8(dq, ds, xq, xs, r: Routing, config=None) -> torch.Tensor:
-    """dw (E, N, K) fp32 = per expert, dout[segment]^T @ x[segment], in one launch with the segment
+def grouped_wgrad_fp8(dq, ds, xq, xs, r: Routing, config=None, out_dtype=torch.float32) -> torch.Tensor:
+    """dw (E, N, K) = per expert, dout[segment]^T @ x[segment], in one launch with the segment
     bounds read on the device (no host sync, no loop over experts; an empty expert gets zeros).
+    Accumulated in fp32, stored in out_dtype (the weight's dtype: no fp32 copy and cast pass).
     Operands as in `grouped_wgrad_ref` (which runs on CPU)."""
     if not (use_triton(dq, xq) or INTERPRET):
-        return grouped_wgrad_ref(dq, ds, xq, xs, r)
+        return grouped_wgrad_ref(dq, ds, xq, xs, r, out_dtype=out_dtype)
     require_cuda(dq, xq, what="grouped_wgrad_fp8")
     N, P = dq.shape
     K = xq.shape[0]
@@ -518,7 +519,7 @@ def grouped_wgrad_fp8(dq, ds, xq, xs, r: Routing, config=None) -> torch.Tensor:
         "grouped_wgrad_fp8: operands and scales must be row-contiguous")
     assert tma_ok(dq, xq), "grouped_wgrad_fp8: operands must be 16-byte aligned (P a multiple of 16)"
     E = r.num_experts
-    dw = torch.empty((E, N, K), dtype=torch.float32, device=dq.device)
+    dw = torch.empty((E, N, K), dtype=out_dtype, device=dq.device)
     cfg = fixed_config(config, _WG_CONFIGS)
     first = (cfg or _WG_CONFIGS[0]).kwargs  # the autotuner's pre-hook resets the block shapes
     a_d = TensorDescriptor.from_tensor(dq, [first["BLOCK_M"], TILE])

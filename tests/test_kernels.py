@@ -16,8 +16,8 @@ from kernels.convert import FP8Config, convert_to_fp8
 from kernels.experts import GroupedExperts, experts_ref
 from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
 from kernels.fp8_linear import FP8Linear
-from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_ref, weight_dequant,
-                               weight_quant_ref)
+from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_dual_ref, act_quant_ref, weight_dequant,
+                               weight_quant_dual_ref, weight_quant_ref)
 from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
 from tests.kernel_helpers import FP8_BOUND, rel
 
@@ -71,6 +71,33 @@ def test_act_quant_pads_columns_with_zeros_and_keeps_scales():
     qp, sp = act_quant_ref(x, pad_to=128)
     assert qp.shape == (6, 384) and torch.equal(sp, s)
     assert torch.equal(qp[:, :300].float(), q.float()) and not qp[:, 300:].float().any()
+
+
+@pytest.mark.parametrize("M,K", [(300, 256), (128, 130), (5, 7)])
+def test_dual_activation_layouts_are_the_tiles_of_x_and_of_x_transposed(M, K):
+    # one pass writes 1x128 tiles along K (forward, dgrad) and 128x1 tiles along M (wgrad), x^T padded
+    # with zero columns to a multiple of 128 tokens; each layout dequantizes to x within FP8 rounding
+    x = torch.randn(M, K) * torch.rand(M, 1) * 10
+    q, s, qt, st = act_quant_dual_ref(x)
+    Mp = -(-M // 128) * 128
+    assert qt.shape == (K, Mp) and st.shape == (K, -(-M // 128)) and s.shape == (M, -(-K // 128))
+    assert not qt[:, M:].float().any()
+    assert rel(act_dequant(q, s), x) < 0.05
+    assert rel(act_dequant(qt[:, :M], st), x.t()) < 0.05
+    # the column scales are the amax of 128 tokens of one feature, over 448
+    assert torch.allclose(st[:, 0], x[:128].abs().amax(0) / FP8_MAX)
+
+
+@pytest.mark.parametrize("shape", [(384, 256), (200, 300), (3, 256, 130)])
+def test_dual_weight_layouts_transpose_with_their_blocks(shape):
+    # the dgrad's w^T is the transposed FP8 copy with the transposed scales (blocks transpose with it)
+    w = torch.randn(shape)
+    q, s, qt, st = weight_quant_dual_ref(w)
+    wd = torch.stack([weight_dequant(q[e], s[e]) for e in range(w.shape[0])]) if w.dim() == 3 else weight_dequant(q, s)
+    wtd = (torch.stack([weight_dequant(qt[e], st[e]) for e in range(w.shape[0])]) if w.dim() == 3
+           else weight_dequant(qt, st))
+    assert torch.equal(wtd, wd.transpose(-1, -2))
+    assert rel(wd, w) < 0.05
 
 
 def test_zero_tile_gives_zeros_not_nan():
@@ -268,6 +295,164 @@ def test_fp8_emulated_training_tracks_fp32_loss():
 
 
 # ---------------------------------------------------------------------------------------------
+# FP8 weights quantized once per optimizer step (kernels/weight_cache.py)
+
+
+class _CountingOps:
+    """Counts weight quantizations of the emulated FP8 path (what the cache saves)."""
+
+    def __init__(self, monkeypatch):
+        import dataclasses
+
+        import kernels.fp8_linear as fl
+        self.calls = 0
+        base = fl.EMULATED_OPS
+
+        def counted(fn):
+            def wrapper(*a, **k):
+                self.calls += 1
+                return fn(*a, **k)
+            return wrapper
+
+        monkeypatch.setattr(fl, "EMULATED_OPS", dataclasses.replace(
+            base, weight=counted(base.weight), weight_dual=counted(base.weight_dual)))
+
+
+def _fresh_output(lin: nn.Linear, x):
+    """The FP8 output from a copy of the weights that has never been cached."""
+    copy = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    copy.load_state_dict(lin.state_dict())
+    with torch.no_grad():
+        return FP8Linear.from_linear(copy)(x)
+
+
+def test_fp8_weight_is_quantized_once_per_optimizer_step_and_again_after_it(monkeypatch):
+    counter = _CountingOps(monkeypatch)
+    lin = nn.Linear(256, 384)
+    fp8 = FP8Linear.from_linear(lin)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-2)
+    probe = torch.randn(16, 256)
+    for step in range(3):
+        before, n = lin.weight.detach().clone(), counter.calls
+        for micro in range(4):  # gradient accumulation: the weight does not change in between
+            x = torch.randn(32, 256, requires_grad=True)
+            fp8(x).square().mean().backward()
+        assert counter.calls == n + 1  # one quantization (both layouts) for the four micro-steps
+        opt.step()
+        opt.zero_grad()
+        assert not torch.equal(lin.weight, before)  # the step changed the weight...
+        n = counter.calls
+        with torch.no_grad():
+            y = fp8(probe)
+        assert counter.calls == n + 1  # ...so the next forward quantized it again
+        assert torch.equal(y, _fresh_output(lin, probe))  # and used the new weight
+
+
+def test_fp8_weight_cache_sees_in_place_writes_and_explicit_invalidation(monkeypatch):
+    from kernels.weight_cache import invalidate_fp8_weights
+    _CountingOps(monkeypatch)
+    lin = nn.Linear(128, 256, bias=False)
+    fp8 = FP8Linear.from_linear(lin)
+    x = torch.randn(8, 128)
+    with torch.no_grad():
+        fp8(x)
+        lin.weight.mul_(-2.0)  # an autograd-visible in-place write bumps the version counter
+        assert torch.equal(fp8(x), _fresh_output(lin, x))
+        # NOTE: a write through .data bumps nothing (DeepSpeed writes bf16 weights this way after
+        # its fp32 master step); such code calls invalidate_fp8_weights()
+        lin.weight.data.copy_(torch.randn(256, 128))
+        invalidate_fp8_weights()
+        assert torch.equal(fp8(x), _fresh_output(lin, x))
+
+
+def test_fp8_experts_reuse_and_refresh_their_quantized_weights(monkeypatch):
+    counter = _CountingOps(monkeypatch)
+    T, D, I, E, k = 40, 128, 128, 4, 2
+    ex = GroupedExperts(E, D, I, init_std=0.1)
+    ex.fp8 = True
+    opt = torch.optim.SGD(ex.parameters(), lr=1.0)
+    ids, tw = _routing_inputs(T, k, E)
+    x = torch.randn(T, D)
+    for _ in range(2):  # two micro-steps, then a step
+        ex(x.requires_grad_(), ids, tw).square().sum().backward()
+    assert counter.calls == 3  # w1, w2, w3 once each
+    opt.step()
+    with torch.no_grad():
+        y = ex(x, ids, tw)
+        assert counter.calls == 6  # the step changed all three: quantized again
+        fresh = GroupedExperts(E, D, I)
+        fresh.load_state_dict(ex.state_dict())
+        fresh.fp8 = True
+        assert torch.equal(y, fresh(x, ids, tw))
+
+
+_DEEPSPEED_SCRIPT = r'''
+import torch
+from torch import nn
+import deepspeed
+from training import distributed
+from kernels.convert import convert_to_fp8
+from kernels.fp8_linear import FP8Linear
+import kernels.fp8_linear as fl
+
+distributed.init()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+convert_to_fp8(model)  # emulated on CPU: the same cache as on the GPU
+calls = []
+base = fl.EMULATED_OPS
+import dataclasses
+fl.EMULATED_OPS = dataclasses.replace(base, weight_dual=lambda w: calls.append(1) or base.weight_dual(w),
+                                      weight=lambda w: calls.append(1) or base.weight(w))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+cfg = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+       "zero_optimization": {"stage": 1}, "steps_per_print": 10**9}
+engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+probe = torch.randn(4, 256)
+
+def fresh(x):
+    copy = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+    copy.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        return nn.Sequential(FP8Linear.from_linear(copy[0]), copy[1], FP8Linear.from_linear(copy[2]))(x)
+
+for step in range(3):
+    w0 = model[0].weight.detach().clone()
+    for micro in range(2):
+        n = len(calls)
+        out = engine(torch.randn(4, 256))
+        engine.backward(out.square().mean())
+        engine.step()  # an optimizer step only after the second micro-step
+        if micro == 1:
+            assert len(calls) == n, "the second micro-step quantized the unchanged weights again"
+    assert not torch.equal(model[0].weight, w0), "the engine did not change the weight"
+    n = len(calls)
+    with torch.no_grad():
+        y = model(probe)
+    assert len(calls) == n + 2, f"step {step}: {len(calls) - n} quantizations after the engine's step, expected 2"
+    assert torch.equal(y, fresh(probe)), f"step {step}: stale FP8 weights after the engine's step"
+print("deepspeed cache ok")
+'''
+
+
+def test_fp8_weight_cache_under_deepspeed_engine_with_accumulation():
+    # DeepSpeed's ZeRO optimizer writes the weights through .data after its inner step: the cache
+    # must still see every optimizer step, and only those (two micro-steps share one quantization)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("RANK", None)
+    res = subprocess.run([sys.executable, "-c", _DEEPSPEED_SCRIPT], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and "deepspeed cache ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
 # MoE: routing, permutation, grouped GEMM, combine
 
 
@@ -346,3 +531,27 @@ def test_converter_on_the_project_model():
     logits = out.logits if hasattr(out, "logits") else out[0]
     logits.float().square().mean().backward()
     assert m.get_submodule(next(n for n in names if n.endswith("experts"))).w1.grad is not None
+
+
+def test_fp8_project_model_under_torch_compile_matches_eager():
+    # the trainer compiles every block (training/engine.py); the FP8 ops are eager islands in it
+    # (graph breaks), so compile must neither fail nor change the FP8 numerics
+    model_mod = pytest.importorskip("training.model.model")
+    from tests.test_model import tiny
+    torch.manual_seed(0)
+    eager = model_mod.Transformer(tiny()).train()
+    compiled = model_mod.Transformer(tiny()).train()
+    compiled.load_state_dict(eager.state_dict())
+    for m in (eager, compiled):
+        convert_to_fp8(m)
+    for blk in compiled.modules():
+        if isinstance(blk, model_mod.Block):
+            blk.compile(backend="eager")  # dynamo's tracing and graph breaks, no code generation
+    ids = torch.randint(0, 61, (2, 17))
+    grads = []
+    for m in (eager, compiled):
+        out = m(ids[:, :-1], ids[:, 1:])
+        out.loss.backward()
+        grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert len(grads[0][1]) == len(grads[1][1]) and all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))

@@ -44,6 +44,70 @@ def test_weight_quant_triton_matches_reference(shape):
     assert (q.float() != qr.float()).float().mean() < 1e-3
 
 
+@pytest.mark.parametrize("shape", [(4096, 7168), (333, 1000), (16376, 1024), (1, 128)])
+@pytest.mark.parametrize("strided", [False, True])
+def test_act_quant_dual_matches_reference(shape, strided):
+    # one read of x, both layouts: 1x128 along K (forward, dgrad) and x^T's 1x128 along M (wgrad)
+    from kernels.fp8_quant import act_quant_dual_ref, act_quant_dual_triton
+    x = torch.randn(shape[::-1] if strided else shape, device="cuda", dtype=torch.bfloat16) * 3
+    x = x.t() if strided else x
+    got, ref = act_quant_dual_triton(x), act_quant_dual_ref(x)
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
+    for a, b in ((got[0], ref[0]), (got[2], ref[2])):
+        assert (a.float() != b.float()).float().mean() < 1e-3  # division rounding at ties only
+    assert not got[2][:, shape[0]:].float().any()  # x^T's padding columns (tokens) are zeros
+
+
+@pytest.mark.parametrize("shape", [(7168, 2048), (300, 200), (32, 512, 1024), (4, 200, 136)])
+def test_weight_quant_dual_matches_reference(shape):
+    from kernels.fp8_quant import weight_quant_dual_ref, weight_quant_dual_triton
+    w = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
+    assert (got[0].float() != ref[0].float()).float().mean() < 1e-3
+    assert torch.equal(got[2].float(), got[0].transpose(-1, -2).float())
+
+
+def test_fp8_linear_requantizes_after_a_fused_adamw_step():
+    # the cached FP8 weight is reused by the micro-steps and replaced after the optimizer changes w
+    from torch import nn
+
+    from kernels.fp8_linear import FP8Linear
+    lin = nn.Linear(1024, 2048, bias=False).cuda().to(torch.bfloat16)
+    m = FP8Linear.from_linear(lin)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, fused=True)
+    probe = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        m(torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)).float().square().mean().backward()
+    cached = lin.weight._fp8_cached
+    with torch.no_grad():
+        before = m(probe)
+    assert lin.weight._fp8_cached is cached  # the probe reused the micro-steps' copy
+    opt.step()
+    fresh = nn.Linear(1024, 2048, bias=False).cuda().to(torch.bfloat16)
+    fresh.load_state_dict(lin.state_dict())
+    with torch.no_grad():
+        after = m(probe)
+        assert rel(after, FP8Linear.from_linear(fresh)(probe)) < 1e-6
+    assert rel(after, before) > 1e-3  # the step moved the output: a stale copy would have shown
+
+
+def test_grouped_wgrad_writes_the_weight_dtype_directly():
+    from kernels.fp8_quant import act_quant
+    from kernels.moe import grouped_wgrad_fp8, make_routing
+    E, N, K = 8, 512, 1024
+    r = make_routing(torch.randint(0, E, (4096, 2), device="cuda"), E)
+    dq, ds = act_quant(torch.randn(r.padded_rows, N, device="cuda", dtype=torch.bfloat16).t())
+    xq, xs = act_quant(torch.randn(r.padded_rows, K, device="cuda", dtype=torch.bfloat16).t())
+    dw32 = grouped_wgrad_fp8(dq, ds, xq, xs, r)
+    dw16 = grouped_wgrad_fp8(dq, ds, xq, xs, r, out_dtype=torch.bfloat16)
+    assert dw16.dtype == torch.bfloat16 and torch.equal(dw16, dw32.to(torch.bfloat16))
+
+
 def _gemm_operands(M, N, K, layout):
     from kernels.fp8_quant import act_quant_ref, weight_quant_ref
     a = torch.randn(M, K, device="cuda")

@@ -32,7 +32,9 @@ def _patched(tensor, scope):
 ti._patch_lang_tensor = _patched
 
 from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
-from kernels.fp8_quant import act_quant_ref, act_quant_triton, weight_quant_ref, weight_quant_triton
+from kernels.fp8_quant import (act_quant_dual_ref, act_quant_dual_triton, act_quant_ref, act_quant_triton,
+                               weight_quant_dual_ref, weight_quant_dual_triton, weight_quant_ref,
+                               weight_quant_triton)
 from kernels.moe import (combine, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
                          grouped_wgrad_ref, make_routing, permute, permute_ref)
 
@@ -53,6 +55,20 @@ for M, K in [(50, 200), (3, 130)]:
     qr, sr = act_quant_ref(x.t(), pad_to=128)
     assert torch.equal(s, sr) and q.shape == qr.shape, "padded act scales"
     assert not q[:, M:].float().any(), "padding columns are zero"
+    for xin in (x, torch.randn(K, M).t()):  # both layouts from one read (x strided too)
+        got, ref = act_quant_dual_triton(xin), act_quant_dual_ref(xin)
+        assert all(a.shape == b.shape for a, b in zip(got, ref)), "dual act shapes"
+        assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3]), "dual act scales"
+        assert (got[0].float() != ref[0].float()).float().mean() < 0.05
+        assert (got[2].float() != ref[2].float()).float().mean() < 0.05
+        assert not got[2][:, M:].float().any(), "dual act: x^T padding columns are zero"
+
+for w in (torch.randn(300, 200), torch.randn(3, 130, 260), torch.randn(2, 260, 130).transpose(1, 2)):
+    got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
+    assert all(a.shape == b.shape for a, b in zip(got, ref)), "dual weight shapes"
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3]), "dual weight scales"
+    assert torch.equal(got[2].float(), got[0].transpose(-1, -2).float()), "dual weight: qt is q transposed"
+    assert (got[0].float() != ref[0].float()).float().mean() < 0.05
 
 # classic: any shape; tma: K a multiple of 16 (16-byte fp8 rows), 6 tiles over 4 persistent programs
 for M, N, K, bb, impl in [(70, 200, 300, 128, "classic"), (64, 96, 130, 1, "classic"),
@@ -85,6 +101,8 @@ xtq, xts = act_quant_ref(torch.randn(r.padded_rows, D).t())
 dw = grouped_wgrad_fp8(dq, ds, xtq, xts, r)
 assert rel(dw, grouped_wgrad_ref(dq, ds, xtq, xts, r)) < 1e-5, "grouped wgrad fp8"
 assert dw[E - 1].abs().max() == 0, "the empty expert's gradient is zero"
+dwb = grouped_wgrad_fp8(dq, ds, xtq, xts, r, out_dtype=torch.bfloat16)  # stored in bf16, no fp32 pass
+assert dwb.dtype == torch.bfloat16 and rel(dwb, dw) < 4e-3, "grouped wgrad bf16 out"  # one bf16 rounding
 print("interpret ok")
 '''
 
