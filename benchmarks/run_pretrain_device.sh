@@ -16,7 +16,7 @@
 #   phase G  (one GPU) the GPU kernel tests, the FP8 step's GPU time by kernel kind at widths 1x and
 #            4x (bench_pretrain.py widths), one more FP8 run of phase F's config (one of three spiked)
 #   phase H  (two GPUs, 2026-12 FP8 changes) GPU 0: phase F's BF16 / FP8 pair (eager), then the same pair
-#            compiled (pretrain.compile=true: FP8 ops are eager islands in the compiled blocks);
+#            compiled for 80 steps (pretrain.compile=true: FP8 ops are eager islands in the compiled blocks);
 #            GPU 1: the GPU kernel tests, bench_kernels.py quant / linear / wgrad, widths 1x and 4x
 #   phase I  (two GPUs) GPU 0: three FP8 seeds of 40 steps through benchmarks/fp8_spike.py (loss, gradient
 #            norm and per-module gradient norms every step), one BF16 seed beside them, then a BF16 / FP8
@@ -172,8 +172,8 @@ if [[ " $PHASES " == *" H "* ]]; then
   (export CUDA_VISIBLE_DEVICES=0
    train bf16_1 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
    train fp8_1 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
-   train bf16c_1 1 ${H_BF16C_S:-150} pretrain.precision=bf16 pretrain.compile=true
-   train fp8c_1 1 ${H_FP8C_S:-150} pretrain.precision=fp8 pretrain.compile=true) &
+   train bf16c_1 1 ${H_BF16C_S:-120} pretrain.precision=bf16 pretrain.compile=true pretrain.steps=80
+   train fp8c_1 1 ${H_FP8C_S:-140} pretrain.precision=fp8 pretrain.compile=true pretrain.steps=80) &
   (export CUDA_VISIBLE_DEVICES=1
    timeout ${H_TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -n 4 -p no:cacheprovider > "$L/tests.log" 2>&1
    stamp "GPU tests: $(tail -1 "$L/tests.log")"; grep -E "^(FAILED|ERROR)" "$L/tests.log" | cut -c1-300
