@@ -297,6 +297,44 @@ def wgrad_section(E=32, tokens=16384, topk=4, D=1024, I=512) -> list[dict]:
     return out
 
 
+def host_section(fin: int = 1024, fout: int = 512, tokens: int = 16384, calls: int = 50) -> dict:
+    """Where the host time of one small FP8 linear's forward + backward goes (the 1x-width step is
+    host-bound): wall time per call with the GPU queue kept full, and cProfile's top functions."""
+    import cProfile
+    import io
+    import pstats
+    import time
+
+    lin = torch.nn.Linear(fin, fout, bias=False, device="cuda", dtype=torch.bfloat16)
+    res = {}
+    for name, m in (("bf16", lin), ("fp8", FP8Linear.from_linear(lin))):
+        x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
+        for _ in range(5):
+            m(x).backward(dy)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            m(x).backward(dy)
+        host_ms = (time.perf_counter() - t0) / calls * 1e3  # time to queue a call
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) / calls * 1e3
+        res[name] = {"host_ms": host_ms, "wall_ms": wall_ms, "gpu_ms": bench(lambda: m(x).backward(dy))}
+        print(f"| {name} | {host_ms:.3f} | {wall_ms:.3f} | {res[name]['gpu_ms']:.3f} |", flush=True)
+        if name == "fp8":
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(calls):
+                m(x).backward(dy)
+            prof.disable()
+            torch.cuda.synchronize()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+            res["profile"] = buf.getvalue()
+            print("\n".join(line for line in buf.getvalue().splitlines()[6:40] if line.strip()), flush=True)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
@@ -340,6 +378,11 @@ def main():
               "FP8 now, weight cached | bf16 / FP8 cached |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         results["linear"] = linear_section()
+    if "host" in sections:
+        print(f"\n## Host time of one linear's forward + backward (1024 -> 512, 16,384 tokens), ms per call")
+        print("| path | host (queueing) | wall | GPU (do_bench) |")
+        print("| --- | --- | --- | --- |")
+        results["host"] = host_section()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

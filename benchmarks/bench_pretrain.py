@@ -440,10 +440,12 @@ def time_model_step(profile, precision: str, micro_batch: int, steps: int, warmu
         res["top_kernels_ms_per_step"] = dict(sorted(names.items(), key=lambda kv: -kv[1])[:25])
         if precision == "fp8":  # what backend="auto" / impl="auto" chose, with their medians
             from kernels.fp8_gemm import backend_choices
+            from kernels.fp8_quant import dual_choices
             from kernels.moe import impl_choices
 
             res["fp8_gemm_choices"] = backend_choices()
             res["grouped_gemm_choices"] = impl_choices()
+            res["act_dual_choices"] = dual_choices()
     del model, opt
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -497,7 +499,8 @@ def width_scan(out: Path, scales: list[int], layers: int, micro_batch: int, step
                     for k, v in row[precision]["top_kernels_ms_per_step"].items():
                         print(f"    {v:7.2f} ms  {k}")
                     r = row[precision]
-                    for c in r.get("fp8_gemm_choices", []) + r.get("grouped_gemm_choices", []):
+                    for c in (r.get("fp8_gemm_choices", []) + r.get("grouped_gemm_choices", [])
+                              + r.get("act_dual_choices", [])):
                         med = ", ".join(f"{k} {v:.3f}" for k, v in c["median_ms"].items())
                         print(f"    auto {c.get('backend', c.get('impl'))} ({med}) {c['key'][:160]}")
     out.write_text(json.dumps(res, indent=1))

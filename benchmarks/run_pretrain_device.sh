@@ -19,9 +19,12 @@
 #            compiled for 80 steps (pretrain.compile=true: FP8 ops are eager islands in the compiled blocks);
 #            GPU 1: the GPU kernel tests, bench_kernels.py quant / linear / wgrad, widths 1x and 4x
 #   phase I  (two GPUs) GPU 0: three FP8 seeds of 40 steps through benchmarks/fp8_spike.py (loss, gradient
-#            norm and per-module gradient norms every step), one BF16 seed beside them, then a BF16 / FP8
-#            pair of phase F's config; GPU 1: widths 8x (2 layers: 4 do not fit), a third pair
-# (one call runs "A B", "C", "D", "E", "F", "G", "H" or "I": each fits the 10-minute limit of a call)
+#            norm and per-module gradient norms every step), one BF16 seed beside them, then one more FP8
+#            run of phase F's config; GPU 1: the GPU kernel tests, bench_kernels.py quant / linear / host
+#            (host time of a small FP8 linear, cProfile), widths 1x and 4x
+#   phase J  (two GPUs) GPU 0: BF16, FP8, BF16 runs of phase F's config; GPU 1: widths 8x (2 layers: 4 do not
+#            fit in memory), one more FP8 run
+# (one call runs "A B", "C", "D", "E", "F", "G", "H", "I" or "J": each fits the 10-minute limit of a call)
 #   summary  $OUT/pretrain.json, $OUT/summary.md; every log, history and profile in $OUT/logs.tgz
 # PHASES="A B" picks phases; every run has its own time limit, so a failure costs only its slot.
 set -o pipefail
@@ -190,16 +193,31 @@ if [[ " $PHASES " == *" I "* ]]; then
   (export CUDA_VISIBLE_DEVICES=0
    for seed in 1 2 3; do spike fp8_seed$seed $seed 90 pretrain.precision=fp8; done
    spike bf16_seed1 1 80 pretrain.precision=bf16
-   train bf16_2 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
    train fp8_2 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false) &
   (export CUDA_VISIBLE_DEVICES=1
-   TOP_KERNELS=1 timeout ${I_WIDTH_S:-200} python3 benchmarks/bench_pretrain.py widths "$L/widths8.json" --scales 8 --layers 2 \
-     --steps 3 --profile > "$L/widths8.log" 2>&1
-   stamp "widths 8x rc=$?"; grep -E "^\||scale|rror" "$L/widths8.log" | cut -c1-900
-   train fp8_3 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
-   train bf16_3 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false) &
+   timeout ${H_TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -n 4 -p no:cacheprovider > "$L/tests.log" 2>&1
+   stamp "GPU tests: $(tail -1 "$L/tests.log")"; grep -E "^(FAILED|ERROR)|^E  " "$L/tests.log" | cut -c1-300 | head -30
+   timeout ${H_BENCH_S:-150} python3 benchmarks/bench_kernels.py --sections quant,linear,host --json "$L/bench.json" \
+     > "$L/bench.log" 2>&1
+   stamp "bench rc=$?"; grep -vE "^\s*$" "$L/bench.log" | cut -c1-220 | head -80
+   TOP_KERNELS=1 timeout ${H_WIDTH_S:-200} python3 benchmarks/bench_pretrain.py widths "$L/widths.json" --scales 1 4 \
+     --steps 4 --profile > "$L/widths.log" 2>&1
+   stamp "widths rc=$?"; grep -E "^\||scale|act_quant_dual" "$L/widths.log" | cut -c1-700) &
   wait
   python3 benchmarks/fp8_spike.py summary "$L"/*_norms.json 2>&1 | cut -c1-1500
+fi
+
+if [[ " $PHASES " == *" J "* ]]; then
+  (export CUDA_VISIBLE_DEVICES=0
+   train bf16_2 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
+   train fp8_3 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
+   train bf16_3 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false) &
+  (export CUDA_VISIBLE_DEVICES=1
+   TOP_KERNELS=1 timeout ${I_WIDTH_S:-240} python3 benchmarks/bench_pretrain.py widths "$L/widths8.json" --scales 8 \
+     --layers 2 --steps 3 --profile > "$L/widths8.log" 2>&1
+   stamp "widths 8x rc=$?"; grep -E "^\||scale|rror" "$L/widths8.log" | cut -c1-900
+   train fp8_4 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false) &
+  wait
 fi
 
 left=$(( ${DEADLINE:-560} - ($(date +%s) - t_start) - 25 ))  # the call's limit is 600 s

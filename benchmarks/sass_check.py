@@ -118,7 +118,8 @@ def quant():
     cfg = triton.Config({}, num_warps=fq.DUAL_WARPS, num_stages=1)
     ptrs = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "st_ptr": "*fp32"}
     report(fq._act_quant_dual_kernel, {**ptrs, **{a: "i32" for a in ("M", "K", "MP", "stride_xm", "stride_xk",
-           "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}}, {"TILE_": 128}, cfg, "act quant dual 128x128")
+           "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}}, {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK},
+           triton.Config({}, num_warps=4, num_stages=1), f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}")
     wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
     report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
            "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")

@@ -51,7 +51,7 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
     if TensorDescriptor is None:
         return False
     for t in tensors:
-        if not INTERPRET and not (t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9):
+        if not INTERPRET and not (t.is_cuda and _major(t.device) >= 9):
             return False
         if t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
@@ -61,6 +61,16 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 _SMS: dict[int, int] = {}
+_MAJOR: dict[int, int] = {}
+
+
+def _major(device: torch.device) -> int:
+    """Compute capability major of a CUDA device, cached (tma_ok runs on every GEMM launch: the
+    uncached query cost a few microseconds of host time per tensor)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _MAJOR:
+        _MAJOR[idx] = torch.cuda.get_device_capability(idx)[0]
+    return _MAJOR[idx]
 
 
 def num_sms(device: torch.device) -> int:

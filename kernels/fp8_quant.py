@@ -32,16 +32,18 @@ from __future__ import annotations
 import torch
 
 from kernels._triton import HAS_TRITON, require_cuda, tl, triton, use_triton
+from kernels.autoselect import Choice, choose, tensor_key
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 value
 TILE = 128  # the recipe's tile / block edge
 EPS = 1e-12  # amax floor: an all-zero tile gets a tiny scale, not 0/0
-# warps of the dual-layout kernels (a 128x128 fp32 tile in registers). sm_90 ptxas
-# (benchmarks/sass_check.py quant): 8 warps use 255 registers with 48 / 144 bytes of stack (act /
-# weight), 16 warps 128 registers with 48 / 72; either way the spills are a dozen scalars stored and
-# reloaded once per tile (addresses and scales, not the tile), so 16 warps for the lower register count
+# warps of the dual-layout weight kernel (a 128x128 fp32 block in registers). sm_90 ptxas
+# (benchmarks/sass_check.py quant): 8 warps use 255 registers with 144 bytes of stack, 16 warps 128
+# registers with 72: the spills are a dozen scalars stored and reloaded once per block (addresses and
+# scales, not the block), so 16 warps for the lower register count
 DUAL_WARPS = 16
+DUAL_CHUNK = 32  # the dual activation kernel's strips: 32 x 128 values on 4 warps, 32 a thread
 
 
 def _check_float(x: torch.Tensor, name: str) -> None:
@@ -176,28 +178,39 @@ if HAS_TRITON:
 
     @triton.jit
     def _act_quant_dual_kernel(x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
-                               stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr):
-        # one program: one 128x128 tile of x, read once. Row scales (amax over the tile's 128 columns)
-        # give q / s (1x128 along K); column scales (amax over its 128 rows) give qt / st, written
-        # transposed (1x128 along M of x^T). Rows M..MP of the tile are zeros: qt's padding columns.
+                               stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
+                               CHUNK: tl.constexpr):
+        # one program: one 128x128 tile of x, in two sweeps of CHUNK-wide strips. Sweep 1, strips of
+        # CHUNK rows: row scales (amax over the tile's 128 columns) give q / s (1x128 along K). Sweep 2,
+        # strips of CHUNK columns over all 128 rows: column scales give qt / st (1x128 along M of x^T),
+        # stored transposed. The second sweep reads the tile this program has just read (L1/L2), so
+        # device memory sees one read of x. Rows M..MP are zeros: qt's padding columns.
+        # NOTE: a first version held the whole 128x128 tile in registers (16 warps, one program per
+        # SM): 1,000 GB/s on H200, slower than the two single-layout passes together (2026-11-30)
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
-        offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
-        mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        ax = tl.abs(x)
-        s_row = tl.maximum(tl.max(ax, axis=1), 1e-12) / 448.0  # (TILE,) one per row
-        q = tl.div_rn(x, s_row[:, None])
-        q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-        tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
-        s_col = tl.maximum(tl.max(ax, axis=0), 1e-12) / 448.0  # (TILE,) one per column
-        qt = tl.div_rn(x, s_col[None, :])
-        qt = tl.trans(tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv))  # (TILE k, TILE m): along m
-        tl.store(qt_ptr + offs_k[:, None] * stride_qtk + offs_m[None, :], qt,
-                 mask=(offs_k[:, None] < K) & (offs_m[None, :] < MP))
-        tl.store(st_ptr + offs_k * stride_stk + pid_m, s_col, mask=offs_k < K)
+        for r0 in tl.static_range(0, TILE_, CHUNK):
+            offs_m = pid_m * TILE_ + r0 + tl.arange(0, CHUNK)
+            mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask,
+                        other=0.0).to(tl.float32)
+            s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
+            q = tl.div_rn(x, s_row[:, None])
+            q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
+            tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+            tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
+        offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
+        for c0 in tl.static_range(0, TILE_, CHUNK):
+            offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :] * stride_xk,
+                        mask=(offs_m[:, None] < M) & (offs_c[None, :] < K), other=0.0).to(tl.float32)
+            s_col = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0  # (CHUNK,) one per column
+            qt = tl.div_rn(x, s_col[None, :])
+            qt = tl.trans(tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv))  # (CHUNK k, TILE m)
+            tl.store(qt_ptr + offs_c[:, None] * stride_qtk + offs_m[None, :], qt,
+                     mask=(offs_c[:, None] < K) & (offs_m[None, :] < MP))
+            tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
 
     @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
@@ -234,7 +247,8 @@ def act_quant_dual_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     q, s = _outputs(x.device, (M, K), (M, kt))
     qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
     _act_quant_dual_kernel[(mt, kt)](x, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
-                                     s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, num_warps=DUAL_WARPS)
+                                     s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK,
+                                     num_warps=4)
     return q, s, qt, st
 
 
@@ -293,8 +307,47 @@ def weight_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return weight_quant_triton(w) if use_triton(w) else weight_quant_ref(w)
 
 
+def act_quant_two_pass_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """act_quant_dual_ref's four outputs from the two single-layout kernels (x read twice)."""
+    return (*act_quant_triton(x), *act_quant_triton(x.t(), pad_to=TILE))
+
+
+_DUAL_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
+
+
+def dual_choices() -> list[dict]:
+    """What `act_quant_dual` chose per layout, with the medians it measured."""
+    return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "refused": c.refused}
+            for k, c in _DUAL_CACHE.items()]
+
+
 def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return act_quant_dual_triton(x) if use_triton(x) else act_quant_dual_ref(x)
+    """Both layouts of x. On the GPU, per layout (shape, strides, dtype), the faster of the one-read
+    dual kernel and the two single-layout kernels, measured once (kernels/autoselect.py); both must
+    agree with the reference. The reference on CPU."""
+    if not use_triton(x):
+        return act_quant_dual_ref(x)
+    key = ("act_quant_dual",) + tensor_key(x)
+    if key not in _DUAL_CACHE:
+        ref = [act_dequant(q, sc) for q, sc in _pairs(act_quant_dual_ref(x))]
+
+        def error_of(out):
+            return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
+                       for (q, sc), r in zip(_pairs(out), ref))
+
+        choose(key, {"dual": lambda: act_quant_dual_triton(x), "two_pass": lambda: act_quant_two_pass_triton(x)},
+               error_of, _DUAL_CACHE, what=f"act_quant_dual {tuple(x.shape)}")
+    impl = _DUAL_CACHE[key].name
+    if impl == "dual":
+        return act_quant_dual_triton(x)
+    if impl == "two_pass":
+        return act_quant_two_pass_triton(x)
+    return act_quant_dual_ref(x)
+
+
+def _pairs(out):
+    q, s, qt, st = out
+    return (q, s), (qt, st)
 
 
 def weight_quant_dual(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -46,10 +46,11 @@ def test_weight_quant_triton_matches_reference(shape):
 
 @pytest.mark.parametrize("shape", [(4096, 7168), (333, 1000), (16376, 1024), (1, 128)])
 @pytest.mark.parametrize("strided", [False, True])
-def test_act_quant_dual_matches_reference(shape, strided):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_act_quant_dual_matches_reference(shape, strided, dtype):
     # one read of x, both layouts: 1x128 along K (forward, dgrad) and x^T's 1x128 along M (wgrad)
     from kernels.fp8_quant import act_quant_dual_ref, act_quant_dual_triton
-    x = torch.randn(shape[::-1] if strided else shape, device="cuda", dtype=torch.bfloat16) * 3
+    x = torch.randn(shape[::-1] if strided else shape, device="cuda", dtype=dtype) * 3
     x = x.t() if strided else x
     got, ref = act_quant_dual_triton(x), act_quant_dual_ref(x)
     for a, b in zip(got, ref):
@@ -60,16 +61,26 @@ def test_act_quant_dual_matches_reference(shape, strided):
     assert not got[2][:, shape[0]:].float().any()  # x^T's padding columns (tokens) are zeros
 
 
-@pytest.mark.parametrize("shape", [(7168, 2048), (300, 200), (32, 512, 1024), (4, 200, 136)])
-def test_weight_quant_dual_matches_reference(shape):
+@pytest.mark.parametrize("shape", [(7168, 2048), (300, 200), (32, 512, 1024), (4, 200, 136), (8, 256, 512)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weight_quant_dual_matches_reference(shape, dtype):
     from kernels.fp8_quant import weight_quant_dual_ref, weight_quant_dual_triton
-    w = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(shape, device="cuda", dtype=dtype)
     got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
     for a, b in zip(got, ref):
         assert a.shape == b.shape
     assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
     assert (got[0].float() != ref[0].float()).float().mean() < 1e-3
     assert torch.equal(got[2].float(), got[0].transpose(-1, -2).float())
+
+
+def test_act_quant_dual_auto_choice_is_measured():
+    from kernels.fp8_quant import act_quant_dual, act_quant_dual_ref, dual_choices
+    x = torch.randn(8192, 2048, device="cuda", dtype=torch.bfloat16)
+    got, ref = act_quant_dual(x), act_quant_dual_ref(x)
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
+    choice = dual_choices()[-1]
+    assert choice["impl"] in ("dual", "two_pass") and set(choice["median_ms"]) == {"dual", "two_pass"}
 
 
 def test_fp8_linear_requantizes_after_a_fused_adamw_step():
@@ -275,12 +286,12 @@ def test_fp8_linear_cuda_matches_emulation():
         assert rel(a, b) < 2e-2  # bf16 outputs, different summation order
 
 
-@pytest.mark.parametrize("fp8", [False, True])
-def test_grouped_experts_cuda_matches_emulation(fp8):
+@pytest.mark.parametrize("fp8,dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
+def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
     from kernels.experts import GroupedExperts
-    ex = GroupedExperts(8, 512, 256, init_std=0.05).cuda()
+    ex = GroupedExperts(8, 512, 256, init_std=0.05).cuda().to(dtype)
     ex.fp8 = fp8
-    x = torch.randn(1000, 512, device="cuda", requires_grad=True)
+    x = torch.randn(1000, 512, device="cuda", dtype=dtype, requires_grad=True)
     tw, ids = torch.topk(torch.randn(1000, 8, device="cuda").softmax(-1), 2)
     outs = []
     for emulate in (False, True):
@@ -291,7 +302,8 @@ def test_grouped_experts_cuda_matches_emulation(fp8):
         y = ex(x, ids, tw)
         y.square().sum().backward()
         outs.append((y.detach(), x.grad.clone(), ex.w1.grad.clone(), ex.w2.grad.clone()))
-    for a, b in zip(*outs):
+    for name, a, b in zip(("y", "dx", "dw1", "dw2"), *outs):
+        assert torch.isfinite(a).all(), f"{name}: non-finite values from the GPU path"
         # fp32 operands: Triton's dot runs them in tf32 (bf16 path). FP8 path: the MMA's accumulation
         # differs by ~1e-4, and each of the chain's re-quantizations (h, a, dout, da) turns such
         # differences into whole FP8 steps on a few elements: w1's gradient, four products deep,
