@@ -25,30 +25,38 @@ def module_of(name: str) -> str:
 def spike_run(config: Path, out: Path, top: int = 8) -> None:
     """Run the real trainer (training.pretrain.train, DeepSpeed engine) on CONFIG with its gradient-norm
     function wrapped: at every logging step (set pretrain.log_every=1) also the gradient norm and the
-    largest |gradient| of every module, written to OUT as the run goes. NOTE: read from p.grad
-    before the optimizer step; DeepSpeed's ZeRO-1 keeps the accumulated gradients there (no reduce
-    hooks without overlap_comm); `with_grad` says how many parameters had one."""
+    largest |gradient| of every module, written to OUT as the run goes. NOTE: DeepSpeed's ZeRO
+    optimizer has already moved the gradients out of p.grad by then (2026-11-30 run: no parameter had
+    one); `deepspeed.utils.safe_get_full_grad` reads them from its buffers. `with_grad` counts the
+    parameters that had a gradient either way."""
     import torch
+    from deepspeed.utils import safe_get_full_grad
 
     import training.pretrain as tp
     from training.launch import StageConfig
 
     original = tp.grad_norm
     records: list[dict] = []
+    errors: dict[str, str] = {}
 
     def per_module(engine, module) -> float:
         sq, amax, with_grad = {}, {}, 0
         for name, p in module.named_parameters():
-            if p.grad is None:
+            try:
+                g = p.grad if p.grad is not None else safe_get_full_grad(p)
+            except Exception as e:  # a parameter DeepSpeed keeps no mapping for: record, go on
+                errors.setdefault(type(e).__name__, name)
+                g = None
+            if g is None:
                 continue
             with_grad += 1
             key = module_of(name)
-            g = p.grad.float()
+            g = g.float()
             sq[key] = sq.get(key, 0.0) + g.square().sum()
             amax[key] = torch.maximum(amax.get(key, torch.zeros((), device=g.device)), g.abs().max())
         total = original(engine, module)
         norms = {k: float(v.sqrt()) for k, v in sq.items()}
-        records.append({"call": len(records) + 1, "grad_norm": total, "with_grad": with_grad,
+        records.append({"call": len(records) + 1, "grad_norm": total, "with_grad": with_grad, "errors": errors,
                         "top": dict(sorted(norms.items(), key=lambda kv: -kv[1])[:top]),
                         "norms": norms, "amax": {k: float(v) for k, v in amax.items()}})
         out.write_text(json.dumps(records))

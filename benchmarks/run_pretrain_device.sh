@@ -22,9 +22,10 @@
 #            norm and per-module gradient norms every step), one BF16 seed beside them, then one more FP8
 #            run of phase F's config; GPU 1: the GPU kernel tests, bench_kernels.py quant / linear / host
 #            (host time of a small FP8 linear, cProfile), widths 1x and 4x
-#   phase J  (two GPUs) GPU 0: BF16, FP8, BF16 runs of phase F's config; GPU 1: widths 8x (2 layers: 4 do not
-#            fit in memory), one more FP8 run
-# (one call runs "A B", "C", "D", "E", "F", "G", "H", "I" or "J": each fits the 10-minute limit of a call)
+#   phase K  (two GPUs) GPU 0: a BF16 / FP8 pair of phase F's config, one FP8 spike run (seed 1, 30 steps);
+#            GPU 1: the GPU kernel tests, bench_kernels.py quant / linear, widths 1x and 4x, widths 8x (2
+#            layers: the 8x model with 4 layers was not tried), one FP8 spike run (seed 3)
+# (one call runs "A B", "C", "D", "E", "F", "G", "H", "I" or "K": each fits the 10-minute limit of a call)
 #   summary  $OUT/pretrain.json, $OUT/summary.md; every log, history and profile in $OUT/logs.tgz
 # PHASES="A B" picks phases; every run has its own time limit, so a failure costs only its slot.
 set -o pipefail
@@ -207,17 +208,26 @@ if [[ " $PHASES " == *" I "* ]]; then
   python3 benchmarks/fp8_spike.py summary "$L"/*_norms.json 2>&1 | cut -c1-1500
 fi
 
-if [[ " $PHASES " == *" J "* ]]; then
+if [[ " $PHASES " == *" K "* ]]; then  # the last call of 2026-11-30's second session (device time left: ~11 min)
   (export CUDA_VISIBLE_DEVICES=0
-   train bf16_2 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false
-   train fp8_3 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false
-   train bf16_3 1 ${H_BF16_S:-130} pretrain.precision=bf16 pretrain.compile=false) &
+   train bf16_2 1 ${H_BF16_S:-125} pretrain.precision=bf16 pretrain.compile=false
+   train fp8_3 1 ${H_FP8_S:-155} pretrain.precision=fp8 pretrain.compile=false
+   spike fp8_seed1 1 ${K_SPIKE_S:-110} pretrain.precision=fp8 pretrain.steps=30) &
   (export CUDA_VISIBLE_DEVICES=1
-   TOP_KERNELS=1 timeout ${I_WIDTH_S:-240} python3 benchmarks/bench_pretrain.py widths "$L/widths8.json" --scales 8 \
+   timeout ${H_TEST_S:-120} python3 -m pytest tests/test_kernels_gpu.py -q -rs -n 4 -p no:cacheprovider > "$L/tests.log" 2>&1
+   stamp "GPU tests: $(tail -1 "$L/tests.log")"; grep -E "^(FAILED|ERROR)|^E  " "$L/tests.log" | cut -c1-300 | head -20
+   timeout ${H_BENCH_S:-90} python3 benchmarks/bench_kernels.py --sections quant,linear --json "$L/bench.json" \
+     > "$L/bench.log" 2>&1
+   stamp "bench rc=$?"; grep -E "^\|" "$L/bench.log" | cut -c1-220
+   TOP_KERNELS=1 timeout ${H_WIDTH_S:-110} python3 benchmarks/bench_pretrain.py widths "$L/widths.json" --scales 1 4 \
+     --steps 4 --profile > "$L/widths.log" 2>&1
+   stamp "widths rc=$?"; grep -E "^\||scale [0-9]+ " "$L/widths.log" | cut -c1-700
+   TOP_KERNELS=1 timeout ${I_WIDTH_S:-130} python3 benchmarks/bench_pretrain.py widths "$L/widths8.json" --scales 8 \
      --layers 2 --steps 3 --profile > "$L/widths8.log" 2>&1
-   stamp "widths 8x rc=$?"; grep -E "^\||scale|rror" "$L/widths8.log" | cut -c1-900
-   train fp8_4 1 ${H_FP8_S:-150} pretrain.precision=fp8 pretrain.compile=false) &
+   stamp "widths 8x rc=$?"; grep -E "^\||scale [0-9]+ |rror" "$L/widths8.log" | cut -c1-700
+   spike fp8_seed3 3 ${K_SPIKE_S:-110} pretrain.precision=fp8 pretrain.steps=30) &
   wait
+  python3 benchmarks/fp8_spike.py summary "$L"/*_norms.json 2>&1 | cut -c1-1500
 fi
 
 left=$(( ${DEADLINE:-560} - ($(date +%s) - t_start) - 25 ))  # the call's limit is 600 s

@@ -38,11 +38,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 value
 TILE = 128  # the recipe's tile / block edge
 EPS = 1e-12  # amax floor: an all-zero tile gets a tiny scale, not 0/0
-# warps of the dual-layout weight kernel (a 128x128 fp32 block in registers). sm_90 ptxas
-# (benchmarks/sass_check.py quant): 8 warps use 255 registers with 144 bytes of stack, 16 warps 128
-# registers with 72: the spills are a dozen scalars stored and reloaded once per block (addresses and
-# scales, not the block), so 16 warps for the lower register count
-DUAL_WARPS = 16
+DUAL_WARPS = 8  # the dual weight kernel: one 128x128 fp32 block a program (sass_check.py quant)
 DUAL_CHUNK = 32  # the dual activation kernel's strips: 32 x 128 values on 4 warps, 32 a thread
 
 
@@ -186,7 +182,8 @@ if HAS_TRITON:
         # stored transposed. The second sweep reads the tile this program has just read (L1/L2), so
         # device memory sees one read of x. Rows M..MP are zeros: qt's padding columns.
         # NOTE: a first version held the whole 128x128 tile in registers (16 warps, one program per
-        # SM): 1,000 GB/s on H200, slower than the two single-layout passes together (2026-11-30)
+        # SM): 1,000 GB/s on H200, slower than the two single-layout passes together (2026-11-30).
+        # NOTE: no tl.trans (see the weight kernel): sweep 2 reads its strips in transposed order
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
@@ -202,12 +199,14 @@ if HAS_TRITON:
             tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
         offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
         for c0 in tl.static_range(0, TILE_, CHUNK):
+            # (CHUNK columns, 128 rows) read in transposed order: x^T's rows come out contiguous along m
             offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :] * stride_xk,
-                        mask=(offs_m[:, None] < M) & (offs_c[None, :] < K), other=0.0).to(tl.float32)
-            s_col = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0  # (CHUNK,) one per column
-            qt = tl.div_rn(x, s_col[None, :])
-            qt = tl.trans(tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv))  # (CHUNK k, TILE m)
+            mask_t = (offs_c[:, None] < K) & (offs_m[None, :] < M)
+            xt = tl.load(x_ptr + offs_c[:, None] * stride_xk + offs_m[None, :] * stride_xm, mask=mask_t,
+                         other=0.0).to(tl.float32)
+            s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
+            qt = tl.div_rn(xt, s_col[:, None])
+            qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
             tl.store(qt_ptr + offs_c[:, None] * stride_qtk + offs_m[None, :], qt,
                      mask=(offs_c[:, None] < K) & (offs_m[None, :] < MP))
             tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
@@ -215,22 +214,31 @@ if HAS_TRITON:
     @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
                                   NT, KT, TILE_: tl.constexpr):
-        # one program: one 128x128 block of matrix e; q (E, N, K) and qt (E, K, N) contiguous,
-        # s (E, NT, KT) and st (E, KT, NT) contiguous
-        pid_n = tl.program_id(0)
+        # two programs per 128x128 block of matrix e, side by side in launch order (the second read
+        # of the block comes from L2): the even one writes the block to q (E, N, K) and its scale to
+        # s (E, NT, KT), the odd one reads it in transposed order and writes qt (E, K, N), st (E, KT, NT).
+        # NOTE: no tl.trans of an FP8 tile: on the H200 (Triton 3.6) a transposed FP8 store from one
+        # program holding the block came out wrong for fp32 inputs and left bytes unwritten (NaN in
+        # the FP8 experts' dgrad), while the interpreter got it right; reading the block twice in one
+        # program instead spilled (255 registers + 568 bytes of stack on 8 warps)
+        pid_n = tl.program_id(0) // 2
+        transposed = tl.program_id(0) % 2
         pid_k = tl.program_id(1)
         e = tl.program_id(2).to(tl.int64)
         offs_n = pid_n * TILE_ + tl.arange(0, TILE_)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
-        mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        w = _load_tile(w_ptr + e * stride_we, offs_n, offs_k, N, K, stride_wn, stride_wk)
-        s = tl.maximum(tl.max(tl.abs(w)), 1e-12) / 448.0
-        q = _to_fp8(w, s)
-        tl.store(q_ptr + e * N * K + offs_n[:, None] * K + offs_k[None, :], q, mask=mask)
-        tl.store(qt_ptr + e * N * K + offs_k[:, None] * N + offs_n[None, :], tl.trans(q),
-                 mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
-        tl.store(s_ptr + e * NT * KT + pid_n * KT + pid_k, s)
-        tl.store(st_ptr + e * NT * KT + pid_k * NT + pid_n, s)
+        if transposed == 0:
+            w = _load_tile(w_ptr + e * stride_we, offs_n, offs_k, N, K, stride_wn, stride_wk)  # (n, k)
+            s = tl.maximum(tl.max(tl.abs(w)), 1e-12) / 448.0
+            tl.store(q_ptr + e * N * K + offs_n[:, None] * K + offs_k[None, :], _to_fp8(w, s),
+                     mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
+            tl.store(s_ptr + e * NT * KT + pid_n * KT + pid_k, s)
+        else:
+            wt = _load_tile(w_ptr + e * stride_we, offs_k, offs_n, K, N, stride_wk, stride_wn)  # (k, n)
+            s = tl.maximum(tl.max(tl.abs(wt)), 1e-12) / 448.0
+            tl.store(qt_ptr + e * N * K + offs_k[:, None] * N + offs_n[None, :], _to_fp8(wt, s),
+                     mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
+            tl.store(st_ptr + e * NT * KT + pid_k * NT + pid_n, s)
 
 
 def _outputs(device, q_shape: tuple, s_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +270,7 @@ def weight_quant_dual_triton(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     nt, kt = cdiv(N, TILE), cdiv(K, TILE)
     q, s = _outputs(w.device, (E, N, K), (E, nt, kt))
     qt, st = _outputs(w.device, (E, K, N), (E, kt, nt))
-    _weight_quant_dual_kernel[(nt, kt, E)](w3, q, s, qt, st, N, K, w3.stride(0), w3.stride(1), w3.stride(2),
+    _weight_quant_dual_kernel[(2 * nt, kt, E)](w3, q, s, qt, st, N, K, w3.stride(0), w3.stride(1), w3.stride(2),
                                            nt, kt, TILE_=TILE, num_warps=DUAL_WARPS)
     if w.dim() == 2:
         return q[0], s[0], qt[0], st[0]
@@ -329,13 +337,16 @@ def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
         return act_quant_dual_ref(x)
     key = ("act_quant_dual",) + tensor_key(x)
     if key not in _DUAL_CACHE:
-        ref = [act_dequant(q, sc) for q, sc in _pairs(act_quant_dual_ref(x))]
+        # NOTE: measured on a random tensor of x's layout, not on x: x may hold rows nothing wrote
+        # (the MoE's padded tail), whose NaNs made every candidate "disagree" with the reference
+        probe = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device).normal_()
+        ref = [act_dequant(q, sc) for q, sc in _pairs(act_quant_dual_ref(probe))]
 
         def error_of(out):
             return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
                        for (q, sc), r in zip(_pairs(out), ref))
 
-        choose(key, {"dual": lambda: act_quant_dual_triton(x), "two_pass": lambda: act_quant_two_pass_triton(x)},
+        choose(key, {"dual": lambda: act_quant_dual_triton(probe), "two_pass": lambda: act_quant_two_pass_triton(probe)},
                error_of, _DUAL_CACHE, what=f"act_quant_dual {tuple(x.shape)}")
     impl = _DUAL_CACHE[key].name
     if impl == "dual":
