@@ -12,10 +12,11 @@ FP8 lives only inside the function.
 Passes, per training step of one linear (2026-11-30 version in brackets):
   - the weight: quantized once per optimizer step in both layouts, w and w^T, from one read
     (kernels/weight_cache.py) [quantized on every forward, its FP8 copy transposed on every backward];
-  - x: one read in the forward writes both x's 1x128 tiles (forward GEMM) and x^T's (wgrad), and the
-    FP8 x^T is what is saved for the backward, as the paper does [x kept in bf16, quantized again
-    through a strided read in the backward];
-  - dy: one read writes both layouts (dgrad, wgrad) [two reads];
+  - x: both x's 1x128 tiles (forward GEMM) and x^T's (wgrad) are made in the forward, and the FP8
+    x^T is what is saved for the backward, as the paper does [x kept in bf16, quantized again in the
+    backward]; dy: both layouts (dgrad, wgrad) at once. `act_quant_dual` makes them with one read or
+    with the two single-layout kernels, whichever measured faster for the layout: on the H200 the
+    one-read kernel won only on narrow activations (BENCHMARKS.md, 2026-11-30 second session);
   - dw: written in bf16 by the GEMM [FP32, then a cast kernel].
 
 Why it exists. FP8 doubles the tensor-core rate over bf16 on Hopper; the fine-grained scales keep

@@ -14,9 +14,11 @@ that is `act_quant(x.t())`: the kernel reads through strides, so no copy is made
 Both layouts in one pass. A linear's training step needs x and dy in BOTH layouts: 1x128 along the
 features (forward, dgrad) and 128x1 along the tokens (wgrad), and its weight both as w (forward) and
 as w^T (dgrad). `act_quant_dual` and `weight_quant_dual` read the input once and write both layouts
-(a 128x128 tile in registers gives the row scales, the column scales and, for the weight, the
-transposed block), instead of a second strided read of the input or a transpose kernel on the FP8
-copy. Their references are the single-layout references applied twice (`*_dual_ref`).
+(the second layout from a transposed-order read of the same tile, served by the cache), instead of
+a second read of the input from device memory or a transpose kernel on the FP8 copy. Their
+references are the single-layout references applied twice (`*_dual_ref`). Measured on the H200: the
+weight kernel is 2.9x faster than quantize + transpose; the activation kernel is slower than the two
+single-layout kernels except on narrow inputs, so `act_quant_dual` picks per layout.
 
 Why it exists. Dequantization is folded into the GEMM (`kernels/fp8_gemm.py`), which needs the
 scales in exactly these layouts; torch has no op that produces them.
