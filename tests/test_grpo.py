@@ -38,7 +38,8 @@ def base_home(tmp_path_factory):
     return home
 
 
-def test_rollout_masks_and_logprobs_match_the_training_forward(base_home):
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_rollout_masks_and_logprobs_match_the_training_forward(base_home, temperature):
     from tokenizers import Tokenizer
 
     from training.model import from_pretrained
@@ -48,7 +49,7 @@ def test_rollout_masks_and_logprobs_match_the_training_forward(base_home):
     model = from_pretrained(export, mtp=False)
     tok = Tokenizer.from_file(str(export / "tokenizer.json"))
     prompts = ["Calculate 3 + 1.", "Find x if 3x + 8 = 50."]
-    roll = sample_groups(model, tok, prompts, group_size=3, max_new_tokens=12,
+    roll = sample_groups(model, tok, prompts, group_size=3, max_new_tokens=12, temperature=temperature,
                          generator=torch.Generator().manual_seed(0))
     assert roll.ids.shape[0] == 6 and len(roll.texts) == 6
     prompt_lengths = [len(ids) for ids in encode_prompts(tok, prompts) for _ in range(3)]
@@ -56,8 +57,8 @@ def test_rollout_masks_and_logprobs_match_the_training_forward(base_home):
         assert roll.response_mask[i].sum().item() == n  # exactly the response tokens count
         assert roll.response_mask[i, p - 2].item() == 0 and roll.response_mask[i, p - 1].item() == 1
     with torch.no_grad():
-        logp, _ = token_logprobs(model(roll.ids[:, :-1]), roll.ids[:, 1:])
-    # the sampler's log-probs (cached generation, temperature 1) are the policy's own
+        logp, _ = token_logprobs(model(roll.ids[:, :-1]), roll.ids[:, 1:], temperature)
+    # the sampler's log-probs (cached generation) are the sampling policy's own, at its temperature
     diff = ((logp - roll.sample_logprobs) * roll.response_mask).abs().max().item()
     assert diff < 1e-4
 

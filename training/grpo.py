@@ -11,7 +11,8 @@ Each step:
   2. rollout: G responses each from the current policy (temperature 1.0), batched on the latent cache;
   3. rewards (training/rewards): the configured components, weighted and summed; the sandbox runs code;
   4. group-normalized advantages; pi_old = the policy before this batch's updates (recomputed by a
-     forward pass, so ratio = 1 exactly at the first update), pi_ref = the frozen start;
+     forward pass when there are several updates; ratio = 1 exactly at the first), pi_ref = the
+     frozen start; log-probs are taken at the rollout temperature, the distribution sampled from;
   5. `updates_per_batch` optimizer steps over the batch in micro-batches (training/grpo_loss.py),
      then the router bias update.
 Logged per step: each reward component, accuracy, response length, KL, clip fraction, entropy,
@@ -81,13 +82,13 @@ def _draw(rng: random.Random, pool: list[dict], n: int) -> list[dict]:
     return rng.sample(pool, n) if len(pool) >= n else rng.choices(pool, k=n)
 
 
-def _policy_logprobs(module, ids: torch.Tensor, micro: int) -> torch.Tensor:
-    """(N, L-1) log-probs of ids[:, 1:] under `module`, no grad, in micro-batches."""
+def _policy_logprobs(module, ids: torch.Tensor, micro: int, temperature: float) -> torch.Tensor:
+    """(N, L-1) log-probs of ids[:, 1:] under `module` at `temperature`, no grad, in micro-batches."""
     out = []
     with torch.no_grad():
         for i in range(0, ids.shape[0], micro):
             chunk = ids[i:i + micro]
-            out.append(token_logprobs(module(chunk[:, :-1]), chunk[:, 1:])[0])
+            out.append(token_logprobs(module(chunk[:, :-1]), chunk[:, 1:], temperature)[0])
     return torch.cat(out)
 
 
@@ -163,17 +164,20 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
             rewards = torch.tensor([sum(weights[c] * s[c] for c in cfg.rewards) for s in scores])
             adv = group_advantages(rewards.view(P, G)).flatten().to(dist.device)
             rollout_seconds = time.time() - t0
-            old = _policy_logprobs(module, roll.ids, micro)
-            ref = _policy_logprobs(reference, roll.ids, micro)
+            # on-policy (one update per batch, and the batch is one optimizer step): pi_old is the policy
+            # of the update's own forward, so its detached log-probs serve and a pass is saved
+            old = _policy_logprobs(module, roll.ids, micro, cfg.temperature) if cfg.updates_per_batch > 1 else None
+            ref = _policy_logprobs(reference, roll.ids, micro, cfg.temperature) if cfg.kl_beta else None
             total_tokens = roll.response_mask.sum()
             stats_acc = {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
             for _ in range(cfg.updates_per_batch):
                 for i in range(0, roll.ids.shape[0], micro):
                     sl = slice(i, i + micro)
                     ids = roll.ids[sl]
-                    logp, entropy = token_logprobs(engine(ids[:, :-1]), ids[:, 1:])
+                    logp, entropy = token_logprobs(engine(ids[:, :-1]), ids[:, 1:], cfg.temperature)
                     mask = roll.response_mask[sl]
-                    loss, st = grpo_loss(logp, old[sl], ref[sl], adv[sl], mask, cfg.clip_eps,
+                    loss, st = grpo_loss(logp, logp.detach() if old is None else old[sl],
+                                         None if ref is None else ref[sl], adv[sl], mask, cfg.clip_eps,
                                          cfg.clip_eps_high or None, cfg.kl_beta, cfg.loss_aggregation,
                                          token_normalizer=total_tokens / (roll.ids.shape[0] // micro))
                     engine.backward(loss)

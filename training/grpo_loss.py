@@ -78,9 +78,14 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     return loss, stats
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, T, V), targets (B, T) -> (log pi(target) (B, T) float32, entropy (B, T) float32)."""
-    logp_all = logits.float().log_softmax(-1)
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, T, V), targets (B, T) -> (log pi(target) (B, T) float32, entropy (B, T) float32).
+
+    pi is softmax(logits / temperature): the distribution the rollouts were sampled from (the
+    sampler's log-probs are taken the same way), so ratio and gradient belong to the sampling policy.
+    """
+    logp_all = (logits.float() / temperature).log_softmax(-1)
     logp = logp_all.gather(-1, targets[..., None])[..., 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
