@@ -39,8 +39,10 @@ def init(timeout_minutes: int = 30) -> Dist:
 
     import deepspeed
 
+    picked_port = False
     if "RANK" not in os.environ:  # started alone: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        picked_port = "MASTER_PORT" not in os.environ
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -48,8 +50,18 @@ def init(timeout_minutes: int = 30) -> Dist:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    for attempt in range(3):
+        if torch.distributed.is_initialized():
+            break
+        try:
+            deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        except torch.distributed.DistNetworkError as error:
+            # NOTE: a port picked here is free when picked, not when the store binds it: another
+            # process can take it in between (seen once in the test suite). Pick again; a port the
+            # launcher set is the user's to fix, so that error stands.
+            if not picked_port or "EADDRINUSE" not in str(error) or attempt == 2:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
     return Dist(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                 local_rank=local_rank, device=device)
 

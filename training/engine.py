@@ -130,6 +130,41 @@ def build_engine(model: nn.Module, cfg: PretrainConfig, dist: Dist, precision: s
     return engine, optimizer, scheduler
 
 
+def optimizer_step(engine, module: nn.Module, measure_norm: bool = False) -> float | None:
+    """engine.step() on every micro-step; with `measure_norm` (on the accumulation boundary), also the
+    global gradient norm before clipping of the step it takes.
+
+    DeepSpeed's bf16, fp16 and ZeRO optimizers compute that norm inside step() and keep it
+    (`get_global_grad_norm`). Before step() it still holds the previous step's: reading it there
+    logged every norm one step late (found on the H200). Its plain fp32 path clips without keeping a
+    norm: there it is summed from the gradients before step() clears them, expert blocks over their
+    expert-parallel group. The test mirrors DeepSpeed's own choice of clipping path.
+    """
+    kept = engine.bfloat16_enabled() or engine.fp16_enabled() or bool(engine.zero_optimization())
+    norm = _gradient_norm(engine, module) if measure_norm and not kept else None
+    engine.step()
+    if measure_norm and kept:
+        norm = float(engine.get_global_grad_norm())
+    return norm
+
+
+def _gradient_norm(engine, module: nn.Module) -> float:
+    from training.expert_parallel import ExpertParallelExperts
+
+    total = torch.zeros((), dtype=torch.float64, device=engine.device)
+    for p in module.parameters():
+        if p.grad is not None and getattr(p, "allreduce", True):
+            total += p.grad.double().pow(2).sum()
+    for m in module.modules():
+        if isinstance(m, ExpertParallelExperts):
+            sq = sum(p.grad.double().pow(2).sum() for p in m.parameters() if p.grad is not None)
+            sq = torch.as_tensor(sq, dtype=torch.float64, device=engine.device)
+            if m.ep_size > 1:
+                torch.distributed.all_reduce(sq, group=m.ep_group)
+            total = total + sq
+    return total.sqrt().item()
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -29,9 +28,9 @@ from torch.profiler import record_function
 
 from training import distributed
 from training.data import PackedBatches, read_index, unigram_entropy, validation_batches
-from training.engine import (apply_speed_options, build_engine, complete_tags, load_latest, peak_flops,
-                             resolved_precision, save_checkpoint)
-from training.expert_parallel import apply_expert_parallel, full_state_dict
+from training.engine import (apply_speed_options, build_engine, complete_tags, load_latest, optimizer_step,
+                             peak_flops, resolved_precision, save_checkpoint)
+from training.expert_parallel import apply_expert_parallel
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
 from training.settings import Profile
@@ -103,30 +102,6 @@ def evaluate(engine, shards_dir: Path, cfg, dist) -> float:
                                           dist.world_size)]
     engine.train()
     return distributed.all_mean(sum(losses) / len(losses), dist.device)
-
-
-def grad_norm(engine, module) -> float:
-    """Global gradient norm before clipping. DeepSpeed's bf16/ZeRO optimizers keep it; its plain fp32
-    path clips without keeping it, so there the norm is computed from the (all-reduced) gradients,
-    expert blocks summed over their expert-parallel group."""
-    norm = engine.get_global_grad_norm()
-    if norm:
-        return float(norm)
-    from training.expert_parallel import ExpertParallelExperts
-
-    dense = torch.zeros((), dtype=torch.float64, device=engine.device)
-    for p in module.parameters():
-        if p.grad is not None and getattr(p, "allreduce", True):
-            dense += p.grad.double().pow(2).sum()
-    total = dense
-    for m in module.modules():
-        if isinstance(m, ExpertParallelExperts):
-            sq = sum(p.grad.double().pow(2).sum() for p in m.parameters() if p.grad is not None)
-            sq = torch.as_tensor(sq, dtype=torch.float64, device=engine.device)
-            if m.ep_size > 1:
-                torch.distributed.all_reduce(sq, group=m.ep_group)
-            total = total + sq
-    return total.sqrt().item()
 
 
 def layer_label(name: str) -> str:
@@ -232,10 +207,10 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
                 output = engine(batch[:, :-1], batch[:, 1:])
             with record_function("backward"):
                 engine.backward(output.loss)
-            if micro == data.accumulation - 1 and logging_step:
-                gnorm = grad_norm(engine, module)  # before step() clears the gradients
             with record_function("engine_step"):  # the optimizer step on the last micro-step
-                engine.step()
+                norm = optimizer_step(engine, module, measure_norm=micro == data.accumulation - 1 and logging_step)
+            if norm is not None:
+                gnorm = norm
             lm += output.lm_loss.detach().double() / data.accumulation
             if output.mtp_losses:
                 mtp += torch.stack([x.detach().double() for x in output.mtp_losses]).mean() / data.accumulation
@@ -308,24 +283,17 @@ def _stop_profiler(prof, out: Path, rank: int, report: Reporter) -> None:
 
 def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
             dist, report, start) -> dict:
-    from training.model import Transformer
+    from training.export import export_model
 
-    state = full_state_dict(module)  # collective: gathers expert blocks from every EP rank
+    # collective: gathers the expert blocks from every EP rank; rank 0 writes (model + tokenizer files)
+    export = export_model(module, profile.model, tokenizer_dir, out / "export")
     if not dist.is_main:
-        distributed.barrier()
+        distributed.barrier()  # rank 0 writes the summary and registers the model
         return {}
     vals = [h["val_loss"] for h in history if "val_loss" in h]
     losses = [h for h in history if "loss" in h]
     speeds = [h["tokens_per_second"] for h in history[-10:] if "tokens_per_second" in h]
     tps = sum(speeds) / len(speeds) if speeds else 0.0
-    plain = Transformer(profile.model)
-    plain.load_state_dict(state)
-    export = out / "export"
-    shutil.rmtree(export, ignore_errors=True)
-    plain.save_pretrained(export)
-    for f in Path(tokenizer_dir).iterdir():  # tokenizer.json + transformers' files, chat template included
-        if f.is_file():
-            shutil.copy2(f, export / f.name)
     curve = loss_curve_png(history, out / "loss_curve.png")
     summary = {
         "final_loss": losses[-1]["loss"] if losses else None,

@@ -71,7 +71,8 @@ import torch
 
 from training import distributed
 from training.corpus.tokenizer import EOS, PAD, REASONING, SPECIAL_TOKENS
-from training.engine import build_engine, complete_tags, load_latest, resolved_precision, save_checkpoint
+from training.engine import (build_engine, complete_tags, load_latest, optimizer_step, resolved_precision,
+                             save_checkpoint)
 from training.expert_parallel import apply_expert_parallel
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
@@ -360,7 +361,6 @@ def _prepare(stage: StageConfig, cfg: SFTConfig, out: Path, report, is_main: boo
 
 def _train(stage: StageConfig, cfg: SFTConfig, out: Path, dist, report) -> dict:
     from training.model import from_pretrained
-    from training.pretrain import grad_norm
 
     data = _prepare(stage, cfg, out, report, dist.is_main)
     model_dir, train_ex = data["model_dir"], data["train"]
@@ -426,9 +426,9 @@ def _train(stage: StageConfig, cfg: SFTConfig, out: Path, dist, report) -> dict:
             # DeepSpeed divides by the accumulation steps and averages ranks: rescale this micro-batch's mean
             # so that the step's loss is the mean over all its assistant tokens
             engine.backward(output.lm_loss * (n / per_micro) + (output.loss - output.lm_loss))
-            if micro == stream.accumulation - 1 and logging_step:
-                gnorm = grad_norm(engine, module)  # before step() clears the gradients
-            engine.step()
+            norm = optimizer_step(engine, module, measure_norm=micro == stream.accumulation - 1 and logging_step)
+            if norm is not None:
+                gnorm = norm
             lm += output.lm_loss.detach().double() * n
         module.update_router_biases()  # aux-loss-free balancing (nothing to do for a dense model)
         tokens_seen += int(counts[1].item())

@@ -1,0 +1,77 @@
+"""The shared DeepSpeed engine and process setup: the gradient norm a trainer logs is the one of the step
+it took; a process started alone survives a taken port."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One process per engine kind: DeepSpeed initialises torch.distributed, which must not leak into
+# the test process. For each step, a plain torch copy of the current weights gives the true norm.
+_SCRIPT = r'''
+import sys
+import torch
+from torch import nn
+import deepspeed
+from training import distributed
+from training.engine import optimizer_step
+
+zero = int(sys.argv[1])
+distributed.init()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
+cfg = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
+       "gradient_clipping": 1.0, "zero_optimization": {"stage": zero}, "steps_per_print": 10**9}
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.05), config=cfg)
+for step in range(4):
+    x = torch.randn(4, 16) * (step + 1) ** 2  # norms that differ from step to step, above the clip
+    copy = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
+    copy.load_state_dict(engine.module.state_dict())
+    copy(x).square().sum().backward()
+    expected = torch.sqrt(sum(p.grad.double().pow(2).sum() for p in copy.parameters())).item()
+    engine.backward(engine(x).square().sum())
+    logged = optimizer_step(engine, engine.module, measure_norm=True)
+    assert abs(logged - expected) <= 1e-4 * expected, f"zero {zero}, step {step}: logged {logged}, true {expected}"
+print("norms ok")
+'''
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_logged_gradient_norm_is_the_steps_own(zero):
+    # ZeRO keeps the norm inside its optimizer (read after step(); before, it is the previous
+    # step's); the plain fp32 engine keeps none (summed from the gradients before step())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-c", _SCRIPT, str(zero)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and "norms ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+_BUSY_PORT_SCRIPT = r'''
+import os
+import socket
+from training import distributed
+
+busy = socket.socket()
+busy.bind(("127.0.0.1", 0))
+busy.listen()
+taken = busy.getsockname()[1]
+real = distributed._free_port
+picks = iter([taken])
+distributed._free_port = lambda: next(picks, None) or real()  # the first pick is taken before the store binds
+dist = distributed.init()
+assert dist.world_size == 1 and int(os.environ["MASTER_PORT"]) != taken
+print("init ok")
+'''
+
+
+def test_a_process_alone_picks_another_port_when_its_first_is_taken():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-c", _BUSY_PORT_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and "init ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
