@@ -69,17 +69,29 @@ def cold_start_sft(context: dg.AssetExecutionContext):
 @dg.asset(group_name=GROUP, deps=[v3_base, cold_start_sft], code_version="1", **TRAINING)
 def r1_cold(context: dg.AssetExecutionContext):
     """SFT of v3_base on cold_start_sft (loss on assistant tokens only); registered as seekflow-r1-cold."""
-    model, data = _export("v3_base"), data_dir("cold_start_sft")
-    reported, url, out = launch_training(context, "training.sft", "r1_cold", {"model": model, "data": data},
-                                         "seekflow-r1-cold", lambda p: _require(model / "config.json", data / "sft.parquet"))
-    return sft_result(reported, url, out)
+    return sft_from_base(context, "r1_cold", "cold_start_sft")
 
 
-def sft_result(reported: dict, url: str, out) -> dg.MaterializeResult:
+def sft_from_base(context, stage: str, data_asset: str) -> dg.MaterializeResult:
+    """training/sft.py from v3_base's export on `data_asset`'s table; registered as seekflow-<stage>."""
+    model, data = _export("v3_base"), data_dir(data_asset)
+    reported, url, out = launch_training(context, "training.sft", stage, {"model": model, "data": data},
+                                         f"seekflow-{stage.replace('_', '-')}",
+                                         lambda p: _require(model / "config.json", data / "sft.parquet"))
     summary = json.loads((out / "summary.json").read_text())
     return dg.MaterializeResult(metadata={
         **{k: v for k, v in reported.items() if not isinstance(v, (dict, list))},
         "export": dg.MetadataValue.path(summary["export"]), "mlflow_run": dg.MetadataValue.url(url)})
+
+
+def grpo_from(context, stage: str, model_asset: str, inputs: dict, required: tuple = ()) -> dg.MaterializeResult:
+    """training/grpo.py from `model_asset`'s export on the reasoning tasks (plus `inputs`);
+    registered as seekflow-<stage>."""
+    model = _export(model_asset)
+    reported, url, out = launch_training(
+        context, "training.grpo", stage, {"model": model, "tasks": data_dir("reasoning_tasks"), **inputs},
+        f"seekflow-{stage.replace('_', '-')}", lambda p: _require(model / "config.json", *required))
+    return grpo_result(reported, url, out)
 
 
 @dg.asset(group_name=GROUP, deps=[r1_cold, reasoning_tasks], code_version="1", **TRAINING,
@@ -87,10 +99,7 @@ def sft_result(reported: dict, url: str, out) -> dg.MaterializeResult:
                                          description="held-out pass@1 interval lies above r1_cold's")])
 def r1_reasoning_rl(context: dg.AssetExecutionContext):
     """GRPO from r1_cold with accuracy, format and language-consistency rewards."""
-    model, tasks = _export("r1_cold"), data_dir("reasoning_tasks")
-    reported, url, out = launch_training(context, "training.grpo", "r1_reasoning_rl", {"model": model, "tasks": tasks},
-                                         "seekflow-r1-reasoning-rl", lambda p: _require(model / "config.json"))
-    return grpo_result(reported, url, out)
+    return grpo_from(context, "r1_reasoning_rl", "r1_cold", {})
 
 
 @dg.asset(group_name=GROUP, deps=[r1_reasoning_rl, reasoning_tasks, deduplicated_corpus], code_version="1", **DATA)
@@ -110,10 +119,7 @@ def rejection_sampled_sft(context: dg.AssetExecutionContext):
 @dg.asset(group_name=GROUP, deps=[v3_base, rejection_sampled_sft], code_version="1", **TRAINING)
 def r1_sft(context: dg.AssetExecutionContext):
     """SFT from v3_base (not from the RL model) on rejection_sampled_sft, 2 epochs; seekflow-r1-sft."""
-    model, data = _export("v3_base"), data_dir("rejection_sampled_sft")
-    reported, url, out = launch_training(context, "training.sft", "r1_sft", {"model": model, "data": data},
-                                         "seekflow-r1-sft", lambda p: _require(model / "config.json", data / "sft.parquet"))
-    return sft_result(reported, url, out)
+    return sft_from_base(context, "r1_sft", "rejection_sampled_sft")
 
 
 @dg.asset(group_name=GROUP, deps=[r1_sft, reasoning_tasks, rejection_sampled_sft], code_version="1", **TRAINING,
@@ -122,11 +128,8 @@ def r1_sft(context: dg.AssetExecutionContext):
 def r1(context: dg.AssetExecutionContext):
     """Final GRPO over all scenarios: rule rewards for reasoning prompts, and for general prompts
     the documented rule proxy (token F1 to the reference, training/rewards/general.py); seekflow-r1."""
-    model, tasks, general = _export("r1_sft"), data_dir("reasoning_tasks"), data_dir("rejection_sampled_sft")
-    reported, url, out = launch_training(
-        context, "training.grpo", "r1", {"model": model, "tasks": tasks, "general": general}, "seekflow-r1",
-        lambda p: _require(model / "config.json", general / "sft.parquet"))
-    return grpo_result(reported, url, out)
+    general = data_dir("rejection_sampled_sft")
+    return grpo_from(context, "r1", "r1_sft", {"general": general}, (general / "sft.parquet",))
 
 
 r1_assets = [cold_start_sft, r1_cold, r1_reasoning_rl, rejection_sampled_sft, r1_sft, r1]
