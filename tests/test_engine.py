@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torch.distributed reads
 
 # One process per engine kind: DeepSpeed initialises torch.distributed, which must not leak into
 # the test process. For each step, a plain torch copy of the current weights gives the true norm.
@@ -44,7 +45,7 @@ print("norms ok")
 def test_logged_gradient_norm_is_the_steps_own(zero):
     # ZeRO keeps the norm inside its optimizer (read after step(); before, it is the previous
     # step's); the plain fp32 engine keeps none (summed from the gradients before step())
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env["PYTHONPATH"] = str(ROOT)
     res = subprocess.run([sys.executable, "-c", _SCRIPT, str(zero)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -54,24 +55,29 @@ def test_logged_gradient_norm_is_the_steps_own(zero):
 _BUSY_PORT_SCRIPT = r'''
 import os
 import socket
+import sys
 from training import distributed
 
 busy = socket.socket()
 busy.bind(("127.0.0.1", 0))
 busy.listen()
 taken = busy.getsockname()[1]
-real = distributed._free_port
-picks = iter([taken])
-distributed._free_port = lambda: next(picks, None) or real()  # the first pick is taken before the store binds
+if sys.argv[1] == "inherited":  # a parent that holds its own store left its rendezvous variables behind
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(taken))
+else:  # the port picked here is taken before the store binds it
+    real = distributed._free_port
+    picks = iter([taken])
+    distributed._free_port = lambda: next(picks, None) or real()
 dist = distributed.init()
 assert dist.world_size == 1 and int(os.environ["MASTER_PORT"]) != taken
 print("init ok")
 '''
 
 
-def test_a_process_alone_picks_another_port_when_its_first_is_taken():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+@pytest.mark.parametrize("how", ["inherited", "picked"])
+def test_a_process_alone_takes_another_port_when_its_port_is_taken(how):
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-c", _BUSY_PORT_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", _BUSY_PORT_SCRIPT, how], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0 and "init ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]

@@ -39,10 +39,8 @@ def init(timeout_minutes: int = 30) -> Dist:
 
     import deepspeed
 
-    picked_port = False
     if "RANK" not in os.environ:  # started alone: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        picked_port = "MASTER_PORT" not in os.environ
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -56,10 +54,11 @@ def init(timeout_minutes: int = 30) -> Dist:
         try:
             deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         except torch.distributed.DistNetworkError as error:
-            # NOTE: a port picked here is free when picked, not when the store binds it: another
-            # process can take it in between (seen once in the test suite). Pick again; a port the
-            # launcher set is the user's to fix, so that error stands.
-            if not picked_port or "EADDRINUSE" not in str(error) or attempt == 2:
+            # NOTE: in a world of one nobody else dials the store, so a taken port is replaced: one
+            # inherited from a parent that holds it (a process that initialised torch.distributed
+            # itself, e.g. a test that trained in-process, then launched this one), or one taken
+            # between the pick and the bind. With more ranks the others expect that port: the error stands.
+            if os.environ.get("WORLD_SIZE") != "1" or "EADDRINUSE" not in str(error) or attempt == 2:
                 raise
             os.environ["MASTER_PORT"] = str(_free_port())
     return Dist(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),

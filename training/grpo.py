@@ -23,7 +23,6 @@ Checkpoints and resume as in pretraining (training/engine.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -32,12 +31,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from training import distributed
 from training.engine import build_engine, complete_tags, load_latest, resolved_precision, save_checkpoint
+from training.entrypoint import run_stage, stage_main
 from training.expert_parallel import apply_expert_parallel
 from training.grpo_loss import group_advantages, grpo_loss, token_logprobs
 from training.launch import StageConfig
-from training.reporting import Reporter, setup_logging
 from training.settings import GRPOConfig
 
 
@@ -96,18 +94,7 @@ def train(stage: StageConfig) -> dict:
     profile = stage.resolved_profile()
     cfg: GRPOConfig = getattr(profile, stage.stage)
     out = Path(stage.output_dir)
-    dist = distributed.init()
-    logger = setup_logging(out, dist.rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    report = Reporter(dist.rank, logger, stage.mlflow)
-    failed = True
-    try:
-        result = _train(stage, profile, cfg, out, dist, report)
-        failed = False
-        return result
-    finally:
-        report.close(failed=failed)
+    return run_stage(stage, cfg.threads, lambda dist, report: _train(stage, profile, cfg, out, dist, report))
 
 
 def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
@@ -243,13 +230,7 @@ def _finish(stage, profile, out, model_dir, tasks_path, module, history, before,
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Seekflow GRPO (DeepSpeed)")
-    parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    train(StageConfig.read(args.config))
-    return 0
+main = stage_main(train, "Seekflow GRPO (DeepSpeed)")
 
 
 if __name__ == "__main__":

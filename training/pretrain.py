@@ -17,7 +17,6 @@ reports the final figures as Dagster materialization metadata (through Pipes whe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -30,9 +29,10 @@ from training import distributed
 from training.data import PackedBatches, read_index, unigram_entropy, validation_batches
 from training.engine import (apply_speed_options, build_engine, complete_tags, load_latest, optimizer_step,
                              peak_flops, resolved_precision, save_checkpoint)
+from training.entrypoint import run_stage, stage_main
 from training.expert_parallel import apply_expert_parallel
 from training.launch import StageConfig
-from training.reporting import Reporter, setup_logging
+from training.reporting import Reporter
 from training.settings import Profile
 
 
@@ -132,18 +132,8 @@ def train(stage: StageConfig) -> dict:
     profile = stage.resolved_profile()
     cfg, out = profile.pretrain, Path(stage.output_dir)
     shards_dir, tokenizer_dir = Path(stage.inputs["pretraining_shards"]), Path(stage.inputs["tokenizer"])
-    dist = distributed.init()
-    logger = setup_logging(out, dist.rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    report = Reporter(dist.rank, logger, stage.mlflow)
-    failed = True
-    try:
-        result = _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report)
-        failed = False
-        return result
-    finally:
-        report.close(failed=failed)
+    return run_stage(stage, cfg.threads,
+                     lambda dist, report: _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report))
 
 
 def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) -> dict:
@@ -330,13 +320,7 @@ def _log_model(report: Reporter, stage: StageConfig, export: Path, curve: Path, 
     return f"{name}/{version}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Seekflow pretraining (DeepSpeed)")
-    parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = parser.parse_args(argv)
-    train(StageConfig.read(args.config))
-    return 0
+main = stage_main(train, "Seekflow pretraining (DeepSpeed)")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ output_dir, and the summary as Dagster metadata through Pipes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -73,9 +72,9 @@ from training import distributed
 from training.corpus.tokenizer import EOS, PAD, REASONING, SPECIAL_TOKENS
 from training.engine import (build_engine, complete_tags, load_latest, optimizer_step, resolved_precision,
                              save_checkpoint)
+from training.entrypoint import run_stage, stage_main
 from training.expert_parallel import apply_expert_parallel
 from training.launch import StageConfig
-from training.reporting import Reporter, setup_logging
 from training.rewards.format import format_reward
 from training.settings import SFTConfig
 from training.tasks.format import render_example, render_prompt
@@ -310,18 +309,7 @@ def train(stage: StageConfig) -> dict:
     if not isinstance(cfg, SFTConfig):
         raise ValueError(f"profile section {stage.stage!r} is a {type(cfg).__name__}, not an SFTConfig")
     out = Path(stage.output_dir)
-    dist = distributed.init()
-    logger = setup_logging(out, dist.rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    report = Reporter(dist.rank, logger, stage.mlflow)
-    failed = True
-    try:
-        result = _train(stage, cfg, out, dist, report)
-        failed = False
-        return result
-    finally:
-        report.close(failed=failed)
+    return run_stage(stage, cfg.threads, lambda dist, report: _train(stage, cfg, out, dist, report))
 
 
 def _prepare(stage: StageConfig, cfg: SFTConfig, out: Path, report, is_main: bool) -> dict:
@@ -501,13 +489,7 @@ def _finish(stage, cfg: SFTConfig, out: Path, data: dict, module, history, token
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Seekflow SFT (DeepSpeed)")
-    parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = parser.parse_args(argv)
-    train(StageConfig.read(args.config))
-    return 0
+main = stage_main(train, "Seekflow SFT (DeepSpeed)")
 
 
 if __name__ == "__main__":
