@@ -86,3 +86,18 @@ def test_end_to_end_on_a_tiny_random_model(tmp_path, one_torch_thread):
         low, high = group["pass@1_ci"]
         assert 0 <= low <= group["pass@1"] <= high <= 1
     assert json.loads(out.with_suffix(".summary.json").read_text())["overall"] == summary["overall"]
+
+
+def test_a_changed_reward_definition_is_not_served_from_the_cache(tmp_path, monkeypatch):
+    from training import rewards
+    from training.eval_cache import evaluation_key
+    from training.evaluate import EvalConfig
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "tasks.parquet").write_bytes(b"tasks")
+    key = evaluation_key(tmp_path / "model", tmp_path / "tasks.parquet", EvalConfig())
+    assert evaluation_key(tmp_path / "model", tmp_path / "tasks.parquet", EvalConfig()) == key
+    monkeypatch.setattr(rewards, "REWARDS_VERSION", rewards.REWARDS_VERSION + 1)
+    assert evaluation_key(tmp_path / "model", tmp_path / "tasks.parquet", EvalConfig()) != key

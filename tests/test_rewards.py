@@ -172,7 +172,7 @@ LANGUAGE = [  # (reasoning, script, share)
     ("Сумма равна 13", "cyrillic", 1.0),
     ("Let α be 2, so π α is", "latin", 1.0),  # Greek letters are maths, not a language switch
     ("すうがく and 수학", "cjk", 6 / 9),
-    ("1 + 2 = 3", "latin", 0.0),  # no letters
+    ("1 + 2 = 3", "latin", 1.0),  # no letters: no other language either
 ]
 
 
@@ -184,6 +184,7 @@ def test_language_consistency_is_the_share_of_letters_in_the_script(reasoning, s
 def test_language_consistency_reads_only_the_reasoning():
     assert language_consistency("<think>the sum</think> <answer>和</answer>") == 1.0
     assert language_consistency("no think block at all") == 0.0
+    assert language_consistency("<think> </think> <answer>3</answer>") == 0.0  # no reasoning earns nothing
     with pytest.raises(ValueError, match="klingon"):
         language_consistency(r("1"), "klingon")
 

@@ -3,8 +3,8 @@
 GRPO stages measure their start and final models; the report card measures every model. Evaluating
 on a 2-core CPU costs about as much as a short training stage, so results are kept under
 $SEEKFLOW_HOME/data/evaluations/<key>/ and reused: the key hashes the model's config and weights,
-the task table and the settings, so a changed model or setting is evaluated afresh and an
-unchanged one never twice. Every model is measured by the same code (training/evaluate.py).
+the task table, the settings and the rewards' version, so a changed model, setting or reward is
+evaluated afresh and an unchanged one never twice. Every model is measured by the same code (training/evaluate.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from training import rewards
 from training.evaluate import EvalConfig, evaluate, summary_path
 from training.settings import data_dir
 
@@ -36,6 +37,7 @@ def evaluation_key(model_dir: Path, tasks_path: Path, cfg: EvalConfig) -> str:
     for f in sorted(Path(model_dir).glob("*.safetensors")) + [Path(model_dir) / "config.json", Path(tasks_path)]:
         _file_digest(f, h)
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(f"rewards:{rewards.REWARDS_VERSION}".encode())
     return h.hexdigest()[:20]
 
 

@@ -27,9 +27,8 @@ NOTE: the issue asks for cold-start responses with "reasoning in <think>, then a
 the answer". The format reward accepts nothing between `</think>` and `<answer>`, and the accuracy
 rewards grade the whole answer block, so a summary has no place of its own: the examples keep the
 plain `<think>...</think> <answer>...</answer>` shape that every reward and the evaluation read.
-NOTE: a reasoning block without letters (`<think>7 + 5 = 12.</think>`) has language consistency 0
-(the reward's guard against empty reasoning) but mixes no languages: the readability filter lets it
-through.
+NOTE: a reasoning block without letters (`<think>7 + 5 = 12.</think>`) mixes no languages: its
+language consistency is 1 (training/rewards/language.py).
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ from training.rewards.math import math_accuracy
 from training.sandbox import SandboxPool
 
 REWARD_COMPONENTS = ("accuracy", "format", "language")
+# Cached evaluations (training/eval_cache.py) are keyed on this: bump it whenever a reward's
+# definition changes, or results scored the old way are served again.
+# 2: language consistency of reasoning without letters is 1, not 0.
+REWARDS_VERSION = 2
 TASK_KINDS = ("math", "countdown", "code", "general")
 _TASK_KEYS = {"math": ("answer",), "countdown": ("answer", "numbers"), "code": ("tests", "entry_point"),
               "general": ("reference",)}

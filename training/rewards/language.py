@@ -4,7 +4,9 @@ Guards against language mixing in the chain of thought, which the R1 paper saw u
 classified by their Unicode character names (`LATIN SMALL LETTER E WITH ACUTE`, `CJK UNIFIED
 IDEOGRAPH-4E2D`, `CYRILLIC CAPITAL LETTER ZHE`); digits, punctuation and symbols are not letters and
 do not count. Greek letters count for nothing unless the target is Greek: in mathematics they are
-variables (alpha, pi), not a change of language.
+variables (alpha, pi), not a change of language. Reasoning without letters (`7 + 5 = 12.`) mixes no
+language and scores 1: scoring it 0 would pay a policy to add words to plain arithmetic. An empty
+reasoning block, or none, scores 0: skipping the reasoning earns nothing.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def language_consistency(response: str, script: str = "latin") -> float:
-    """Share of letters inside the first think block that are in `script`; 0.0 without letters or block."""
+    """Share of letters inside the first think block that are in `script`; 1.0 for a block without
+    letters, 0.0 for an empty block or none."""
     if script not in SCRIPTS:
         raise ValueError(f"script {script!r} is not one of {sorted(SCRIPTS)}")
     m = _THINK.search(response)
-    if m is None:
+    if m is None or not m[1].strip():
         return 0.0
     scripts = [_script(ch) for ch in m[1] if ch.isalpha()]
     counted = [s for s in scripts if s != "greek" or script == "greek"]
-    return sum(s == script for s in counted) / len(counted) if counted else 0.0
+    return sum(s == script for s in counted) / len(counted) if counted else 1.0
 
 
 @functools.lru_cache(maxsize=1 << 16)
