@@ -8,7 +8,8 @@ by StageConfig.stage (e.g. `r1_zero`), a GRPOConfig.
 
 Each step:
   1. P train questions, drawn by (seed, step): resumable from the step counter alone;
-  2. rollout: G responses each from the current policy (temperature 1.0), batched on the latent cache;
+  2. rollout: G responses each from the current policy (the stage's temperature; R1: 1.0), batched on
+     the latent cache;
   3. rewards (training/rewards): the configured components, weighted and summed; the sandbox runs code;
   4. group-normalized advantages; pi_old = the policy before this batch's updates (recomputed by a
      forward pass when there are several updates; ratio = 1 exactly at the first), pi_ref = the
@@ -154,7 +155,7 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
             # on-policy (one update per batch, and the batch is one optimizer step): pi_old is the policy
             # of the update's own forward, so its detached log-probs serve and a pass is saved
             old = _policy_logprobs(module, roll.ids, micro, cfg.temperature) if cfg.updates_per_batch > 1 else None
-            ref = _policy_logprobs(reference, roll.ids, micro, cfg.temperature) if cfg.kl_beta else None
+            ref = _policy_logprobs(reference, roll.ids, micro, cfg.temperature)  # KL is logged even when beta is 0
             total_tokens = roll.response_mask.sum()
             stats_acc = {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
             for _ in range(cfg.updates_per_batch):
@@ -163,9 +164,8 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
                     ids = roll.ids[sl]
                     logp, entropy = token_logprobs(engine(ids[:, :-1]), ids[:, 1:], cfg.temperature)
                     mask = roll.response_mask[sl]
-                    loss, st = grpo_loss(logp, logp.detach() if old is None else old[sl],
-                                         None if ref is None else ref[sl], adv[sl], mask, cfg.clip_eps,
-                                         cfg.clip_eps_high or None, cfg.kl_beta, cfg.loss_aggregation,
+                    loss, st = grpo_loss(logp, logp.detach() if old is None else old[sl], ref[sl], adv[sl], mask,
+                                         cfg.clip_eps, cfg.clip_eps_high or None, cfg.kl_beta, cfg.loss_aggregation,
                                          token_normalizer=total_tokens / (roll.ids.shape[0] // micro))
                     engine.backward(loss)
                     engine.step()
