@@ -78,12 +78,3 @@ def quantized_weight(w: torch.Tensor, transposed: bool, quant, quant_dual, mode:
         w._fp8_cached = entry
     return entry
 
-
-def drop_cached(model: torch.nn.Module) -> int:
-    """Free the cached FP8 copies of a model's parameters (e.g. before saving memory); returns how many."""
-    n = 0
-    for p in model.parameters():
-        if getattr(p, "_fp8_cached", None) is not None:
-            p._fp8_cached = None
-            n += 1
-    return n

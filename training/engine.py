@@ -138,7 +138,8 @@ def optimizer_step(engine, module: nn.Module, measure_norm: bool = False) -> flo
     (`get_global_grad_norm`). Before step() it still holds the previous step's: reading it there
     logged every norm one step late (found on the H200). Its plain fp32 path clips without keeping a
     norm: there it is summed from the gradients before step() clears them, expert blocks over their
-    expert-parallel group. The test mirrors DeepSpeed's own choice of clipping path.
+    expert-parallel group. `kept` is the condition under which DeepSpeed's engine leaves clipping to
+    its optimizer instead of clipping fp32 gradients itself (`_take_model_step`).
     """
     kept = engine.bfloat16_enabled() or engine.fp16_enabled() or bool(engine.zero_optimization())
     norm = _gradient_norm(engine, module) if measure_norm and not kept else None
