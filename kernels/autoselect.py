@@ -15,19 +15,35 @@ the median of each candidate's rounds decides (see cuda_timer for what a timed c
 Tie rule: candidates within `tie` (2%) of the fastest median count as equal, and the first of them
 in the caller's order wins (callers list the vendor library first).
 The timer is a parameter: tests on CPU pass a fake one to check the selection logic itself.
+
+Stable choices. A timed choice is not reproducible: on the `small` profile's shapes the medians
+of cuBLAS and our kernels lie within a few percent of each other, and three runs of the same model
+on the H200 chose different backends for 15 of its 36 FP8 GEMM layouts (BENCHMARKS.md, 2026-11-30
+third session). cuBLAS and Triton sum in different orders, so two runs of the same seed and data
+then differ from the first step on. Two ways to pin the choice:
+  - `SEEKFLOW_KERNEL_CHOICES=FILE` (JSON): a layout found there takes the recorded candidate (still
+    checked against the reference once, never timed); a layout not found is measured and added.
+    One section per machine signature (GPU name, torch and Triton versions), so a file carried to
+    another GPU or software stack is not trusted there. Several processes may share the file.
+  - `torch.use_deterministic_algorithms(True)`: the first candidate in the caller's order that runs
+    and agrees, with no timing at all.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 AGREE = 2e-2  # relative Frobenius distance to the reference that a candidate must stay under
 TIE = 0.02  # medians within 2% of the fastest are a tie: the earlier candidate wins
+CHOICES_ENV = "SEEKFLOW_KERNEL_CHOICES"  # path of the JSON file of recorded choices (see above)
 
 
 @dataclass
@@ -37,6 +53,7 @@ class Choice:
     rel_err: dict[str, float] = field(default_factory=dict)  # every candidate that ran
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was dropped
     samples: int = 0  # timed calls per candidate
+    how: str = "measured"  # "measured", "recorded" (from the choices file) or "deterministic" (first agreeing)
 
 
 def cuda_timer(fns: dict[str, Callable[[], object]], warmup: int = 3, iters: int = 21) -> dict[str, list[float]]:
@@ -68,31 +85,113 @@ def choose(key, candidates: dict[str, Callable[[], torch.Tensor]], error_of: Cal
     """The cached Choice for `key`, measuring it on the first call (see the module docstring)."""
     if key in cache:
         return cache[key]
+    recorded = recorded_choice(key)
+    if recorded in candidates:  # checked once against the reference, not timed
+        choice = _first_agreeing({recorded: candidates[recorded]}, error_of, agree, "recorded")
+        if choice.name == recorded:
+            cache[key] = choice
+            return choice
+        warnings.warn(f"{what or 'autoselect'}: the recorded choice {recorded!r} for {key} does not agree with "
+                      f"the reference now ({choice.refused}); measuring again")
+    if torch.are_deterministic_algorithms_enabled():
+        choice = _first_agreeing(candidates, error_of, agree, "deterministic")
+    else:
+        choice = _measured(candidates, error_of, timer, agree, tie)
+    if choice.name == "reference":
+        warnings.warn(f"{what or 'autoselect'}: no candidate ran and agreed with the reference for {key}: "
+                      f"{choice.refused}; using the reference")
+    elif choice.how == "measured":
+        record_choice(key, choice.name)
+    cache[key] = choice
+    return choice
+
+
+def _agrees(choice: Choice, name: str, fn, error_of, agree: float) -> bool:
+    """Run `fn` once; note its error (or why it was refused) in `choice`; True when it agrees."""
+    try:
+        out = fn()
+    except Exception as e:  # refused shape or layout, compile failure: record why, try the next
+        choice.refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return False
+    err = float(error_of(out))
+    choice.rel_err[name] = err
+    if err < agree:  # NaN fails too
+        return True
+    choice.refused[name] = f"disagrees with the reference: relative error {err:.3g}"
+    return False
+
+
+def _measured(candidates, error_of, timer, agree: float, tie: float) -> Choice:
     choice = Choice("reference")
-    ok = {}
-    for name, fn in candidates.items():
-        try:
-            out = fn()
-        except Exception as e:  # refused shape or layout, compile failure: record why, try the next
-            choice.refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-            continue
-        err = float(error_of(out))
-        choice.rel_err[name] = err
-        if err < agree:  # NaN fails too
-            ok[name] = fn
-        else:
-            choice.refused[name] = f"disagrees with the reference: relative error {err:.3g}"
+    ok = {n: fn for n, fn in candidates.items() if _agrees(choice, n, fn, error_of, agree)}
     if ok:
         samples = timer(ok)
         choice.median_ms = {n: statistics.median(t) for n, t in samples.items()}
         choice.samples = min(len(t) for t in samples.values())
         best = min(choice.median_ms.values())
         choice.name = next(n for n in ok if choice.median_ms[n] <= best * (1 + tie))
-    else:
-        warnings.warn(f"{what or 'autoselect'}: no candidate ran and agreed with the reference for {key}: "
-                      f"{choice.refused}; using the reference")
-    cache[key] = choice
     return choice
+
+
+def _first_agreeing(candidates, error_of, agree: float, how: str) -> Choice:
+    choice = Choice("reference", how=how)
+    choice.name = next((n for n, fn in candidates.items() if _agrees(choice, n, fn, error_of, agree)), "reference")
+    return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# the choices file (SEEKFLOW_KERNEL_CHOICES)
+
+
+def machine_signature() -> str:
+    """What a recorded choice is valid for: the GPU model and the torch / Triton versions."""
+    try:
+        import triton
+        tv = triton.__version__
+    except ImportError:  # pragma: no cover - depends on the machine
+        tv = "none"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{gpu} | torch {torch.__version__} | triton {tv}"
+
+
+def _choices_path() -> Path | None:
+    path = os.environ.get(CHOICES_ENV)
+    return Path(path) if path else None
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"{CHOICES_ENV}={path}: not a readable JSON file of kernel choices ({e}); "
+                           "delete it or point the variable elsewhere") from e
+
+
+def recorded_choice(key) -> str | None:
+    """The candidate recorded for `key` on this machine signature, or None (no file, or not in it)."""
+    path = _choices_path()
+    if path is None:
+        return None
+    return _read_choices(path).get(machine_signature(), {}).get(str(key))
+
+
+def record_choice(key, name: str) -> None:
+    """Add `key -> name` to the choices file, if one is set (a lock file serialises processes)."""
+    path = _choices_path()
+    if path is None:
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _read_choices(path)
+        data.setdefault(machine_signature(), {})[str(key)] = name
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def tensor_key(*tensors: torch.Tensor) -> tuple:

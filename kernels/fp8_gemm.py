@@ -329,7 +329,7 @@ def pick_backend(a, sa, b, sb, b_block, out_dtype, candidates=None, timer=None) 
 def backend_choices() -> list[dict]:
     """What `auto` chose so far, with the medians it measured (for benchmarks and logs)."""
     return [{"key": str(k), "backend": c.name, "median_ms": c.median_ms, "rel_err": c.rel_err,
-             "refused": c.refused, "samples": c.samples} for k, c in _BACKEND_CACHE.items()]
+             "refused": c.refused, "samples": c.samples, "how": c.how} for k, c in _BACKEND_CACHE.items()]
 
 
 def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,

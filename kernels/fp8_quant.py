@@ -327,7 +327,7 @@ _DUAL_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselec
 
 def dual_choices() -> list[dict]:
     """What `act_quant_dual` chose per layout, with the medians it measured."""
-    return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "refused": c.refused}
+    return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "refused": c.refused, "how": c.how}
             for k, c in _DUAL_CACHE.items()]
 
 

@@ -7,6 +7,7 @@ exact one. GPU kernels are compared with these references in tests/test_kernels_
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -217,6 +218,45 @@ def test_auto_falls_back_to_the_reference_when_no_backend_agrees(monkeypatch):
         got = mod.pick_backend(*_operands(), 128, torch.float32, candidates=cands,
                                timer=_FakeTimer({}))
     assert got == "reference"
+
+
+def test_auto_choice_is_recorded_and_the_next_run_takes_it_untimed(monkeypatch, tmp_path):
+    # two runs of the same model must multiply each layout with the same backend: a timed choice
+    # flipped between runs on 15 of 36 layouts of the small model on the H200 (cuBLAS and Triton
+    # sum in different orders, so the runs diverged from the first step)
+    from kernels import autoselect
+    from kernels import fp8_gemm as mod
+    monkeypatch.setenv(autoselect.CHOICES_ENV, str(tmp_path / "choices.json"))
+    right = _stand_ins()["steady"]
+    ops = _operands()
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})  # run 1: "second" measures faster
+    t1 = _FakeTimer({"first": [1.0] * 21, "second": [0.9] * 21})
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates={"first": right, "second": right}, timer=t1) == "second"
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})  # run 2 (a new process): now "first" would measure faster
+    t2 = _FakeTimer({"first": [0.5] * 21, "second": [0.9] * 21})
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates={"first": right, "second": right}, timer=t2) == "second"
+    assert t2.calls == [] and mod.backend_choices()[0]["how"] == "recorded"
+    # a recorded backend that no longer agrees with the reference is measured again, with a warning
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    with pytest.warns(UserWarning, match="does not agree"):
+        got = mod.pick_backend(*ops, 128, torch.float32, candidates={"first": right, "second": _stand_ins()["wrong"]},
+                               timer=t2)
+    assert got == "first" and t2.calls == [["first"]]
+    # the file is per machine signature: a file written on another GPU or software stack is not trusted
+    monkeypatch.setattr(autoselect, "machine_signature", lambda: "another GPU | torch 0 | triton 0")
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates={"first": right, "second": right}, timer=t2) == "first"
+    assert len(json.loads((tmp_path / "choices.json").read_text())) == 2
+
+
+def test_auto_under_deterministic_algorithms_takes_the_first_agreeing_backend_untimed(monkeypatch):
+    from kernels import fp8_gemm as mod
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    timer = _FakeTimer({"steady": [9.0] * 21, "spiky": [1.0] * 21})
+    cands = {k: _stand_ins()[k] for k in ("refuses", "wrong", "steady", "spiky")}
+    assert mod.pick_backend(*_operands(), 128, torch.float32, candidates=cands, timer=timer) == "steady"
+    assert timer.calls == [] and mod.backend_choices()[0]["how"] == "deterministic"
 
 
 # ---------------------------------------------------------------------------------------------
