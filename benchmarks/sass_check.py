@@ -89,9 +89,10 @@ def grouped_tma():
             kw = cfg.kwargs
             bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
             sig = {"a_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "b_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
-                   "c_desc": f"tensordesc<bf16[{bm}, {bn}]>", "sa_ptr": "*fp32" if fp8 else "*bf16",
+                   "c_desc": f"tensordesc<bf16[{bm}, {bn}]>", "c_ptr": "*bf16", "sa_ptr": "*fp32" if fp8 else "*bf16",
                    "sb_ptr": "*fp32" if fp8 else "*bf16", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
-                   **{a: "i32" for a in ("N", "K", "stride_sam", "stride_sbe", "stride_sbn", "OUT_BYTES")}}
+                   **{a: "i32" for a in ("P", "N", "K", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn",
+                                         "OUT_BYTES")}}
             consts = {"IS_FP8": fp8, "ALIGN_M": 128, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(m._grouped_gemm_tma_kernel, sig, consts, cfg,

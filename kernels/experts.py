@@ -102,8 +102,8 @@ class GroupedLinearFunction(torch.autograd.Function):
                 lo, hi = offs[e], offs[e + 1]
                 dw[e] = dout[lo:hi].float().t() @ x_perm[lo:hi].float()
             dw = dw.to(ctx.w_dtype)
-        # NOTE: rows of dx past the last segment are left as the grouped GEMM left them (unwritten on
-        # the GPU): PermuteFunction's backward reads routed rows only
+        # NOTE: rows of dx past the last segment are zeros (the grouped GEMM writes them); PermuteFunction's
+        # backward reads routed rows only
         return dx, dw, None, None, None
 
 

@@ -204,9 +204,12 @@ if HAS_TRITON:
         pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(P, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
         e = tl.load(tile_expert_ptr + (pid_m * BLOCK_M) // ALIGN_M)
-        if e >= 0:  # tiles past the last expert's segment do nothing
-            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        if e < 0:  # a tile past the last expert's segment: zeros (see grouped_gemm's NOTE)
+            tl.store(c_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty), mask=offs_n[None, :] < N)
+        else:
             rn = offs_n % N
             offs_k = tl.arange(0, BLOCK_K)
             a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :]
@@ -220,13 +223,14 @@ if HAS_TRITON:
                 if IS_FP8:  # BLOCK_K == 128: one scale slice per step, promoted into fp32
                     sa = tl.load(sa_ptr + offs_m * stride_sam + kb)
                     sb = tl.load(sb_ptr + e * stride_sbe + (rn // 128) * stride_sbn + kb)
-                    acc += tl.dot(a, tl.trans(b)) * sa[:, None] * sb[None, :]
+                    # NOTE: the scales' product first, as in the TMA kernel: the two kernels then
+                    # round alike, and `auto` choosing either changes no bit of the result
+                    acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
                 else:
                     acc = tl.dot(a, tl.trans(b), acc)
                 a_ptrs += BLOCK_K
                 b_ptrs += BLOCK_K
                 kb += 1
-            c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=offs_n[None, :] < N)
 
     _grouped_gemm_tuned = autotuned(_grouped_gemm_kernel, _GG_CONFIGS, key=["N", "K", "IS_FP8"])
@@ -253,8 +257,8 @@ if HAS_TRITON:
     ]
 
     @triton.jit
-    def _grouped_gemm_tma_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, N, K,
-                                 stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
+    def _grouped_gemm_tma_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, P, N, K,
+                                 stride_cm, stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
                                  IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                                  FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
@@ -292,6 +296,14 @@ if HAS_TRITON:
                 else:
                     acc = tl.dot(a, b.T, acc)
             c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+        # rows [used, P), the static bound's slack: zeros (see grouped_gemm's NOTE), through plain
+        # stores (a TMA store would want a staging buffer in shared memory beside the pipeline's)
+        zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
+        for tile in tl.range(tl.program_id(0), (tl.cdiv(P, BLOCK_M) - num_m) * num_n, NUM_SMS):
+            offs_m = (num_m + tile // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+            offs_n = (tile % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+            tl.store(c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :], zero,
+                     mask=offs_n[None, :] < N)
 
     _gg_tma_tuned = {  # one autotuner per precision: their config lists differ
         fp8: autotuned(_grouped_gemm_tma_kernel, cfgs, key=["N", "K", "IS_FP8", "OUT_BYTES"])
@@ -372,8 +384,12 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     "classic" (one program per tile of the static padded bound), "auto": the faster of the two that
     agree with the reference, measured once per (N, K, E, dtypes) (not per row count: that changes
     with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
-    NOTE: output rows past the last expert's segment (offsets[E]) are left unwritten by "tma" and
-    "classic": nothing downstream reads them (combine reads routed rows only)."""
+    NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
+    written as zeros, like the padding rows inside each segment (zero inputs give zero products).
+    Nothing downstream needs their values (combine reads routed rows only), but the experts' next
+    steps read whole tensors: SwiGLU, and the 1x128 / 128x1 quantization of the activation and of
+    its gradient, and compute-sanitizer's initcheck flagged those reads while the rows were left
+    unwritten. Writing them costs (P - offsets[E]) x N stores, a few percent of P at most."""
     is_fp8 = x_perm.dtype == FP8
     if not (use_triton(x_perm, w) or INTERPRET):
         return grouped_gemm_ref(x_perm, w, r, x_scale, w_scale, out_dtype)
@@ -435,7 +451,7 @@ def _pick_impl(x_perm, w, r, sa, sb, out_dtype, is_fp8, x_scale, w_scale) -> str
 def impl_choices() -> list[dict]:
     """What `impl="auto"` chose so far, with the medians it measured."""
     return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "rel_err": c.rel_err,
-             "refused": c.refused} for k, c in _IMPL_CACHE.items()]
+             "refused": c.refused, "how": c.how} for k, c in _IMPL_CACHE.items()]
 
 
 def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
@@ -457,7 +473,7 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     def grid(meta):  # NOTE: P is the static bound; the kernel stops at the routed rows itself
         return (min(sms, cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
-    args = (a_d, b_d, c_d, sa, sb, r.tile_expert, r.offsets[E:], N, K, sa.stride(0),
+    args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], P, N, K, c.stride(0), sa.stride(0),
             sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0, c.element_size())  # OUT_BYTES: a key
     if cfg is None:
         _gg_tma_tuned[is_fp8][grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms)

@@ -241,6 +241,20 @@ def test_grouped_tma_every_config(fp8, idx):
     assert rel(out[rows], ref[rows]) < (5e-4 if fp8 else 1e-4)
 
 
+@pytest.mark.parametrize("impl", ["classic", "tma"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_grouped_gemm_writes_zeros_past_the_routed_rows(impl, fp8):
+    # rows [offsets[E], P) of the static bound: the experts' SwiGLU and quantizers read whole tensors
+    from kernels.moe import grouped_gemm
+    _, _, _, _, r, args = _moe_inputs(333, 16, 4, 384, 256, fp8)
+    used, P = int(r.offsets[-1]), r.padded_rows
+    assert used < P
+    poison = torch.full((P, 256), float("nan"), device="cuda")  # its block is what the output gets next
+    del poison
+    out = grouped_gemm(*args, out_dtype=torch.float32, impl=impl)
+    assert not out[used:].isnan().any() and not out[used:].any()
+
+
 @pytest.mark.parametrize("idx", [None, 0, 1, 2])
 def test_grouped_wgrad_fp8_matches_reference(idx):
     from kernels.fp8_quant import act_quant
