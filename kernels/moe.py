@@ -387,9 +387,11 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
     written as zeros, like the padding rows inside each segment (zero inputs give zero products).
     Nothing downstream needs their values (combine reads routed rows only), but the experts' next
-    steps read whole tensors: SwiGLU, and the 1x128 / 128x1 quantization of the activation and of
-    its gradient, and compute-sanitizer's initcheck flagged those reads while the rows were left
-    unwritten. Writing them costs (P - offsets[E]) x N stores, a few percent of P at most."""
+    steps read whole tensors (SwiGLU, the 1x128 / 128x1 quantization of the activation and of its
+    gradient): with the rows left unwritten those read whatever the allocator held, which is
+    harmless only as long as no later step mixes them into a routed row, and is what
+    compute-sanitizer's initcheck reports. Writing them costs (P - offsets[E]) x N stores, a few
+    percent of P at most."""
     is_fp8 = x_perm.dtype == FP8
     if not (use_triton(x_perm, w) or INTERPRET):
         return grouped_gemm_ref(x_perm, w, r, x_scale, w_scale, out_dtype)
