@@ -81,3 +81,39 @@ def test_a_process_alone_takes_another_port_when_its_port_is_taken(how):
     res = subprocess.run([sys.executable, "-c", _BUSY_PORT_SCRIPT, how], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0 and "init ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+_CHOICES_SCRIPT = r'''
+import json, os, sys
+from pathlib import Path
+from kernels import autoselect
+from training.entrypoint import run_stage
+from training.launch import StageConfig
+
+out = Path(sys.argv[1])
+stage = StageConfig(stage="v3_base", profile={}, output_dir=str(out))
+seen = run_stage(stage, 0, lambda dist, report: (autoselect.record_choice(("gemm", 4096), "cublas"),
+                                                 os.environ[autoselect.CHOICES_ENV])[1])
+print(json.dumps({"seen": seen, "after": os.environ.get(autoselect.CHOICES_ENV)}))
+'''
+
+
+@pytest.mark.parametrize("user_file", [False, True])
+def test_a_stage_records_its_kernel_choices_beside_its_checkpoints(tmp_path, user_file):
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS and k != "SEEKFLOW_KERNEL_CHOICES"}
+    env["PYTHONPATH"] = str(ROOT)
+    if user_file:
+        env["SEEKFLOW_KERNEL_CHOICES"] = str(tmp_path / "mine.json")
+    res = subprocess.run([sys.executable, "-c", _CHOICES_SCRIPT, str(tmp_path / "run")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    expected = tmp_path / "mine.json" if user_file else tmp_path / "run" / "checkpoints" / "kernel_choices.json"
+    assert result["seen"] == str(expected)
+    # a resumed run reads the same choice back (kernels/autoselect.py keys it by machine)
+    recorded = json.loads(expected.read_text())
+    assert [choices for choices in recorded.values()] == [{str(("gemm", 4096)): "cublas"}]
+    # the variable is the caller's again afterwards: a later in-process stage records in its own folder
+    assert result["after"] == (str(expected) if user_file else None)

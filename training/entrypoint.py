@@ -10,15 +10,22 @@ launcher appends.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from training import distributed
+from kernels.autoselect import CHOICES_ENV
 from training.distributed import Dist
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
+
+
+def kernel_choices_file(stage: StageConfig) -> Path:
+    """Where a stage records its kernel choices: one file per output folder, keyed inside by machine."""
+    return Path(stage.output_dir) / "checkpoints" / "kernel_choices.json"
 
 
 def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter], dict]) -> dict:
@@ -28,6 +35,11 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
     if threads:
         torch.set_num_threads(threads)
     report = Reporter(dist.rank, logger, stage.mlflow)
+    # the GPU kernels' per-shape backend choices (kernels/autoselect.py) are recorded beside the
+    # checkpoints, so a resumed run computes with the same kernels as the run it continues; a
+    # choices file the user set is kept, and the variable is restored for later in-process stages
+    inherited = os.environ.get(CHOICES_ENV)
+    os.environ[CHOICES_ENV] = inherited or str(kernel_choices_file(stage))
     failed = True
     try:
         result = body(dist, report)
@@ -35,6 +47,8 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
         return result
     finally:
         report.close(failed=failed)
+        if inherited is None:
+            del os.environ[CHOICES_ENV]
 
 
 def stage_main(train: Callable[[StageConfig], dict], description: str) -> Callable[[list[str] | None], int]:
