@@ -257,6 +257,29 @@ def test_worked_examples_hold_only_train_instances_and_special_tokens(tmp_path):
     assert tok.decode(ids[:-1], skip_special_tokens=False) == docs[0]["text"]
 
 
+def test_untagged_worked_examples_keep_the_working_but_leave_the_answer_format():
+    from training.rewards.format import extract_answer, format_reward
+
+    cfg = dict(examples=400, examples_per_document=400, heldout_share=0.3)
+    tagged = worked_example_documents(WorkedExamplesConfig(**cfg))[0]
+    mixed = worked_example_documents(WorkedExamplesConfig(**cfg, untagged_share=0.5))[0]
+    # the same instances in the same order: the style is drawn apart from the instances
+    assert tagged["meta"]["templates"] == mixed["meta"]["templates"]
+    responses = lambda doc: [c.split("<|assistant|>")[1].removesuffix("<|end_of_text|>")  # noqa: E731
+                             for c in doc["text"].split("<|begin_of_text|>")[1:]]
+    untagged = 0
+    for key, a, b in zip(tagged["meta"]["templates"], responses(tagged), responses(mixed)):
+        if a == b:
+            continue
+        untagged += 1
+        reasoning, final = a.removeprefix("<think>").split("</think> <answer>")
+        assert b == f"{reasoning}\nAnswer: {final.removesuffix('</answer>')}", key  # same working, same answer
+        assert format_reward(b) == 0.0 and extract_answer(b) is None  # and no reward for it
+    assert 150 < untagged < 250
+    with pytest.raises(ProfileError, match="untagged_share must be in \\[0, 1\\] \\(got 1.5\\)"):
+        WorkedExamplesConfig(untagged_share=1.5)
+
+
 def test_trusted_worked_examples_pass_the_quality_filters_unchanged(tmp_path, serial_executor):
     from training.corpus import stages
     from training.settings import CodeFiltersConfig, WebFiltersConfig

@@ -62,9 +62,14 @@ class WorkedExamplesConfig:
     # the split's held-out share; null takes tasks.heldout_share (the Profile fills it in), and any
     # other value must equal it: one split for the tasks and the corpus
     heldout_share: float | None = None
+    # the share of examples written as solutions are written on the web: the same working, then
+    # "Answer: 13" on a line of its own, without the think and answer tags (training/tasks/worked.py)
+    untagged_share: float = 0.0
 
     def __post_init__(self) -> None:
         _check_families(self.families, "corpus.worked_examples.families")
+        if not 0.0 <= self.untagged_share <= 1.0:
+            raise ProfileError(f"corpus.worked_examples.untagged_share must be in [0, 1] (got {self.untagged_share})")
         if self.examples_per_document < 1 or not self.difficulties or min(self.difficulties) < 1:
             raise ProfileError("corpus.worked_examples: examples_per_document must be >= 1 and difficulties "
                                f"a list of levels >= 1 (got {self.examples_per_document}, {self.difficulties})")

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import random
 
+from training.rewards.format import split_response
 from training.settings import TasksConfig, WorkedExamplesConfig
 from training.tasks.build import draw_train_instance
+from training.tasks.families import Instance
 from training.tasks.format import render_document
 
 
@@ -24,6 +26,7 @@ def worked_example_documents(cfg: WorkedExamplesConfig) -> list[dict]:
     """Documents `{uri, text, meta}` holding `cfg.examples` train-split examples in all."""
     share = cfg.heldout_share if cfg.heldout_share is not None else TasksConfig().heldout_share
     rng = random.Random(f"worked-examples:{cfg.seed}")
+    style = random.Random(f"worked-examples-style:{cfg.seed}")  # apart, so the instances drawn do not depend on it
     docs, examples = [], []
     for _ in range(cfg.examples):
         family, difficulty = rng.choice(cfg.families), rng.choice(cfg.difficulties)
@@ -31,13 +34,20 @@ def worked_example_documents(cfg: WorkedExamplesConfig) -> list[dict]:
         if inst is None:  # no train instance in 1000 draws: only with a held-out share near 1
             raise ValueError(f"worked examples: no train instance of {family} at difficulty {difficulty} "
                              f"with heldout_share {share}")
-        examples.append((inst.prompt, inst.solution, inst.key))
+        untagged = style.random() < cfg.untagged_share
+        examples.append((inst.prompt, untagged_solution(inst) if untagged else inst.solution, inst.key))
         if len(examples) == cfg.examples_per_document:
             docs.append(_document(len(docs), examples, cfg.seed))
             examples = []
     if examples:
         docs.append(_document(len(docs), examples, cfg.seed))
     return docs
+
+
+def untagged_solution(inst: Instance) -> str:
+    """`inst`'s worked solution without the think and answer tags: the working, then `Answer: <final>`."""
+    reasoning, final = split_response(inst.solution)
+    return f"{reasoning}\nAnswer: {final}"
 
 
 def _document(index: int, examples: list[tuple[str, str, str]], seed: int) -> dict:
