@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from training import distributed
 from kernels.autoselect import CHOICES_ENV
+from training import distributed
 from training.distributed import Dist
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging

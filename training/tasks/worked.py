@@ -6,6 +6,11 @@ needs some reward signal from the first rollouts. These documents give it: each 
 examples exactly as the model later sees a task (format.py), drawn from the same generators and
 the same split as the task table (build.py), keeping only `train` instances.
 
+A share of them (`untagged_share`) keeps the working but ends in `Answer: 13` instead of the tags,
+as solutions are written on the web. A base trained on both answers in the task format only part
+of the time; R1-Zero's format and accuracy rewards then have a behaviour to teach that carries over
+to tasks it never saw (the tiny profile says what was measured).
+
 The built-in web source `worked-examples` (training/corpus/builtin.py) yields these documents;
 the quality filters let them through (`web_filters.trusted_sources`) and dedup treats them as
 any other document.
