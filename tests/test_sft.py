@@ -211,6 +211,22 @@ def test_an_interrupted_run_resumes_onto_the_same_trajectory(sft_home, moe_run, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_a_new_base_model_starts_afresh_instead_of_resuming_the_old_run(sft_home):
+    # what a rebuilt upstream looks like: the same input folder, other weights in it
+    base = sft_home / "rebased_base"
+    shutil.copytree(sft_home / "dense", base)
+    cfg = dataclasses.replace(FAST, packing=False, epochs=0.5)
+    first = run_sft(sft_home, "rebased", "rebased_base", cfg)
+    assert first["resumed_from_step"] == 0
+    shutil.rmtree(base)
+    shutil.copytree(first["export"], base)  # the trained student becomes the new base
+    second = run_sft(sft_home, "rebased", "rebased_base", cfg)
+    # trained again from the new weights, not the finished old run resumed and exported once more
+    assert second["resumed_from_step"] == 0 and second["checkpoint"] != first["checkpoint"]
+    assert second["validation_loss_start"] == pytest.approx(first["validation_loss"], rel=1e-3)
+    assert second["validation_loss"] < first["validation_loss"]
+
+
 def test_a_dense_student_trains_without_packing(sft_home):
     summary = run_sft(sft_home, "dense_run", "dense", dataclasses.replace(FAST, packing=False, epochs=0.5))
     print({k: summary[k] for k in ("validation_loss_start", "validation_loss", "padding_share")})

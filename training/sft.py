@@ -367,7 +367,9 @@ def _train(stage: StageConfig, cfg: SFTConfig, out: Path, dist, report) -> dict:
     model.to(dist.device)
     engine, _, scheduler = build_engine(model, engine_cfg, dist, precision)
     module = engine.module
-    ckpt_dir = out / "checkpoints"
+    # fingerprinted by the settings and the inputs' files (training/launch.py): a new base model
+    # starts afresh instead of resuming, or exporting, the run made from the old one
+    ckpt_dir = stage.checkpoint_dir(stage.stage)
     client = load_latest(engine, ckpt_dir, dist)
     start = client["step"] if client else 0
     if client and client.get("data_fingerprint") != data["fingerprint"]:
@@ -471,7 +473,7 @@ def _finish(stage, cfg: SFTConfig, out: Path, data: dict, module, history, token
         "tokens": tokens_seen, "tokens_per_second": sum(speeds) / len(speeds) if speeds else None,
         "steps": steps, "epochs": steps * cfg.global_batch_size / len(data["train_rows"]), "packing": cfg.packing,
         "resumed_from_step": start, "dense": module.config.n_routed_experts == 0,
-        "checkpoint": str(complete_tags(out / "checkpoints")[-1]), "export": str(export),
+        "checkpoint": str(complete_tags(stage.checkpoint_dir(stage.stage))[-1]), "export": str(export),
         "loss_curve": str(loss_curve_png(history, out / "loss_curve.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
