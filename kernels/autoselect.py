@@ -31,6 +31,7 @@ then differ from the first step on. Two ways to pin the choice:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -143,8 +144,10 @@ def _first_agreeing(candidates, error_of, agree: float, how: str) -> Choice:
 # the choices file (SEEKFLOW_KERNEL_CHOICES)
 
 
+@functools.cache
 def machine_signature() -> str:
-    """What a recorded choice is valid for: the GPU model and the torch / Triton versions."""
+    """What a recorded choice is valid for: the GPU model and the torch / Triton versions (asked once
+    per process: every layout's first GEMM looks it up)."""
     try:
         import triton
         tv = triton.__version__
@@ -169,12 +172,27 @@ def _read_choices(path: Path) -> dict:
                            "delete it or point the variable elsewhere") from e
 
 
+_PARSED: dict[Path, tuple[tuple[int, int], dict]] = {}  # path -> ((mtime_ns, size), its parsed choices)
+
+
+def _current_choices(path: Path) -> dict:
+    """The file's choices, parsed again only when it changed (other processes add to it as they measure)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    stamp = (st.st_mtime_ns, st.st_size)
+    if path not in _PARSED or _PARSED[path][0] != stamp:
+        _PARSED[path] = (stamp, _read_choices(path))
+    return _PARSED[path][1]
+
+
 def recorded_choice(key) -> str | None:
     """The candidate recorded for `key` on this machine signature, or None (no file, or not in it)."""
     path = _choices_path()
     if path is None:
         return None
-    return _read_choices(path).get(machine_signature(), {}).get(str(key))
+    return _current_choices(path).get(machine_signature(), {}).get(str(key))
 
 
 def record_choice(key, name: str) -> None:

@@ -25,6 +25,10 @@ FAST_PRETRAIN = {
     "pretrain.min_lr_ratio": 0.3, "pretrain.threads": 1,
 }
 
+# what torch.distributed reads from the environment: a test that launches a trainer in a subprocess
+# drops them, so that a rendezvous of the pytest process (an in-process SFT test) does not leak into it
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
 
 def as_run_config(overrides: dict) -> dict[str, str]:
     """Dotted overrides as the `profile` resource takes them (YAML strings)."""

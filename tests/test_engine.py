@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.pretrain_fixtures import RENDEZVOUS
+
 ROOT = Path(__file__).resolve().parents[1]
-RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torch.distributed reads
 
 # One process per engine kind: DeepSpeed initialises torch.distributed, which must not leak into
 # the test process. For each step, a plain torch copy of the current weights gives the true norm.

@@ -156,3 +156,17 @@ def test_deepseek_release_config_is_read():
     assert cfg.softmax_scale == pytest.approx(192**-0.5 * (0.1 * torch.tensor(40.0).log().item() + 1) ** 2)
     with pytest.raises(ValueError, match="hidden_act"):
         config_from_hf({**release, "hidden_act": "gelu"})
+
+
+def test_transformers_models_import_beside_our_kernels_package():
+    """Our top-level `kernels` package shares its name with Hugging Face's `kernels` distribution, which
+    transformers imports when it is installed (a hard dependency from transformers 5.25 on): the
+    DeepSeek-V3 model class must still import in a process that runs from the repository root."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = "import kernels.fp8_gemm\nfrom transformers import DeepseekV3ForCausalLM\nprint(DeepseekV3ForCausalLM.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "DeepseekV3ForCausalLM" in res.stdout, res.stderr[-2000:]

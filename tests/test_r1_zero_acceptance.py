@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pretrain_fixtures import RENDEZVOUS
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(2400)
 
@@ -37,8 +39,7 @@ print(json.dumps({"success": result.success, "checks": checks}))
 
 def test_r1_zero_beats_its_base_on_held_out_tasks_in_the_default_tiny_run(tmp_path):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("SEEKFLOW_PROFILE", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE",
-                        "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+           if k not in ("SEEKFLOW_PROFILE", "DAGSTER_HOME", "MLFLOW_TRACKING_URI") + RENDEZVOUS}
     env.update(SEEKFLOW_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=2300)

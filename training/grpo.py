@@ -198,10 +198,10 @@ def _train(stage, profile, cfg: GRPOConfig, out: Path, dist, report) -> dict:
                                 cfg.keep_checkpoints)
     finally:
         pool.close()
-    return _finish(stage, profile, out, model_dir, tasks_path, module, history, before, report, start)
+    return _finish(stage, profile, out, ckpt_dir, model_dir, tasks_path, module, history, before, report, start)
 
 
-def _finish(stage, profile, out, model_dir, tasks_path, module, history, before, report, start) -> dict:
+def _finish(stage, profile, out, ckpt_dir, model_dir, tasks_path, module, history, before, report, start) -> dict:
     from training.export import export_model
 
     # the module's own architecture (a dense student's too), without MTP: the policy was loaded without it
@@ -214,7 +214,7 @@ def _finish(stage, profile, out, model_dir, tasks_path, module, history, before,
         "heldout_format_start": b["format"], "heldout_format": a["format"],
         "heldout_tasks": a["tasks"], "steps": getattr(profile, stage.stage).steps, "resumed_from_step": start,
         "final_reward": history[-1]["reward"] if history else None,
-        "checkpoint": str(complete_tags(stage.checkpoint_dir(stage.stage))[-1]), "export": str(export),
+        "checkpoint": str(complete_tags(ckpt_dir)[-1]), "export": str(export),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history))

@@ -243,8 +243,8 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
                             cfg.keep_checkpoints)
             window_start = time.time()
 
-    return _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
-                   dist, report, start)
+    return _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt,
+                   peak, dist, report, start)
 
 
 def _start_profiler():
@@ -271,7 +271,7 @@ def _stop_profiler(prof, out: Path, rank: int, report: Reporter) -> None:
     report.info(f"profile of 2 steps written to {path}")
 
 
-def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
+def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, history, tokens_seen, fpt, peak,
             dist, report, start) -> dict:
     from training.export import export_model
 
@@ -294,7 +294,7 @@ def _finish(stage, profile, out, tokenizer_dir, shards_dir, module, history, tok
         "mfu": fpt * tps / (peak * dist.world_size) if peak else None,
         "steps": profile.pretrain.steps,
         "resumed_from_step": start,
-        "checkpoint": str(complete_tags(stage.checkpoint_dir("pretrain"))[-1]),
+        "checkpoint": str(complete_tags(ckpt_dir)[-1]),
         "export": str(export),
         "loss_curve": str(curve),
     }

@@ -446,11 +446,11 @@ def _train(stage: StageConfig, cfg: SFTConfig, out: Path, dist, report) -> dict:
                                                            "data_fingerprint": data["fingerprint"]},
                             cfg.keep_checkpoints)
             window_start = time.time()
-    return _finish(stage, cfg, out, data, module, history, tokens_seen, steps, start, dist, report)
+    return _finish(stage, cfg, out, ckpt_dir, data, module, history, tokens_seen, steps, start, dist, report)
 
 
-def _finish(stage, cfg: SFTConfig, out: Path, data: dict, module, history, tokens_seen, steps, start,
-            dist, report) -> dict:
+def _finish(stage, cfg: SFTConfig, out: Path, ckpt_dir: Path, data: dict, module, history, tokens_seen, steps,
+            start, dist, report) -> dict:
     from training.export import export_model
     from training.pretrain import loss_curve_png
 
@@ -473,7 +473,7 @@ def _finish(stage, cfg: SFTConfig, out: Path, data: dict, module, history, token
         "tokens": tokens_seen, "tokens_per_second": sum(speeds) / len(speeds) if speeds else None,
         "steps": steps, "epochs": steps * cfg.global_batch_size / len(data["train_rows"]), "packing": cfg.packing,
         "resumed_from_step": start, "dense": module.config.n_routed_experts == 0,
-        "checkpoint": str(complete_tags(stage.checkpoint_dir(stage.stage))[-1]), "export": str(export),
+        "checkpoint": str(complete_tags(ckpt_dir)[-1]), "export": str(export),
         "loss_curve": str(loss_curve_png(history, out / "loss_curve.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
