@@ -21,7 +21,7 @@ D=${1:-/tmp/seekflow-fp8-gap}
 SEEDS=${SEEDS:-1 2 3}
 STEPS=${STEPS:-300}
 PY=${PY:-.venv/bin/python}
-mkdir -p "$D/cfg" "$D/runs" "$D/logs"
+mkdir -p "$D/runs" "$D/logs"
 [ -d "$D/data/pretraining_shards" ] || $PY benchmarks/bench_pretrain.py data "$D/data" --vocab 2048 --seq 256 \
     --train 2600 --validation 32
 # the small profile's shape at a quarter of its width (hidden 256, experts 16 x 128, 4 of them a token)
@@ -37,21 +37,21 @@ jobs=()
 for seed in $SEEDS; do
   for prec in bf16 fp8; do
     # shellcheck disable=SC2086
-    $PY benchmarks/bench_pretrain.py config "$D/cfg/${prec}_$seed.json" "$D/data" "$D/runs/${prec}_$seed" \
+    $PY benchmarks/bench_pretrain.py config "$D/runs/${prec}_$seed/stage.json" "$D/data" "$D/runs/${prec}_$seed" \
         $MODEL $TRAIN "pretrain.precision=$prec" "pretrain.seed=$seed" > /dev/null
-    jobs+=("${prec}_$seed")
+    jobs+=("runs/${prec}_$seed")
   done
 done
 first=${SEEDS%% *}
-$PY benchmarks/bench_pretrain.py config "$D/cfg/repeat.json" "$D/data" "$D/repeat/bf16_$first" $MODEL $TRAIN \
+$PY benchmarks/bench_pretrain.py config "$D/repeat/bf16_$first/stage.json" "$D/data" "$D/repeat/bf16_$first" $MODEL $TRAIN \
     pretrain.precision=bf16 "pretrain.seed=$first" > /dev/null
 # the noise floor: the same BF16 run with two threads, whose reductions sum in another order (last bits)
-$PY benchmarks/bench_pretrain.py config "$D/cfg/control.json" "$D/data" "$D/control/bf16_$first" $MODEL $TRAIN \
+$PY benchmarks/bench_pretrain.py config "$D/control/bf16_$first/stage.json" "$D/data" "$D/control/bf16_$first" $MODEL $TRAIN \
     pretrain.precision=bf16 "pretrain.seed=$first" pretrain.threads=2 > /dev/null
-jobs+=(repeat control)
+jobs+=("repeat/bf16_$first" "control/bf16_$first")
 # one thread a run, LANES runs at a time (the FP8 emulation takes about twice as long as BF16)
 printf '%s\n' "${jobs[@]}" | xargs -P "${LANES:-2}" -I{} sh -c \
-    "$PY -m training.pretrain --config $D/cfg/{}.json > $D/logs/{}.log 2>&1 || echo '{} failed: $D/logs/{}.log'"
+    "$PY -m training.pretrain --config $D/{}/stage.json > $D/{}/train.log 2>&1 || echo '{} failed: $D/{}/train.log'"
 $PY benchmarks/bench_pretrain.py summary "$D/runs" "$D/logs" "$D/summary.json" | tail -n 8
 $PY - "$D" "$first" <<'EOF'
 import json, sys
