@@ -5,7 +5,7 @@
 # Why on a CPU. On the H200 the BF16 runs of one config already spread 2.3% between repeats
 # (nondeterministic atomics and attention backward, routing ties: BENCHMARKS.md), far above the
 # 0.25% to resolve. A CPU run with one thread repeats bit for bit, and the FP8 kernels equal the
-# emulation run here to 1e-4 nats per forward on the H200 (BENCHMARKS.md, 2026-11-30 third session),
+# emulation run here to within 1e-3 nats a forward on the H200 (BENCHMARKS.md, 2026-11-30 third session),
 # so what differs between a BF16 and an FP8 run here is the recipe's rounding alone.
 # What it is not: the `small` profile (too slow here). The model is the `small` trainer's
 # architecture at a quarter width and 4 layers, on bench_pretrain.py's synthetic stream.
