@@ -29,27 +29,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_pretrain import WIDTH_BASE  # noqa: E402  (the small profile's widths)
+from benchmarks.bench_pretrain import WIDTH_BASE, build_model  # noqa: E402
 
 
 def build_blocks(profile, precision: str, device: torch.device):
-    """The model's transformer blocks set up as training/pretrain.py sets up the model (expert-parallel
-    wrapper with EP=1, FP8 conversion, SDPA choice), in bf16; and the rotary tables of one sequence."""
-    from training.engine import apply_speed_options
-    from training.expert_parallel import apply_expert_parallel
-    from training.model import Transformer
-    from training.pretrain import convert_model_to_fp8
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Transformer(profile.model)
-    apply_expert_parallel(model, 1)
-    if precision == "fp8":
-        convert_model_to_fp8(model, emulate=device.type != "cuda")
-    apply_speed_options(model, profile.pretrain)
-    model.to(torch.bfloat16).train()
-    seq = profile.shards.sequence_length
-    positions, _ = model._positions_and_mask(1, seq, None, None)
+    """The model's transformer blocks, set up as the trainer sets up the model (bench_pretrain.build_model),
+    and the rotary tables of one sequence."""
+    model = build_model(profile, precision, device)
+    positions, _ = model._positions_and_mask(1, profile.shards.sequence_length, None, None)
     cos, sin = model.rotary(positions)  # (1, T, rope/2)
     return model, list(model.layers), cos, sin
 

@@ -375,6 +375,26 @@ WIDTH_BASE = {"hidden_size": 1024, "intermediate_size": 2816, "moe_intermediate_
               "q_lora_rank": 384, "kv_lora_rank": 256, "num_attention_heads": 16}  # the small profile
 
 
+def build_model(profile, precision: str, device):
+    """training/model's Transformer set up as training/pretrain.py does (expert-parallel wrapper with
+    EP=1, FP8 conversion, emulated off CUDA, SDPA choice), bf16 weights, train mode, seed 0."""
+    import torch
+
+    from training.engine import apply_speed_options
+    from training.expert_parallel import apply_expert_parallel
+    from training.model import Transformer
+    from training.pretrain import convert_model_to_fp8
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Transformer(profile.model)
+    apply_expert_parallel(model, 1)
+    if precision == "fp8":
+        convert_model_to_fp8(model, emulate=torch.device(device).type != "cuda")
+    apply_speed_options(model, profile.pretrain)
+    return model.to(torch.bfloat16).train()
+
+
 def time_model_step(profile, precision: str, micro_batch: int, steps: int, warmup: int = 3,
                     kernel_profile: bool = False) -> dict:
     """tokens/s of forward + backward + AdamW step + router bias update of training/model's
@@ -386,20 +406,9 @@ def time_model_step(profile, precision: str, micro_batch: int, steps: int, warmu
     import torch
 
     from training import distributed
-    from training.engine import apply_speed_options
-    from training.expert_parallel import apply_expert_parallel
-    from training.model import Transformer
-    from training.pretrain import convert_model_to_fp8
 
     dist = distributed.init()
-    torch.manual_seed(0)
-    with torch.device(dist.device):
-        model = Transformer(profile.model)
-    apply_expert_parallel(model, 1)
-    if precision == "fp8":
-        convert_model_to_fp8(model, emulate=False)
-    apply_speed_options(model, profile.pretrain)
-    model.to(torch.bfloat16).train()
+    model = build_model(profile, precision, dist.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     seq, vocab = profile.shards.sequence_length, profile.model.vocab_size
     batch = torch.randint(0, vocab, (micro_batch, seq + 1), device=dist.device)

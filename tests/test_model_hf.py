@@ -8,6 +8,9 @@ the selection, MTP. Everything is built locally with random weights; nothing com
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,10 +165,6 @@ def test_transformers_models_import_beside_our_kernels_package():
     """Our top-level `kernels` package shares its name with Hugging Face's `kernels` distribution, which
     transformers imports when it is installed (a hard dependency from transformers 5.25 on): the
     DeepSeek-V3 model class must still import in a process that runs from the repository root."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     code = "import kernels.fp8_gemm\nfrom transformers import DeepseekV3ForCausalLM\nprint(DeepseekV3ForCausalLM.__name__)"
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
