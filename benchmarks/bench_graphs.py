@@ -50,6 +50,24 @@ def blocks_step(blocks, x, cos, sin) -> None:
     (h.float().square().mean() + balance).backward()
 
 
+def count_host_syncs(step) -> dict:
+    """Host syncs in one eager step (torch.cuda.set_sync_debug_mode warns at each): every one stalls
+    Python until the GPU catches up, so host and GPU time add up instead of overlapping, and each
+    one makes a CUDA-graph capture fail."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    return {"count": len(where), "kinds": sorted(set(where))[:8]}
+
+
 def time_blocks(profile, precision: str, micro_batch: int, iters: int, graphed: bool, device) -> dict:
     """ms per micro-batch of blocks_step, eager or graphed; host ms = Python time to queue one step."""
     model, blocks, cos, sin = build_blocks(profile, precision, device)
@@ -58,6 +76,8 @@ def time_blocks(profile, precision: str, micro_batch: int, iters: int, graphed: 
     for _ in range(3):  # eager warm-up: Triton autotuning, `auto` backend choices, allocator
         blocks_step(blocks, x, cos, sin)
     res = {}
+    if device.type == "cuda" and not graphed:
+        res["host_syncs"] = count_host_syncs(lambda: blocks_step(blocks, x, cos, sin))
     if graphed:
         samples = tuple((torch.randn_like(x).requires_grad_(), cos, sin) for _ in blocks)
         blocks = list(torch.cuda.make_graphed_callables(tuple(blocks), samples))
@@ -124,6 +144,8 @@ def main() -> None:
             ratio = f"{e['ms'] / g['ms']:.2f}" if "ms" in e and "ms" in g else "-"
             print(f"| {s} | {precision} | {e.get('ms', e.get('error'))} | {e.get('host_ms', '-')} | "
                   f"{g.get('ms', g.get('error', '-'))} | {ratio} |", flush=True)
+            if e.get("host_syncs"):
+                print(f"  host syncs per eager step: {e['host_syncs']}", flush=True)
     for s in a.scales:  # FP8 over BF16, eager and graphed
         rows = {r["precision"]: r for r in res["rows"] if r["scale"] == s}
         for key in ("eager", "graphed"):

@@ -67,7 +67,8 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     E = num_experts
     dev = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (T*k,)
-    counts = torch.bincount(flat, minlength=E)[:E]  # (E,)
+    # NOTE: not torch.bincount, which reads its max on the host: a sync on CUDA, and a failed CUDA-graph capture
+    counts = torch.zeros(E, dtype=torch.long, device=dev).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
     padded = (counts + align - 1) // align * align
     offsets = torch.zeros(E + 1, dtype=torch.long, device=dev)
     offsets[1:] = torch.cumsum(padded, 0)
@@ -85,7 +86,7 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     row_of[order] = rows
     tile_start = torch.arange(0, P, align, device=dev)
     tile_expert = torch.searchsorted(offsets[1:], tile_start, right=True).int()
-    tile_expert[tile_expert >= E] = -1
+    tile_expert = torch.where(tile_expert >= E, -1, tile_expert)  # not a masked store: that may read the mask on the host
     return Routing(T, k, E, src_token, row_of.view(T, k), offsets, counts, tile_expert)
 
 
