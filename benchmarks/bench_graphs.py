@@ -65,7 +65,7 @@ def count_host_syncs(step) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     where = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
-    return {"count": len(where), "kinds": sorted(set(where))[:8]}
+    return {"count": len(where), "sites": sorted(set(where))[:8]}
 
 
 def time_blocks(profile, precision: str, micro_batch: int, iters: int, graphed: bool, device) -> dict:

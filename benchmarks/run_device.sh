@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One device call: GPU kernel tests, all kernel benchmarks, SASS check of the Triton GEMM cubins, and
-# (WIDTHS set) the FP8-vs-BF16 width scan of the real model. Logs under $OUT.
-# With two GPUs the tests and the width scan run on GPU 1 while the benchmarks have GPU 0 to
-# themselves (timings are CUDA events on GPU 0; the tests only compile and check there).
+# One device call: GPU kernel tests, all kernel benchmarks, SASS check of the Triton GEMM cubins,
+# (WIDTHS set) the FP8-vs-BF16 width scan of the real model, and (GRAPHS set) bench_graphs.py: the
+# model's blocks eager against CUDA graphs, with an eager step's host syncs. Logs under $OUT.
+# With two GPUs the tests, the width scan and the graphs run on GPU 1 while the benchmarks have GPU 0
+# to themselves (timings are CUDA events on GPU 0; the tests only compile and check there).
 #   TEST_S=240 BENCH_S=420 WIDTHS="--scales 1 2 4" bash benchmarks/run_device.sh
+#   BENCH_S=0 GRAPHS="--scales 1 4" bash benchmarks/run_device.sh     (tests and graphs only)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -13,21 +15,29 @@ python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, t
 NGPU=$(nvidia-smi -L | wc -l)
 SIDE=$(( NGPU > 1 ? 1 : 0 ))
 
-side() {  # tests, then the width scan (it needs the training wheels: deepspeed, pydantic, ...)
+side() {  # tests, then the width scan and the graphs (they need the training wheels: deepspeed, pydantic, ...)
   CUDA_VISIBLE_DEVICES=$SIDE timeout ${TEST_S:-240} python3 -m pytest tests/test_kernels_gpu.py -q -rs -n ${TEST_WORKERS:-6} \
     -p no:cacheprovider > "$OUT/tests.log" 2>&1
   echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
-  if [ -n "$WIDTHS" ]; then
+  if [ -n "$WIDTHS$GRAPHS" ]; then
     # NOTE: `python3 -m pip`, not `pip`: the bare pip on the PATH belongs to another interpreter
     python3 -m pip install -q --no-index --find-links .whl -r .whl/requirements.txt > /tmp/pip.log 2>&1 \
       || python3 -m pip install -q --no-index --no-deps --find-links .whl -r .whl/requirements.txt >> /tmp/pip.log 2>&1
+  fi
+  if [ -n "$WIDTHS" ]; then
     CUDA_VISIBLE_DEVICES=$SIDE timeout ${WIDTH_S:-300} python3 benchmarks/bench_pretrain.py widths \
       "$OUT/widths.json" $WIDTHS > "$OUT/widths.log" 2>&1
     echo "widths rc=$?"; cat "$OUT/widths.log" | grep -v Warning | tail -12
   fi
+  if [ -n "$GRAPHS" ]; then
+    CUDA_VISIBLE_DEVICES=$SIDE timeout ${GRAPHS_S:-300} python3 benchmarks/bench_graphs.py "$OUT/graphs.json" \
+      $GRAPHS > "$OUT/graphs.log" 2>&1
+    echo "graphs rc=$?"; grep -v -i warn "$OUT/graphs.log" | tail -30 | cut -c1-400
+  fi
 }
 
 bench() {
+  [ "${BENCH_S:-420}" = 0 ] && return
   CUDA_VISIBLE_DEVICES=0 timeout ${BENCH_S:-420} python3 benchmarks/bench_kernels.py --json "$OUT/bench.json" \
     $BENCH_ARGS > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"

@@ -59,6 +59,13 @@ class Routing:
         return self.src_token.shape[0]
 
 
+def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(num_experts,) int64 rows per expert. NOTE: not torch.bincount, which reads its max on the
+    host: a sync on CUDA (so a failed CUDA-graph capture), and a data-dependent shape under torch.compile."""
+    return torch.zeros(num_experts, dtype=torch.long, device=expert.device).scatter_add_(
+        0, expert.long(), torch.ones_like(expert, dtype=torch.long))
+
+
 def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -> Routing:
     """Sort the (token, slot) pairs by expert, stably, into 128-row-aligned segments (no host sync)."""
     assert topk_ids.dim() == 2, f"make_routing: topk_ids must be (T, k), got {tuple(topk_ids.shape)}"
@@ -67,8 +74,7 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     E = num_experts
     dev = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (T*k,)
-    # NOTE: not torch.bincount, which reads its max on the host: a sync on CUDA, and a failed CUDA-graph capture
-    counts = torch.zeros(E, dtype=torch.long, device=dev).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
+    counts = expert_counts(flat, E)  # (E,)
     padded = (counts + align - 1) // align * align
     offsets = torch.zeros(E + 1, dtype=torch.long, device=dev)
     offsets[1:] = torch.cumsum(padded, 0)

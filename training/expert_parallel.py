@@ -35,7 +35,8 @@ from deepspeed.utils import groups
 from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 
-from training.model.moe import Experts, MoE, expert_counts, expert_swiglu
+from kernels.moe import expert_counts
+from training.model.moe import Experts, MoE, expert_swiglu
 
 MOE_PREFIX = "deepspeed_moe.experts.deepspeed_experts.0."  # DeepSpeed's per-expert key layout
 

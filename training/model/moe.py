@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.moe import expert_counts
+
 from .config import ModelConfig
 
 
@@ -115,13 +117,6 @@ class Experts(nn.Module):
         ys = expert_swiglu(x[token], flat[order], self.w1, self.w2, self.w3)  # (N*K, D), sorted by expert
         ys = ys * weights.flatten()[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
-
-
-def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """(num_experts,) int64 rows per expert. NOTE: not torch.bincount, which reads its max on the
-    host (a sync on CUDA, and a data-dependent shape under torch.compile)."""
-    return torch.zeros(num_experts, dtype=torch.long, device=expert.device).scatter_add_(
-        0, expert.long(), torch.ones_like(expert, dtype=torch.long))
 
 
 def use_grouped_mm(x: torch.Tensor, w: torch.Tensor) -> bool:
