@@ -198,3 +198,14 @@ def test_expert_parallel_two_processes_match_one(shards_home, tmp_path):
     val_one = [h["val_loss"] for h in one if "val_loss" in h][-1]
     val_two = [h["val_loss"] for h in two if "val_loss" in h][-1]
     assert val_two == pytest.approx(val_one, rel=5e-3)
+
+
+def test_a_cpu_run_repeats_bit_for_bit_with_two_threads(shards_home, tmp_path):
+    # users rerun a stage and compare in MLflow: on one machine and thread count the losses must be
+    # the same, not 0.1% apart (the experts' backward added rows from two threads with atomics)
+    overrides = {"pretrain.threads": 2, "pretrain.steps": 12, "pretrain.log_every": 1, "pretrain.eval_every": 12}
+    first = _train_directly(shards_home, tmp_path / "first", overrides, nproc=1)
+    second = _train_directly(shards_home, tmp_path / "second", overrides, nproc=1)
+    losses = [[(h["step"], h.get("loss"), h.get("val_loss")) for h in run] for run in (first, second)]
+    assert len(losses[0]) == 13
+    assert losses[0] == losses[1]

@@ -34,6 +34,15 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
     logger = setup_logging(Path(stage.output_dir), dist.rank)
     if threads:
         torch.set_num_threads(threads)
+    # NOTE: on a CPU a stage repeats bit for bit (same machine, same thread count) only with
+    # deterministic algorithms: the backward of the experts' gather `x[token]` (index_put_ with
+    # accumulate) otherwise adds float rows from several threads with atomics, and the tiny
+    # profile's losses drifted apart from the same seed by step 30 (2026-12-05). The serial version
+    # costs nothing measurable there. GPUs keep the fast kernels (cuBLAS and the atomics would
+    # need CUBLAS_WORKSPACE_CONFIG and slower paths).
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if dist.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
     report = Reporter(dist.rank, logger, stage.mlflow)
     # the GPU kernels' per-shape backend choices (kernels/autoselect.py) are recorded beside the
     # checkpoints, so a resumed run computes with the same kernels as the run it continues; a
@@ -49,6 +58,7 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
         report.close(failed=failed)
         if inherited is None:
             del os.environ[CHOICES_ENV]
+        torch.use_deterministic_algorithms(deterministic_before)
 
 
 def stage_main(train: Callable[[StageConfig], dict], description: str) -> Callable[[list[str] | None], int]:
