@@ -1,11 +1,13 @@
 """R1-Zero's acceptance on the default run: from an empty home, the tiny profile's real corpus, base
 and GRPO stages (Dagster, DeepSpeed, MLflow) give r1_zero a held-out pass@1 interval above v3_base's.
 
-About 9 minutes on 2 CPU cores. CPU training is not bit-reproducible, so this is a claim about a
-distribution of runs. With 24 GRPO steps and 258 held-out tasks it failed once in CI (2026-12-05:
-base 0.037 [0.021, 0.052], r1_zero 0.068 [0.048, 0.087]); the tiny profile now takes 48 steps and
-about 465 tasks (2026-12-05: base 0.035 [0.025, 0.045], r1_zero 0.072 [0.054, 0.090]). The README
-says where the gain comes from.
+About 9 minutes on 2 CPU cores. With 24 GRPO steps and 258 held-out tasks it failed once in CI
+(2026-12-05: base 0.037 [0.021, 0.052], r1_zero 0.068 [0.048, 0.087]), when CPU training was not yet
+bit-reproducible (atomic adds in the experts' backward). CPU stages now run deterministically
+(training/entrypoint.py), so on one machine and thread count every run gives the same figures: with
+48 steps and about 465 tasks, base 0.028 [0.019, 0.037], r1_zero 0.092 [0.074, 0.109] (2026-12-05,
+2 cores, twice, identical weights). Another machine may order its sums differently and land
+elsewhere. The README says where the gain comes from.
 """
 
 import json
