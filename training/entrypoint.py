@@ -34,21 +34,22 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
     logger = setup_logging(Path(stage.output_dir), dist.rank)
     if threads:
         torch.set_num_threads(threads)
-    # NOTE: on a CPU a stage repeats bit for bit (same machine, same thread count) only with
-    # deterministic algorithms: the backward of the experts' gather `x[token]` (index_put_ with
-    # accumulate) otherwise adds float rows from several threads with atomics, and the tiny
-    # profile's losses drifted apart from the same seed by step 30 (2026-12-05). The serial version
-    # costs nothing measurable there. GPUs keep the fast kernels (cuBLAS and the atomics would
-    # need CUBLAS_WORKSPACE_CONFIG and slower paths).
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if dist.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
     report = Reporter(dist.rank, logger, stage.mlflow)
     # the GPU kernels' per-shape backend choices (kernels/autoselect.py) are recorded beside the
     # checkpoints, so a resumed run computes with the same kernels as the run it continues; a
     # choices file the user set is kept, and the variable is restored for later in-process stages
     inherited = os.environ.get(CHOICES_ENV)
     os.environ[CHOICES_ENV] = inherited or str(kernel_choices_file(stage))
+    # NOTE: on a CPU a stage repeats bit for bit (same machine, same thread count) only with
+    # deterministic algorithms: the backward of the experts' gather `x[token]` (index_put_ with
+    # accumulate) otherwise adds float rows from several threads with atomics, and the tiny
+    # profile's losses drifted apart from the same seed by step 30 (2026-12-05). The serial version
+    # costs nothing measurable there (pretraining 5,270-5,420 tok/s against 5,000-5,040; GRPO the
+    # same 24 s for 11 steps). GPUs keep the fast kernels (cuBLAS and the atomics would
+    # need CUBLAS_WORKSPACE_CONFIG and slower paths).
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if dist.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
     failed = True
     try:
         result = body(dist, report)
