@@ -100,3 +100,14 @@ def test_corpus_group_materializes_with_planted_duplicates(seekflow_home, fixtur
     dedup_run = next(r for r in runs if r.data.tags.get("seekflow.asset") == "deduplicated_corpus")
     assert dedup_run.data.metrics["docs_excluded"] == 9
     assert {i.dataset.name for i in dedup_run.inputs.dataset_inputs} == {"filtered_web", "filtered_code"}
+
+
+def test_python_metadata_reads_installed_readmes_but_not_seekflows_own():
+    # the project's README in its own corpus made every README edit retrain a different model
+    import importlib.metadata
+
+    from training.corpus.builtin import builtin_documents
+
+    packages = {d["meta"]["package"].lower() for d in builtin_documents("python-metadata")}
+    assert importlib.metadata.distribution("seekflow").metadata["Name"]  # installed, so it had to be skipped
+    assert "dagster" in packages and "seekflow" not in packages
