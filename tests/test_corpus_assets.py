@@ -103,7 +103,7 @@ def test_corpus_group_materializes_with_planted_duplicates(seekflow_home, fixtur
 
 
 def test_python_metadata_reads_installed_readmes_but_not_seekflows_own():
-    # the project's README in its own corpus made every README edit retrain a different model
+    # this README is about the pipeline, not a source: an edit must not be able to change the corpus
     import importlib.metadata
 
     from training.corpus.builtin import builtin_documents
