@@ -213,8 +213,31 @@ def linear_section(tokens: int = 16384) -> list[dict]:
     return rows
 
 
+def hbm_bandwidth() -> float:
+    """Bytes/s of a 4 GiB device-to-device copy, counting the read and the write."""
+    src = torch.empty(2**31, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * 2**32 / (ms * 1e-3)
+
+
+def grouped_bounds(E, rows_total, used_rows, N, K, flop, dense_ms, bw, elt=2) -> dict:
+    """Two ceilings on a grouped GEMM, as fractions of the dense GEMM of the same FLOPs:
+    - padding: every computed row ran at the dense GEMM's speed, padding rows (segments rounded up
+      to 128) included: rows_total / used_rows;
+    - memory: E weight matrices (the dense GEMM reads one), the routed rows and the output, each
+      moved once at the copy's bandwidth: no faster than those bytes take."""
+    weights, rows_in, rows_out = E * N * K * elt, used_rows * K * elt, used_rows * N * 2
+    memory_ms = (weights + rows_in + rows_out) / bw * 1e3
+    return {"used_rows": used_rows, "padding_bound": rows_total / used_rows,
+            "memory_ms": memory_ms, "memory_bound": dense_ms / memory_ms,
+            "memory_bound_tflops": tflops(flop, memory_ms)}
+
+
 def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dict]:
     out = []
+    bw = hbm_bandwidth()
+    print(f"(HBM copy bandwidth, read + write: {bw / 1e12:.2f} TB/s)")
     x_tok = torch.randn(rows_total, K, device="cuda", dtype=torch.bfloat16)
     dense_w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     flop = 2.0 * rows_total * N * K
@@ -224,8 +247,9 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         r = make_routing(ids, E)
         xp = permute(x_tok, r)
         w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
-        res = {"experts": E}
+        res = {"experts": E, "hbm_TBps": bw / 1e12}
         res["dense_ms"] = bench(lambda: x_tok @ dense_w.t())  # again for every row: it drifts 5-10%
+        res["bounds_bf16"] = grouped_bounds(E, rows_total, int(r.offsets[E]), N, K, flop, res["dense_ms"], bw)
         res["classic_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="classic"))
         res["tma_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma"))
         xq, xs = act_quant_triton(xp)
@@ -258,10 +282,12 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         res["best_bf16_vs_dense"] = res["dense_ms"] / best
         out.append(res)
         g = lambda k: fmt(res.get(k))  # noqa: E731
+        b = res["bounds_bf16"]
         print(f"| {E} | {g('dense_tflops')} | {g('classic_bf16_tflops')} | {g('tma_bf16_tflops')} | "
               f"{g('classic_fp8_tflops')} | {g('tma_fp8_tflops')} | {g('loop_bf16_tflops')} | "
-              f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | {res['auto_bf16']['impl']} |",
-              flush=True)
+              f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | "
+              f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
+              f"{res['auto_bf16']['impl']} |", flush=True)
     return out
 
 
@@ -364,8 +390,9 @@ def main():
     if "grouped" in sections:
         print("\n## Grouped GEMM, 32768 routed rows x N=1536 x K=2048, TFLOP/s of the routed FLOPs")
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "
-              "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | auto |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | "
+              "bf16 ceiling / dense (padding, memory) | auto |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")
