@@ -213,6 +213,50 @@ def linear_section(tokens: int = 16384) -> list[dict]:
     return rows
 
 
+def dispatch_section(tokens: int = 16384, topk: int = 4, E: int = 32) -> list[dict]:
+    """The trainer's FP8 experts (training/expert_parallel.py at ep_size 1), forward + backward, ms:
+    one dispatch (grouped_swiglu sorts, permutes and combines with the gating weights) against the
+    two of the 2026-11-30 code (a sort, gather and scatter-add in the wrapper around the grouped
+    kernels' own), same weights, back to back; and bf16 experts (torch._grouped_mm) for scale."""
+    from types import SimpleNamespace
+
+    from training import distributed
+    from training.expert_parallel import ExpertParallelExperts, swiglu_experts
+
+    distributed.init()
+    rows = []
+    for D, I, what in [(1024, 512, "small (1x)"), (4096, 2048, "4x width")]:
+        w = [torch.randn(E, a, b, device="cuda", dtype=torch.bfloat16) / math.sqrt(b) for a, b in ((I, D), (D, I), (I, D))]
+        wrapped = ExpertParallelExperts(SimpleNamespace(w1=w[0], w2=w[1], w3=w[2]), ep_size=1)
+        x = torch.randn(tokens, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        ids = torch.stack([torch.randperm(E, device="cuda")[:topk] for _ in range(tokens)])
+        gate = torch.softmax(torch.randn(tokens, topk, device="cuda"), -1)
+        dy = torch.randn(tokens, D, device="cuda", dtype=torch.bfloat16)
+        b = wrapped.block
+
+        def two_dispatches():  # the wrapper's FP8 branch as it was before 2026-12-05
+            flat = ids.flatten()
+            order = flat.argsort(stable=True)
+            token = order // topk
+            ys = swiglu_experts(x[token], flat[order], b.w1, b.w2, b.w3, "gpu")
+            ys = ys * gate.flatten()[order, None].to(x.dtype)
+            return torch.zeros_like(x).index_add_(0, token, ys)
+
+        def step(fn):
+            fn().backward(dy)
+
+        r = {"what": what, "D": D, "I": I, "E": E, "tokens": tokens, "topk": topk}
+        wrapped.fp8 = None
+        r["bf16_ms"] = bench(lambda: step(lambda: wrapped(x, ids, gate)))
+        wrapped.fp8 = "gpu"
+        r["fp8_two_dispatches_ms"] = bench(lambda: step(two_dispatches))
+        r["fp8_one_dispatch_ms"] = bench(lambda: step(lambda: wrapped(x, ids, gate)))
+        rows.append(r)
+        print(f"| {what} | {r['bf16_ms']:.3f} | {r['fp8_two_dispatches_ms']:.3f} | {r['fp8_one_dispatch_ms']:.3f} | "
+              f"{r['fp8_two_dispatches_ms'] / r['fp8_one_dispatch_ms']:.2f} |", flush=True)
+    return rows
+
+
 def hbm_bandwidth() -> float:
     """Bytes/s of a 4 GiB device-to-device copy, counting the read and the write."""
     src = torch.empty(2**31, dtype=torch.bfloat16, device="cuda")
@@ -405,6 +449,11 @@ def main():
               "FP8 now, weight cached | bf16 / FP8 cached |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         results["linear"] = linear_section()
+    if "dispatch" in sections:
+        print("\n## The trainer's FP8 experts, forward + backward (16,384 tokens, top 4 of 32), ms")
+        print("| width | bf16 experts | FP8, two dispatches (before) | FP8, one dispatch | before / now |")
+        print("| --- | --- | --- | --- | --- |")
+        results["dispatch"] = dispatch_section()
     if "host" in sections:
         print(f"\n## Host time of one linear's forward + backward (1024 -> 512, 16,384 tokens), ms per call")
         print("| path | host (queueing) | wall | GPU (do_bench) |")

@@ -551,6 +551,36 @@ def test_grouped_experts_forward_and_grads(fp8):
         assert rel(p.grad, q.grad) < bound
 
 
+def test_the_trainers_fp8_experts_on_one_rank_are_the_grouped_experts():
+    # the trainer's FP8 experts (an expert-parallel wrapper at ep_size 1, set by `use_fp8_experts`)
+    # dispatch once, through the grouped kernels' own permutation and combine: the same output and
+    # gradients as GroupedExperts on the same weights, bit for bit, in the trainer's bf16 (the old
+    # path weighted each expert's output in bf16 before summing; combine sums in float32)
+    from types import SimpleNamespace
+
+    from training import distributed
+    from training.expert_parallel import ExpertParallelExperts
+
+    distributed.init()  # the wrapper lives on DeepSpeed's expert-parallel groups
+    T, D, I, E, k = 40, 128, 96, 5, 2
+    ex = GroupedExperts(E, D, I, init_std=0.1).to(torch.bfloat16)
+    ex.fp8 = True
+    wrapped = ExpertParallelExperts(SimpleNamespace(w1=ex.w1, w2=ex.w2, w3=ex.w3), ep_size=1)
+    wrapped.fp8 = "emulate"
+    ids, tw = _routing_inputs(T, k, E)
+    x = torch.randn(T, D, dtype=torch.bfloat16)
+    dy = torch.randn(T, D, dtype=torch.bfloat16)
+    grads = []
+    for module in (ex, wrapped):
+        xi, twi = x.clone().requires_grad_(), tw.clone().requires_grad_()
+        y = module(xi, ids, twi)
+        y.backward(dy)
+        b = module.block if module is wrapped else module
+        grads.append([y.detach(), xi.grad, twi.grad, b.w1.grad, b.w2.grad, b.w3.grad])
+    for name, a, b in zip(("y", "dx", "d topk_w", "dw1", "dw2", "dw3"), *grads):
+        assert torch.equal(a, b), name
+
+
 def test_act_quant_dispatch_is_reference_on_cpu():
     x = torch.randn(8, 256)
     assert all(torch.equal(a.float(), b.float()) for a, b in zip(act_quant(x), act_quant_ref(x)))
