@@ -8,7 +8,9 @@ bit-reproducible (atomic adds in the experts' backward). CPU stages now run dete
 48 steps and about 465 tasks, base 0.028 [0.019, 0.037], r1_zero 0.092 [0.074, 0.109] (2026-12-05,
 2 cores, twice, identical weights). The corpus follows the installed package versions: CI's fresh
 venv of the same day gave base 0.032 [0.023, 0.042], r1_zero 0.060 [0.046, 0.074] (twice), a margin
-of only 0.004. Another machine may order its sums differently and land elsewhere. The README says
+of only 0.004. That install is the lock `make setup` now uses on Python 3.11 (infra/lock/), and CI
+and a `make run` from it gave those figures again; a change to the corpus, tokenizer, model or GRPO
+redraws them. Another machine may order its sums differently and land elsewhere. The README says
 where the gain comes from.
 """
 

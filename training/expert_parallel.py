@@ -35,6 +35,7 @@ from deepspeed.utils import groups
 from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 
+from kernels.experts import grouped_swiglu
 from kernels.moe import expert_counts
 from training.model.moe import Experts, MoE, expert_swiglu
 
@@ -57,8 +58,6 @@ def swiglu_experts(h: torch.Tensor, expert: torch.Tensor, w1, w2, w3, fp8: str |
     fp8: None (the model's own `expert_swiglu`: grouped GEMM on Hopper in bf16, a per-expert loop
     elsewhere), "gpu" or "emulate" (kernels/experts.py's FP8 grouped GEMM, or its CPU emulation)."""
     if fp8 is not None:  # the kernel permutes by expert itself (128-row aligned segments)
-        from kernels.experts import grouped_swiglu
-
         ones = torch.ones((h.shape[0], 1), dtype=torch.float32, device=h.device)
         return grouped_swiglu(h, expert[:, None], ones, w1, w2, w3, fp8=True, emulate=fp8 == "emulate")
     order = expert.argsort(stable=True)
@@ -116,8 +115,6 @@ class ExpertParallelExperts(DeepSpeedMoE):
             # NOTE: the FP8 grouped GEMM sorts, permutes into its 128-row segments and combines with
             # the gating weights itself: one dispatch. Gathering the sorted rows here first, as below,
             # made it two (a sort, a gather and a scatter-add of (N*K, D) more per layer).
-            from kernels.experts import grouped_swiglu
-
             return grouped_swiglu(x, indices, weights, b.w1, b.w2, b.w3, fp8=True, emulate=self.fp8 == "emulate")
         flat = indices.flatten()  # (N*K,)
         order = flat.argsort(stable=True)  # pairs grouped by expert, so by owner rank too
