@@ -112,9 +112,9 @@ def grouped_tma():
                    **{a: "i32" for a in ("P", "N", "K", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn",
                                          "OUT_BYTES")}}
             consts = {"IS_FP8": fp8, "ALIGN_M": 128, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-                      "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132, "WS": kw["WS"]}
+                      "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(m._grouped_gemm_tma_kernel, sig, consts, cfg,
-                   f"grouped tma {dt} {bm}x{bn}x{bk} flatten={kw['FLATTEN']}" + (" ws" if kw["WS"] else ""))
+                   f"grouped tma {dt} {bm}x{bn}x{bk} flatten={kw['FLATTEN']}")
 
 
 def wgrad():

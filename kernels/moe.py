@@ -242,9 +242,9 @@ if HAS_TRITON:
 
     _grouped_gemm_tuned = autotuned(_grouped_gemm_kernel, _GG_CONFIGS, key=["N", "K", "IS_FP8"])
 
-    def _gg_tma_config(bm, bn, bk, warps, stages, flatten=True, ws=False):
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten,
-                              "WS": ws}, num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
+    def _gg_tma_config(bm, bn, bk, warps, stages, flatten=True):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten},
+                             num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
 
     # NOTE: BLOCK_M must divide ALIGN (128): a row tile never spans two experts. Shared memory
     # (ptxas, sm_90, limit 227 KB): 128x256x64 with 3 stages 208 KB, with 4 stages 256 KB (too much)
@@ -255,16 +255,12 @@ if HAS_TRITON:
         _gg_tma_config(128, 128, 64, 4, 4),
         _gg_tma_config(64, 256, 64, 4, 4),
         _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
-        _gg_tma_config(128, 128, 64, 4, 4, flatten=False, ws=True),
-        _gg_tma_config(128, 128, 64, 4, 6, flatten=False, ws=True),
     ]
     _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
         _gg_tma_config(128, 128, 128, 8, 4),
         _gg_tma_config(64, 256, 128, 8, 4),
         _gg_tma_config(64, 128, 128, 4, 4),
         _gg_tma_config(128, 128, 128, 8, 3, flatten=False),
-        _gg_tma_config(128, 128, 128, 4, 4, flatten=False, ws=True),
-        _gg_tma_config(128, 128, 128, 4, 3, flatten=False, ws=True),
     ]
 
     @triton.jit
@@ -272,14 +268,14 @@ if HAS_TRITON:
                                  stride_cm, stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
                                  IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                                 FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr, WS: tl.constexpr = False):
+                                 FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
         # device, so tiles of the static padding bound past the last segment cost nothing
         used = tl.load(used_ptr).to(tl.int32)
         num_m = tl.cdiv(used, BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)
         k_steps = tl.cdiv(K, BLOCK_K)
-        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN, warp_specialize=WS):
+        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN):
             pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
@@ -306,13 +302,7 @@ if HAS_TRITON:
                         acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
                 else:
                     acc = tl.dot(a, b.T, acc)
-            if WS:  # a TMA store of the whole tile does not survive the pass's row split (fp8_gemm.py)
-                offs_m = off_m + tl.arange(0, BLOCK_M)
-                offs_n = off_n + tl.arange(0, BLOCK_N)
-                tl.store(c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :],
-                         acc.to(c_ptr.dtype.element_ty), mask=offs_n[None, :] < N)
-            else:
-                c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+            c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
         # rows [used, P), the static bound's slack: zeros (see grouped_gemm's NOTE), through plain
         # stores (a TMA store would want a staging buffer in shared memory beside the pipeline's)
         zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)

@@ -246,7 +246,7 @@ def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
     assert rel(y[t], moe_ref(x[t], ids[t], tw[t], w)) < (FP8_BOUND if fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("fp8,idx", [(False, i) for i in range(8)] + [(True, i) for i in range(6)])
+@pytest.mark.parametrize("fp8,idx", [(False, i) for i in range(6)] + [(True, i) for i in range(4)])
 def test_grouped_tma_every_config(fp8, idx):
     from kernels.moe import grouped_gemm, grouped_gemm_ref
     _, _, _, _, r, args = _moe_inputs(1000, 8, 2, 512, 384, fp8)
@@ -263,9 +263,7 @@ def test_grouped_gemm_configs_and_kernels_give_the_same_bits(fp8):
     _, _, _, _, r, args = _moe_inputs(4096, 16, 4, 512, 384, fp8)
     from triton.runtime.errors import OutOfResources
     outs = []
-    from kernels.moe import _GG_TMA_CONFIGS, _GG_TMA_FP8_CONFIGS
-    ws = next(i for i, c in enumerate(_GG_TMA_FP8_CONFIGS if fp8 else _GG_TMA_CONFIGS) if c.kwargs["WS"])
-    for impl, i in (("tma", 0), ("tma", 1), ("tma", 2), ("tma", ws), ("classic", 0), ("classic", None)):
+    for impl, i in (("tma", 0), ("tma", 1), ("tma", 2), ("classic", 0), ("classic", None)):
         try:
             outs.append(grouped_gemm(*args, out_dtype=torch.float32, impl=impl, config=i))
         except OutOfResources:  # a config that does not fit the chip is never chosen (the autotuner skips it)
