@@ -2,8 +2,8 @@
 
     python benchmarks/bench_kernels.py [--quick] [--json results.json]
 
-1. FP8 blockwise GEMM (ours, Triton: classic, TMA-persistent, warp-specialized) against
-   torch._scaled_mm with rowwise and blockwise scales (cuBLAS) and against a bf16 matmul, on DeepSeek-V3 shapes, MoE
+1. FP8 blockwise GEMM (ours, Triton: classic and TMA-persistent) against torch._scaled_mm with
+   rowwise and blockwise scales (cuBLAS) and against a bf16 matmul, on DeepSeek-V3 shapes, MoE
    expert shapes and small shapes; our dgrad / wgrad layouts; what `backend="auto"` picks, three
    times from an empty cache (is the choice stable?), with the medians it measured.
 2. Quantization kernels' bandwidth.
@@ -99,19 +99,15 @@ def gemm_section(shapes) -> list[dict]:
         r["fp8_blockwise_cublas"] = try_bench(lambda: fp8_gemm_cublas(xq, xs, wq, ws, 128))
         r["fp8_blockwise_classic"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="classic"))
         r["fp8_blockwise_tma"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="tma"))
-        r["fp8_blockwise_ws"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="ws"))
         r["tma_configs"] = config_timings(fp8_gemm_mod._fp8_gemm_tma_tuned)
-        r["ws_configs"] = config_timings(fp8_gemm_mod._fp8_gemm_ws_tuned)
         # the backward layouts of the same layer (TMA kernel): dgrad (M,N)x(N,K) and wgrad over M tokens
         dyq, dys = act_quant_triton(torch.randn(M, N, device="cuda", dtype=torch.bfloat16))
         wtq, wts = wq.t().contiguous(), ws.t().contiguous()
         r["dgrad_tma"] = try_bench(lambda: fp8_gemm_triton(dyq, dys, wtq, wts, 128, impl="tma"))
-        r["dgrad_ws"] = try_bench(lambda: fp8_gemm_triton(dyq, dys, wtq, wts, 128, impl="ws"))
         dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
         dtq, dts = act_quant_triton(dy.t())
         xtq, xts = act_quant_triton(x.t())
         r["wgrad_tma"] = try_bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32, impl="tma"))
-        r["wgrad_ws"] = try_bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32, impl="ws"))
         # what "auto" picks, three times from an empty cache, and the medians of its last pick
         picks = []
         for _ in range(3):
@@ -120,7 +116,7 @@ def gemm_section(shapes) -> list[dict]:
         r["auto_picks"] = picks
         r["auto_choice"] = fp8_gemm_mod.backend_choices()[-1]
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_classic",
-                    "fp8_blockwise_tma", "fp8_blockwise_ws", "dgrad_tma", "dgrad_ws", "wgrad_tma", "wgrad_ws"):
+                    "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma"):
             if isinstance(r[key], float):
                 r[key + "_tflops"] = tflops(flop, r[key])
         rows.append(r)
@@ -134,13 +130,12 @@ def fmt(v):
 
 def fmt_gemm_row(r):
     t = lambda k: fmt(r.get(k + "_tflops"))  # noqa: E731
-    best = max((r.get(k + "_tflops") or 0) for k in ("fp8_blockwise_classic", "fp8_blockwise_tma", "fp8_blockwise_ws"))
+    best = max((r.get(k + "_tflops") or 0) for k in ("fp8_blockwise_classic", "fp8_blockwise_tma"))
     ratio = best / r["fp8_blockwise_cublas_tflops"] if r.get("fp8_blockwise_cublas_tflops") else float("nan")
     picks = "/".join(p.replace("triton_", "") for p in r["auto_picks"])
     return (f"| {r['M']} x {r['N']} x {r['K']} | {r['label']} | {t('bf16')} | {t('fp8_rowwise_cublas')} | "
             f"{t('fp8_blockwise_cublas')} | {t('fp8_blockwise_classic')} | {t('fp8_blockwise_tma')} | "
-            f"{t('fp8_blockwise_ws')} | {ratio:.2f} | {t('dgrad_tma')} / {t('dgrad_ws')} | "
-            f"{t('wgrad_tma')} / {t('wgrad_ws')} | {picks} |")
+            f"{ratio:.2f} | {t('dgrad_tma')} | {t('wgrad_tma')} | {picks} |")
 
 
 def quant_section() -> list[dict]:
@@ -424,12 +419,11 @@ def main():
                "triton": triton.__version__, "cuda": torch.version.cuda}
     shapes = GEMM_SHAPES[:2] if args.quick else GEMM_SHAPES
     if "gemm" in sections:
-        print("\n## FP8 GEMM, TFLOP/s (dgrad / wgrad: our TMA and warp-specialized kernels on the same layer's "
-              "backward layouts)")
+        print("\n## FP8 GEMM, TFLOP/s (dgrad / wgrad: the TMA kernel on the same layer's backward layouts)")
         print("| M x N x K | shape | bf16 matmul | FP8 rowwise (cuBLAS) | FP8 blockwise (cuBLAS) | "
-              "ours classic | ours TMA | ours warp-specialized | best ours / cuBLAS blockwise | dgrad (TMA / ws) | "
-              "wgrad (TMA / ws, fp32 out) | auto picks (3 tries) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "ours classic | ours TMA | best ours / cuBLAS blockwise | dgrad (TMA) | wgrad (TMA, fp32 out) | "
+              "auto picks (3 tries) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")

@@ -1,9 +1,8 @@
 """Compile the Triton GEMM kernels for sm_90 on a machine WITHOUT a GPU and report what ptxas made of
 each config: registers, stack (spill) bytes, shared memory, and the SASS instructions that matter
-(QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory;
-USETMAXREG: the register hand-over of warp-specialized kernels).
+(QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory).
 
-    python benchmarks/sass_check.py [fp8_tma fp8_ws fp8_classic grouped_tma wgrad quant]
+    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad]
 
 Uses the ptxas and cuobjdump that Triton's wheel carries (triton/backends/nvidia/bin), so it costs
 no device time. A config whose shared memory exceeds 227 KB (232,448 bytes) cannot launch on an
@@ -33,7 +32,7 @@ import kernels.moe as m  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 SMEM_LIMIT = 232448
-OPS = ("QGMMA", "HGMMA", "FFMA", "UTMALDG", "UTMASTG", "STL", "LDL", "USETMAXREG")
+OPS = ("QGMMA", "HGMMA", "FFMA", "UTMALDG", "UTMASTG", "STL", "LDL")
 
 
 def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
@@ -55,8 +54,7 @@ def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
     ops = {op: len(re.findall(rf"\b{op}\b", sass)) for op in OPS}
     smem = k.metadata.shared
     fits = "yes" if smem <= SMEM_LIMIT else "NO"
-    warps = f"w{cfg.num_warps}->{k.metadata.num_warps} s{cfg.num_stages}"  # the pass may add warps
-    print(f"| {name} | {warps} | {regs} | {stack} | {smem:,} ({fits}) | "
+    print(f"| {name} | w{cfg.num_warps} s{cfg.num_stages} | {regs} | {stack} | {smem:,} ({fits}) | "
           + " | ".join(str(ops[o]) for o in OPS) + " |")
 
 
@@ -72,22 +70,6 @@ def fp8_tma(out="bf16"):
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(g._fp8_gemm_tma_kernel, sig, consts, cfg,
                    f"fp8 tma {bm}x{bn} flatten={kw['FLATTEN']} b_block={b_block} {o}")
-
-
-def fp8_ws(out="bf16"):
-    """The warp-specialized kernel: the warp count it reports is what the pass made of num_warps=4 (a
-    producer and two consumer warpgroups: 12); ws=0 would mean the pass left the loop alone."""
-    for cfg in g._WS_CONFIGS:
-        kw = cfg.kwargs
-        bm, bn = kw["BLOCK_M"], kw["BLOCK_N"]
-        for b_block, o in ((128, out), (1, "fp32")):
-            sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, 128]>", "b_desc": f"tensordesc<fp8e4nv[{bn}, 128]>",
-                   "c_ptr": f"*{o}", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
-                   "stride_cm": "i32", "stride_sam": "i32", "stride_sbn": "i32"}
-            consts = {"B_BLOCK": b_block, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8,
-                      "WS_LOOP": kw["WS_LOOP"], "NUM_SMS": 132}
-            report(g._fp8_gemm_ws_kernel, sig, consts, cfg,
-                   f"fp8 ws {bm}x{bn} loop={kw['WS_LOOP']} b_block={b_block} {o}")
 
 
 def fp8_classic():
@@ -148,7 +130,7 @@ def quant():
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["fp8_tma", "fp8_ws", "fp8_classic", "grouped_tma", "wgrad", "quant"]
+    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad", "quant"]
     print("| kernel, config | warps, stages | registers | stack bytes | shared memory (fits 227 KB) | "
           + " | ".join(OPS) + " |")
     print("| --- " * (5 + len(OPS)) + "|")

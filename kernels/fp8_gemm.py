@@ -16,16 +16,13 @@ The kernel does what the paper calls promotion: each 128-deep slice of K goes th
 in FP8 and the partial product is scaled and added to an FP32 accumulator held in registers, so the
 limited accumulation width of the FP8 MMA never spans more than 128 products.
 
-Three Triton kernels compute it. "classic": one program per output tile, pointer loads. "tma":
+Two Triton kernels compute it. "classic": one program per output tile, pointer loads. "tma":
 persistent (one program per SM walking the tiles in grouped order, so the next tile's loads can
 overlap this tile's epilogue), operands through Hopper's TMA unit (host-side tensor descriptors:
 hardware address generation and bounds handling, no masks), epilogue through a TMA store. Both
 have the same promotion, which is what keeps them behind cuBLAS (BENCHMARKS.md: the tensor cores
-wait while the CUDA cores scale each slice). "ws": the TMA kernel warp-specialized by Triton's
-Hopper pass (`warp_specialize=True`; the language docstring of Triton 3.6 says Blackwell only, but
-its sm_90 pipeline runs the pass when num_warps is 4): one producer warpgroup loads, two consumer
-warpgroups each own half the tile's rows, so one's promotion can overlap the other's MMA, the way
-DeepGEMM hides it.
+wait while the CUDA cores scale each slice; DeepGEMM hides it with warp-specialized ping-pong, which
+Triton 3.6 offers only on Blackwell).
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
@@ -206,71 +203,10 @@ if HAS_TRITON:
     _fp8_gemm_tma_tuned = autotuned(_fp8_gemm_tma_kernel, _TMA_CONFIGS, key=["M", "N", "K", "B_BLOCK", "OUT_BYTES"])
 
 
-    def _ws_config(bm, bn, stages, loop="tiles"):
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "WS_LOOP": loop},
-                             num_warps=4, num_stages=stages, pre_hook=tma_block_shapes)
-
-    # NOTE: Triton 3.6 warp-specializes a Hopper loop only with num_warps=4 (one warpgroup): its pass
-    # then adds a producer warpgroup (TMA loads) and splits the tile's rows over two consumer
-    # warpgroups (12 warps). Checked with benchmarks/sass_check.py (sm_90, no GPU needed): these
-    # compile without spills and with setmaxnreg; 128x256 spilled 536 bytes
-    _WS_CONFIGS = [
-        _ws_config(128, 128, 4),
-        _ws_config(128, 128, 3),
-        _ws_config(64, 128, 4),
-        _ws_config(128, 128, 4, loop="k"),
-    ]
-
-    @triton.jit
-    def _fp8_gemm_ws_kernel(a_desc, b_desc, c_ptr, sa_ptr, sb_ptr, M, N, K, stride_cm, stride_sam, stride_sbn,
-                            B_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, WS_LOOP: tl.constexpr,
-                            NUM_SMS: tl.constexpr):
-        # The TMA kernel's product, warp-specialized: a producer warpgroup issues the TMA loads while
-        # two consumer warpgroups each multiply and promote half of the tile's rows, so one group's
-        # promotion (CUDA cores) overlaps the other's MMA (tensor cores): what DeepGEMM does by hand.
-        # WS_LOOP "tiles": persistent, specialized over the tile loop (the producer runs ahead into
-        # the next tile during this one's epilogue); "k": one program per tile, specialized over K.
-        # NOTE: the epilogue stores through pointers: a TMA store of the whole tile does not survive
-        # the pass's row split (Triton 3.6: "tensor descriptor block and tensor types must match")
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        k_steps = tl.cdiv(K, BLOCK_K)
-        if WS_LOOP == "tiles":
-            first, step = tl.program_id(0), NUM_SMS
-        else:
-            first, step = tl.program_id(0), num_m * num_n
-        for tile in tl.range(first, num_m * num_n, step, warp_specialize=WS_LOOP == "tiles"):
-            pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
-            off_m = pid_m * BLOCK_M
-            off_n = pid_n * BLOCK_N
-            offs_m = off_m + tl.arange(0, BLOCK_M)
-            offs_n = off_n + tl.arange(0, BLOCK_N)
-            sa_ptrs = sa_ptr + tl.minimum(offs_m, M - 1) * stride_sam
-            if B_BLOCK == 1:
-                sb_ptrs = sb_ptr + tl.minimum(offs_n, N - 1) * stride_sbn
-            else:  # BLOCK_N == B_BLOCK: one weight-block scale per slice for the whole tile
-                tl.static_assert(BLOCK_N == B_BLOCK, "the warp-specialized kernel takes one weight block per tile")
-                sb_ptrs = sb_ptr + (off_n // B_BLOCK) * stride_sbn
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for kb in tl.range(k_steps, warp_specialize=WS_LOOP == "k"):
-                a = a_desc.load([off_m, kb * BLOCK_K])
-                b = b_desc.load([off_n, kb * BLOCK_K])
-                sa = tl.load(sa_ptrs + kb)
-                if B_BLOCK == 1:
-                    acc += tl.dot(a, b.T) * (sa[:, None] * tl.load(sb_ptrs + kb)[None, :])
-                else:
-                    acc += tl.dot(a, b.T) * (sa * tl.load(sb_ptrs + kb))[:, None]
-            c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-    _fp8_gemm_ws_tuned = autotuned(_fp8_gemm_ws_kernel, _WS_CONFIGS, key=["M", "N", "K", "B_BLOCK"])
-
 def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, impl: str | None = None,
                     config=None) -> torch.Tensor:
     """Our Triton FP8 GEMM. impl: "tma" (persistent, TMA loads; needs 16-byte aligned rows: K a
-    multiple of 16, N of 8 for bf16 output), "ws" (the TMA kernel warp-specialized: a producer and two
-    consumer warpgroups; same alignment), "classic" (one program per tile), None: "tma" where it
+    multiple of 16, N of 8 for bf16 output), "classic" (one program per tile), None: "tma" where it
     applies. config: None autotunes (keyed by M, N, K, b_block); an index into the impl's config list
     or a triton.Config launches that config as is (tests, and shapes that change every call)."""
     M, N, K = _check(a, sa, b, sb, b_block)
@@ -282,15 +218,13 @@ def fp8_gemm_triton(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
     c = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if impl is None:
         impl = "tma" if tma_ok(a, b, c) else "classic"
-    if impl in ("tma", "ws"):
+    if impl == "tma":
         if not tma_ok(a, b, c):
-            raise ValueError(f"fp8_gemm_triton: impl={impl!r} needs 16-byte aligned operands and rows (M={M}, "
+            raise ValueError(f"fp8_gemm_triton: impl='tma' needs 16-byte aligned operands and rows (M={M}, "
                              f"N={N}, K={K}, out {out_dtype}); use impl='classic'")
-        if impl == "ws":
-            return _fp8_gemm_ws(a, sa, b, sb, c, b_block, M, N, K, config)
         return _fp8_gemm_tma(a, sa, b, sb, c, b_block, M, N, K, config)
     if impl != "classic":
-        raise ValueError(f"fp8_gemm_triton: impl must be 'tma', 'ws', 'classic' or None, got {impl!r}")
+        raise ValueError(f"fp8_gemm_triton: impl must be 'tma', 'classic' or None, got {impl!r}")
     cfg = fixed_config(config, _CONFIGS)
 
     def grid(meta):
@@ -325,26 +259,6 @@ def _fp8_gemm_tma(a, sa, b, sb, c, b_block, M, N, K, config):
     return c
 
 
-def _fp8_gemm_ws(a, sa, b, sb, c, b_block, M, N, K, config):
-    cfg = fixed_config(config, _WS_CONFIGS)
-    first = (cfg or _WS_CONFIGS[0]).kwargs  # the autotuner's pre-hook resets the block shapes
-    a_d = TensorDescriptor.from_tensor(a, [first["BLOCK_M"], TILE])
-    b_d = TensorDescriptor.from_tensor(b, [first["BLOCK_N"], TILE])
-    sms = num_sms(a.device)
-
-    def grid(meta):
-        tiles = cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])
-        return (min(sms, tiles) if meta["WS_LOOP"] == "tiles" else tiles,)
-
-    args = (a_d, b_d, c, sa, sb, M, N, K, c.stride(0), sa.stride(0), sb.stride(0))
-    if cfg is None:
-        _fp8_gemm_ws_tuned[grid](*args, B_BLOCK=b_block, BLOCK_K=TILE, NUM_SMS=sms)
-    else:
-        kw = launch_kwargs(cfg)
-        _fp8_gemm_ws_kernel[grid(kw)](*args, B_BLOCK=b_block, BLOCK_K=TILE, NUM_SMS=sms, **kw)
-    return c
-
-
 # ---------------------------------------------------------------------------------------------
 # the cuBLAS peer: torch._scaled_mm with DeepSeek-style blockwise scales (CUDA >= 12.9, sm_90)
 
@@ -376,13 +290,12 @@ def fp8_gemm_cublas(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
 
 _BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
 BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in this order (ties: first)
-# NOTE: "triton_ws" is not among them until its speed and bits are measured on a GPU
 
 
 def _run(backend: str, a, sa, b, sb, b_block, out_dtype):
     if backend == "cublas":
         return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
-    if backend in ("triton", "triton_ws", "triton_tma", "triton_classic"):
+    if backend in ("triton", "triton_tma", "triton_classic"):
         impl = None if backend == "triton" else backend.split("_")[1]
         return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype, impl=impl)
     if backend == "reference":
@@ -423,7 +336,7 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
     """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
     per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
-    "triton_classic", "triton_ws", "reference"; emulated (the reference) on CPU."""
+    "triton_classic", "reference"; emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
     if backend == "auto":
