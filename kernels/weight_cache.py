@@ -68,6 +68,11 @@ def quantized_weight(w: torch.Tensor, transposed: bool, quant, quant_dual, mode:
     quant(w) -> (q, s) and quant_dual(w) -> (q, s, qt, st) are the quantizers (Triton or reference);
     `mode` names them in the key, so an emulated and a GPU copy are never mixed up."""
     _install_hook()
+    if cache and w.is_cuda and torch.cuda.is_current_stream_capturing():
+        # NOTE: under CUDA-graph capture the hit-or-miss decision would be frozen into the graph; a
+        # frozen hit replays stale weights after the next optimizer step. Captured, w is quantized at
+        # every replay, into the graph's own memory, and the cache is left alone (training/graphs.py)
+        cache = False
     key = weight_key(w, mode)
     hit = getattr(w, "_fp8_cached", None) if cache else None
     if hit is not None and hit.key == key and (hit.qt is not None or not transposed):

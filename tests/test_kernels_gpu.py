@@ -350,3 +350,46 @@ def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
         # differences into whole FP8 steps on a few elements: w1's gradient, four products deep,
         # measured 1.04e-2 on an H200 (2026-11-30) and 1.3e-2 on other shapes (2026-11-29)
         assert rel(a, b) < (2.5e-2 if fp8 else 1e-2)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_cuda_graphed_blocks_train_as_the_eager_ones(precision):
+    # pretrain.cuda_graphs (training/graphs.py): the same model, data and optimizer, eager and with
+    # every block captured, over optimizer steps of two accumulated micro-steps each: a frozen FP8
+    # weight copy, or a replay overwriting a gradient being accumulated, would part the two
+    from kernels.convert import convert_to_fp8
+    from tests.model_fixtures import tiny_model_config
+    from training.graphs import capture_blocks
+    from training.model import Transformer
+
+    cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
+                            intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
+                            qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256,
+                            moe_intermediate_size=128, initializer_range=0.02)
+    # steps x micro-steps x batch x tokens: counting sequences from random starts, learnable in a few steps
+    data = (torch.randint(0, 512, (6, 2, 4, 1)) + torch.arange(129)).remainder(512).cuda()
+    runs = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = Transformer(cfg).cuda().to(torch.bfloat16).train()
+        if precision == "fp8":
+            convert_to_fp8(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
+        if graphed:
+            first = data[0, 0]
+            assert capture_blocks(model, first[:, :-1], first[:, 1:]) == 3 + 2  # the stack and 2 MTP depths
+            assert all(int(m.gate.tokens_per_expert.sum()) == 0 for m in model.moe_layers().values())
+        losses = []
+        for step in data:
+            for batch in step:
+                out = model(batch[:, :-1], batch[:, 1:])
+                (out.loss / len(step)).backward()
+                losses.append(out.loss.item())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        runs[graphed] = (losses, sum(int(m.gate.tokens_per_expert.sum()) for m in model.moe_layers().values()))
+    (eager, eager_tokens), (graphed, graphed_tokens) = runs[False], runs[True]
+    assert graphed_tokens == eager_tokens  # the routed-token counts of the bias update: training only
+    assert eager[-1] < eager[0] - 0.05  # it learns, so stale weights or lost gradients would show
+    for a, b in zip(eager, graphed):
+        assert abs(a - b) <= 2e-2 * abs(a), (eager, graphed)

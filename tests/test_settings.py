@@ -36,3 +36,23 @@ def test_invalid_choice_names_accepted_values():
 def test_unknown_profile_lists_profiles():
     with pytest.raises(ProfileError, match=r"'huge' not found.*'small', 'tiny', 'v3-671b'"):
         load_profile("huge")
+
+
+@pytest.mark.parametrize("override", [{"pretrain.zero_stage": 3}, {"pretrain.ep_size": 2}, {"pretrain.compile": True}])
+def test_cuda_graphs_refuse_what_a_capture_cannot_replay(override):
+    graphed = {"pretrain.cuda_graphs": True, "pretrain.compile": False}
+    with pytest.raises(ProfileError, match=r"pretrain\.cuda_graphs needs " + list(override)[0].replace(".", r"\.")):
+        load_profile("small", {**graphed, **override})
+    assert load_profile("small", graphed).pretrain.cuda_graphs
+
+
+def test_cuda_graphs_on_a_cpu_say_so():
+    import torch
+
+    from tests.model_fixtures import tiny_model_config
+    from training.graphs import capture_blocks
+    from training.model import Transformer
+
+    ids = torch.randint(0, 61, (2, 9))
+    with pytest.raises(ValueError, match=r"pretrain\.cuda_graphs needs a CUDA device; this run is on cpu"):
+        capture_blocks(Transformer(tiny_model_config()).train(), ids[:, :-1], ids[:, 1:])

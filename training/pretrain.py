@@ -178,6 +178,12 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
                 f"ep_size {cfg.ep_size}, {tokens_per_step} tokens/step, {data.n} train windows")
 
     module = engine.module
+    if cfg.cuda_graphs:  # after the engine (its flat weight buffers) and the checkpoint: replays read them in place
+        from training.graphs import capture_blocks
+
+        first = data.batch(start, 0).to(dist.device)
+        module.train()
+        report.info(f"CUDA graphs: {capture_blocks(module, first[:, :-1], first[:, 1:])} blocks captured")
     step_time, window_tokens, window_start = 0.0, 0, time.time()
     profiler = None
     for step in range(start, cfg.steps):

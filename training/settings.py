@@ -308,6 +308,11 @@ class PretrainConfig:
     # head dim; "cudnn", "efficient": training/model/attention.py)
     compile: bool = False
     attention: str = "auto"
+    # CUDA graphs: each transformer block's forward and backward captured once and replayed every
+    # micro-step (training/graphs.py), so Python no longer queues their kernels one by one. Pays where
+    # the step is host-bound: narrow models, FP8 (BENCHMARKS.md). Needs a CUDA device, ZeRO stage <= 2,
+    # ep_size 1 (the all-to-all's splits are read on the host) and compile off.
+    cuda_graphs: bool = False
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
     eval_batches: int = 8  # micro-batches per validation pass, over all ranks (a multiple of the rank count)
@@ -332,6 +337,13 @@ class PretrainConfig:
             (self.attention in ("auto", "flash", "cudnn", "efficient"),
              f"pretrain.attention is {self.attention!r}; accepted: 'auto', 'flash', 'cudnn', 'efficient'"),
             (0 <= self.warmup_steps, f"pretrain.warmup_steps is {self.warmup_steps}; must be >= 0"),
+            *[(not self.cuda_graphs or ok, f"pretrain.cuda_graphs needs {need}") for ok, need in (
+                (self.zero_stage <= 2, f"pretrain.zero_stage <= 2, got {self.zero_stage} (stage 3 gathers "
+                                       "parameters in hooks)"),
+                (self.ep_size == 1, f"pretrain.ep_size 1, got {self.ep_size} (the all-to-all reads its splits "
+                                    "on the host)"),
+                (not self.compile, "pretrain.compile false (torch.compile and the capture would both own "
+                                   "the blocks)"))],
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:

@@ -142,8 +142,10 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions)  # (B|1, T, rope/2)
         x = self.embed_tokens(input_ids)  # (B, T, D)
         balance = x.new_zeros((), dtype=torch.float32)
+        # NOTE: tensors only when there is no mask or cache, as a CUDA-graphed block takes (training/graphs.py)
+        extra = () if mask is None and cache is None else (mask, cache)
         for block in self.layers:
-            x, b = block(x, cos, sin, mask, cache)
+            x, b = block(x, cos, sin, *extra)
             balance = balance + b
         if cache is not None:
             cache.length += T

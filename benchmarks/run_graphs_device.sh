@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One device call for `pretrain.cuda_graphs` (training/graphs.py) and the FP8 experts' single dispatch:
+#   1. the GPU tests of the graphed blocks (eager vs graphed training, bf16 and FP8) and of the FP8 paths
+#      the weight cache touches;
+#   2. the real `small` trainer, BF16 and FP8, eager and graphed, STEPS steps each on bench_pretrain.py's
+#      synthetic data (compile off in all four: graphs and torch.compile exclude each other);
+#   3. bench_kernels.py's `dispatch` section (FP8 experts, one dispatch against two).
+# Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [PRECS=fp8] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # keep multicast off
+STEPS=${STEPS:-30}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# NOTE: `python3 -m pip`, not `pip`: the bare pip on the PATH belongs to another interpreter
+python3 -m pip install -q --no-index --find-links .whl -r .whl/requirements.txt > /tmp/pip.log 2>&1 \
+  || python3 -m pip install -q --no-index --no-deps --find-links .whl -r .whl/requirements.txt >> /tmp/pip.log 2>&1
+timeout ${TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -p no:cacheprovider -n 4 \
+  -k "graphed or requantizes or cuda_matches_emulation" > "$OUT/tests.log" 2>&1
+echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
+grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
+D=/tmp/graphs_runs
+python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) --validation 16 > /dev/null 2>&1
+for prec in ${PRECS:-bf16 fp8}; do
+  for g in false true; do
+    run=$D/${prec}_graphs_$g
+    python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
+      pretrain.compile=false pretrain.cuda_graphs=$g pretrain.precision=$prec pretrain.log_every=5 \
+      pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
+      pretrain.checkpoint_every=100000 > /dev/null
+    timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/${prec}_graphs_$g.log 2>&1
+    echo "$prec graphs=$g rc=$?"; grep -E "Error|error:" $OUT/${prec}_graphs_$g.log | grep -v -i warn | tail -3 | cut -c1-300
+  done
+done
+# figures from the logs (the final checkpoint and export may run past RUN_S; the steps are logged before)
+python3 - "$OUT" <<'EOF'
+import json, re, statistics, sys
+from pathlib import Path
+out, runs = Path(sys.argv[1]), {}
+for log in sorted(Path(sys.argv[1]).glob("*_graphs_*.log")):
+    steps = [(int(m[1]), float(m[2]), float(m[3].replace(",", ""))) for m in
+             re.finditer(r"step (\d+)/\d+ loss ([\d.]+) .* ([\d,]+) tok/s", log.read_text())]
+    if not steps:
+        continue
+    steady = [t for _, _, t in steps[1:]] or [steps[0][2]]  # the first window holds the warm-up
+    runs[log.stem] = {"tokens_per_s": statistics.median(steady), "losses": [(s, l) for s, l, _ in steps],
+                      "windows": [t for _, _, t in steps]}
+    print(f"{log.stem}: {statistics.median(steady):,.0f} tok/s (median of {len(steady)} windows), "
+          f"losses {[round(l, 4) for _, l, _ in steps]}")
+(out / "runs.json").write_text(json.dumps(runs, indent=1))
+EOF
+[ "${BENCH_S:-100}" = 0 ] || timeout ${BENCH_S:-100} python3 benchmarks/bench_kernels.py --sections dispatch --json "$OUT/dispatch.json" \
+  > "$OUT/dispatch.log" 2>&1
+echo "dispatch rc=$?"; grep -E "^\||^#" "$OUT/dispatch.log"
+exit 0

@@ -1,0 +1,81 @@
+"""CUDA graphs for the pretraining step (`pretrain.cuda_graphs`): every transformer block's forward and
+backward captured once, then replayed each micro-step.
+
+Why. On narrow models the step is host-bound: Python queues each small kernel slower than the GPU runs
+it, most of all in FP8, whose linears add quantization launches. A replay queues a whole block in one
+call. Measured on the `small` blocks (BENCHMARKS.md, 2026-12-05, H100): FP8 2.07x, BF16 1.18x.
+
+How. `torch.cuda.make_graphed_callables` over the blocks in call order (the main stack, then each MTP
+depth's block), one memory pool, the way Megatron-LM and Transformer Engine graph their layers. The
+embedding, the heads, the losses and the optimizer stay eager. Each block's input shapes are read from
+one forward pass of a real batch (forward pre-hooks); the MTP blocks see shorter sequences than the stack.
+
+What stays right:
+- The optimizer writes the weights in place (DeepSpeed's flat buffers), so a replay reads the current
+  weights. Capture therefore happens after the engine is built and a checkpoint is loaded.
+- FP8 weights are quantized inside the graph at every replay: kernels/weight_cache.py does not reuse a
+  cached copy while a capture is running (the cache's hit-or-miss decision is taken on the host, and
+  a captured hit would replay stale weights after the next optimizer step).
+- Routed-token counters (the aux-loss-free bias update) are zeroed after capture: the shape probe and
+  the warm-up iterations ran forward passes that are not training.
+- A block in eval mode runs its eager forward (validation, any other shape): make_graphed_callables
+  replays only in the training state it captured.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def capture_blocks(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> int:
+    """Capture every `Block` of `model` (a training/model Transformer, on a CUDA device, in training
+    mode) for micro-batches shaped like `input_ids`; returns the number of blocks captured."""
+    from training.model.model import Block
+
+    if not input_ids.is_cuda:
+        raise ValueError(f"pretrain.cuda_graphs needs a CUDA device; this run is on {input_ids.device}: "
+                         "set it to false")
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    calls: list[tuple[Block, tuple]] = []
+
+    def record(module, args):
+        calls.append((module, args))
+
+    hooks = [b.register_forward_pre_hook(record) for b in blocks]
+    try:
+        with torch.no_grad():
+            model(input_ids, labels)
+    finally:
+        for h in hooks:
+            h.remove()
+    if sorted(id(b) for b, _ in calls) != sorted(id(b) for b in blocks):
+        raise RuntimeError(f"pretrain.cuda_graphs: {len(calls)} block calls in one forward for {len(blocks)} "
+                           "blocks; each block must run exactly once per forward to be captured")
+    for _, args in calls:
+        if len(args) != 3 or not all(isinstance(a, torch.Tensor) for a in args):
+            # (x, cos, sin): a mask or a cache is not a tensor of fixed shape
+            raise RuntimeError(f"pretrain.cuda_graphs: a block was called with {len(args)} arguments; "
+                               "only (x, cos, sin) can be captured")
+    # x needs its gradient (it carries the backward into the block below); the rotary tables do not
+    samples = tuple((x.detach().clone().requires_grad_(True), cos.detach().clone(), sin.detach().clone())
+                    for _, (x, cos, sin) in calls)
+    torch.cuda.make_graphed_callables(tuple(b for b, _ in calls), samples)
+    # NOTE: a replay returns the parameter gradients in the graph's static buffers, and autograd makes
+    # an unreferenced gradient the parameter's .grad itself (it "steals" it). Under accumulation the
+    # next micro-step's replay would then overwrite the .grad it adds to (the first micro-step's
+    # gradient lost, the second's doubled). A clone per micro-step gives .grad memory of its own.
+    for block, _ in calls:
+        for p in block.parameters():
+            if p.requires_grad:
+                p.register_hook(torch.Tensor.clone)
+    reset_routed_token_counts(model)
+    return len(calls)
+
+
+def reset_routed_token_counts(model: nn.Module) -> None:
+    from training.model.moe import Router
+
+    for m in model.modules():
+        if isinstance(m, Router):
+            m.tokens_per_expert.zero_()
