@@ -4,8 +4,10 @@
 #      the weight cache touches;
 #   2. the real `small` trainer, BF16 and FP8, eager and graphed, STEPS steps each on bench_pretrain.py's
 #      synthetic data (compile off in all four: graphs and torch.compile exclude each other);
-#   3. bench_kernels.py's `dispatch` section (FP8 experts, one dispatch against two).
+#   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: FP8 experts, one dispatch against two).
 # Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [PRECS=fp8] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
+# TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
+# the benchmarks; SECTIONS="gemm,dispatch".
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -15,12 +17,15 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 # NOTE: `python3 -m pip`, not `pip`: the bare pip on the PATH belongs to another interpreter
 python3 -m pip install -q --no-index --find-links .whl -r .whl/requirements.txt > /tmp/pip.log 2>&1 \
   || python3 -m pip install -q --no-index --no-deps --find-links .whl -r .whl/requirements.txt >> /tmp/pip.log 2>&1
-timeout ${TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -p no:cacheprovider -n 4 \
-  -k "graphed or requantizes or cuda_matches_emulation" > "$OUT/tests.log" 2>&1
-echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
-grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
+if [ "${TEST_S:-150}" != 0 ]; then
+  timeout ${TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -p no:cacheprovider -n 4 \
+    -k "graphed or requantizes or cuda_matches_emulation${TESTS:+ or $TESTS}" > "$OUT/tests.log" 2>&1
+  echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
+  grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
+fi
 D=/tmp/graphs_runs
-python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) --validation 16 > /dev/null 2>&1
+[ "$STEPS" = 0 ] && PRECS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
+  --validation 16 > /dev/null 2>&1
 for prec in ${PRECS:-bf16 fp8}; do
   for g in false true; do
     run=$D/${prec}_graphs_$g
@@ -49,7 +54,7 @@ for log in sorted(Path(sys.argv[1]).glob("*_graphs_*.log")):
           f"losses {[round(l, 4) for _, l, _ in steps]}")
 (out / "runs.json").write_text(json.dumps(runs, indent=1))
 EOF
-[ "${BENCH_S:-100}" = 0 ] || timeout ${BENCH_S:-100} python3 benchmarks/bench_kernels.py --sections dispatch --json "$OUT/dispatch.json" \
-  > "$OUT/dispatch.log" 2>&1
-echo "dispatch rc=$?"; grep -E "^\||^#" "$OUT/dispatch.log"
+[ "${BENCH_S:-100}" = 0 ] || timeout ${BENCH_S:-100} python3 benchmarks/bench_kernels.py --sections ${SECTIONS:-dispatch} \
+  --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?"; grep -E "^\||^#" "$OUT/bench.log" | cut -c1-400
 exit 0
