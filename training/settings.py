@@ -311,7 +311,7 @@ class PretrainConfig:
     # CUDA graphs: each transformer block's forward and backward captured once and replayed every
     # micro-step (training/graphs.py), so Python no longer queues their kernels one by one. Pays where
     # the step is host-bound: narrow models, FP8 (BENCHMARKS.md). Needs a CUDA device, ZeRO stage <= 2,
-    # ep_size 1 (the all-to-all's splits are read on the host) and compile off.
+    # ep_size 1 (the all-to-all's splits are read on the host), compile off and, for now, bf16.
     cuda_graphs: bool = False
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
@@ -343,7 +343,11 @@ class PretrainConfig:
                 (self.ep_size == 1, f"pretrain.ep_size 1, got {self.ep_size} (the all-to-all reads its splits "
                                     "on the host)"),
                 (not self.compile, "pretrain.compile false (torch.compile and the capture would both own "
-                                   "the blocks)"))],
+                                   "the blocks)"),
+                # NOTE: lift once tests/test_kernels_gpu.py::test_cuda_graphed_blocks_train_as_the_eager_ones[fp8]
+                # has passed on a GPU (bf16 passed on an H100, 2026-12-05; fp8 has not run yet)
+                (self.precision != "fp8", "pretrain.precision other than 'fp8' for now (the FP8 blocks' capture "
+                                          "has not passed its GPU test yet; bf16 has)"))],
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
