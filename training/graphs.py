@@ -25,14 +25,13 @@ What stays right:
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from training.model.model import Block, Transformer
 
 
-def capture_blocks(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> int:
+def capture_blocks(model: Transformer, input_ids: torch.Tensor, labels: torch.Tensor) -> int:
     """Capture every `Block` of `model` (a training/model Transformer, on a CUDA device, in training
     mode) for micro-batches shaped like `input_ids`; returns the number of blocks captured."""
-    from training.model.model import Block
-
     if not input_ids.is_cuda:
         raise ValueError(f"pretrain.cuda_graphs needs a CUDA device; this run is on {input_ids.device}: "
                          "set it to false")
@@ -69,13 +68,6 @@ def capture_blocks(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
         for p in block.parameters():
             if p.requires_grad:
                 p.register_hook(torch.Tensor.clone)
-    reset_routed_token_counts(model)
+    for moe in model.moe_layers().values():  # the probe and the warm-up were not training
+        moe.gate.tokens_per_expert.zero_()
     return len(calls)
-
-
-def reset_routed_token_counts(model: nn.Module) -> None:
-    from training.model.moe import Router
-
-    for m in model.modules():
-        if isinstance(m, Router):
-            m.tokens_per_expert.zero_()
