@@ -393,3 +393,75 @@ def test_cuda_graphed_blocks_train_as_the_eager_ones(precision):
     assert eager[-1] < eager[0] - 0.05  # it learns, so stale weights or lost gradients would show
     for a, b in zip(eager, graphed):
         assert abs(a - b) <= 2e-2 * abs(a), (eager, graphed)
+
+
+_ENGINE_GRAPHS_SCRIPT = r'''
+import dataclasses, json, sys
+import torch
+from tests.model_fixtures import tiny_model_config
+from training import distributed
+from training.engine import build_engine
+from training.expert_parallel import apply_expert_parallel
+from training.graphs import capture_blocks
+from training.model import Transformer
+from training.pretrain import convert_model_to_fp8
+from training.settings import load_profile
+
+precision, zero = sys.argv[1], int(sys.argv[2])
+dist = distributed.init()
+cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256, intermediate_size=512,
+                        num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=32,
+                        qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256, moe_intermediate_size=128,
+                        initializer_range=0.02)
+pre = dataclasses.replace(load_profile("small").pretrain, zero_stage=zero, global_batch_size=8, micro_batch_size=4,
+                          learning_rate=3e-3, warmup_steps=0, steps=6)
+data = (torch.randint(0, 512, (6, 2, 4, 1)) + torch.arange(129)).remainder(512).cuda()
+runs = {}
+for graphed in (False, True):
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    apply_expert_parallel(model, 1)  # the trainer's setup, step by step (training/pretrain.py)
+    model.to(dist.device)
+    if precision == "fp8":
+        convert_model_to_fp8(model, emulate=False)
+    engine, _, _ = build_engine(model, pre, dist, precision)
+    module = engine.module.train()
+    if graphed:
+        capture_blocks(module, data[0, 0, :, :-1], data[0, 0, :, 1:])
+    losses = []
+    for step in data:
+        for batch in step:
+            out = engine(batch[:, :-1], batch[:, 1:])
+            engine.backward(out.loss)
+            engine.step()
+            losses.append(out.loss.item())
+        module.update_router_biases()
+    runs[str(graphed)] = losses
+print(json.dumps(runs))
+'''
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_cuda_graphs_train_under_the_deepspeed_engine(precision):
+    # the trainer's own setup (expert-parallel wrapper, DeepSpeed ZeRO 1 engine, bf16 weights): the
+    # test above passed while this capture failed in the trainer (training/engine.py
+    # release_gradient_accumulators says why); one process, as DeepSpeed initialises torch.distributed
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.pretrain_fixtures import RENDEZVOUS
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env["PYTHONPATH"] = str(root)
+    res = subprocess.run([sys.executable, "-c", _ENGINE_GRAPHS_SCRIPT, precision, "1"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    runs = json.loads(res.stdout.strip().splitlines()[-1])
+    eager, graphed = runs["False"], runs["True"]
+    assert eager[-1] < eager[0] - 0.05, eager  # it learns
+    for a, b in zip(eager, graphed):
+        assert abs(a - b) <= 2e-2 * abs(a), (eager, graphed)
