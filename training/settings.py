@@ -343,11 +343,7 @@ class PretrainConfig:
                 (self.ep_size == 1, f"pretrain.ep_size 1, got {self.ep_size} (the all-to-all reads its splits "
                                     "on the host)"),
                 (not self.compile, "pretrain.compile false (torch.compile and the capture would both own "
-                                   "the blocks)"),
-                # NOTE: lift once tests/test_kernels_gpu.py::test_cuda_graphed_blocks_train_as_the_eager_ones[fp8]
-                # has passed on a GPU (bf16 passed on an H100, 2026-12-05; fp8 has not run yet)
-                (self.precision != "fp8", "pretrain.precision other than 'fp8' for now (the FP8 blocks' capture "
-                                          "has not passed its GPU test yet; bf16 has)"))],
+                                   "the blocks)"))],
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
