@@ -3,8 +3,8 @@ backward captured once, then replayed each micro-step.
 
 Why. On narrow models the step is host-bound: Python queues each small kernel slower than the GPU runs
 it, most of all in FP8, whose linears add quantization launches. A replay queues a whole block in one
-call. Measured on an H100 (BENCHMARKS.md, 2026-12-05): the `small` blocks alone FP8 2.07x, BF16
-1.18x; the whole `small` trainer step FP8 1.32x, BF16 1.05x (embedding, heads, losses, optimizer eager).
+call. Measured (BENCHMARKS.md, 2026-12-05): the `small` blocks alone FP8 2.07x, BF16 1.18x (H100);
+the whole `small` trainer step FP8 1.23x, BF16 1.02x (H200; embedding, heads, losses, optimizer eager).
 
 How. `torch.cuda.make_graphed_callables` over the blocks in call order (the main stack, then each MTP
 depth's block), one memory pool, the way Megatron-LM and Transformer Engine graph their layers. The
