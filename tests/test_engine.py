@@ -126,7 +126,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param
 from torch.autograd.graph import _get_grad_fn_or_grad_acc
 from training import distributed
-from training.engine import build_engine
+from training.engine import build_engine, release_gradient_accumulators
 from training.settings import load_profile
 from tests.model_fixtures import tiny_model_config
 from training.model import Transformer
@@ -147,8 +147,14 @@ cfg = dataclasses.replace(load_profile("tiny").pretrain, zero_stage=int(sys.argv
                           micro_batch_size=2)
 engine, _, _ = build_engine(model, cfg, dist, "fp32")
 params = [p for p in engine.module.parameters() if p.requires_grad]
-print("kept alive", kept_alive(params))
 ids = torch.randint(0, 61, (2, 9))
+engine.backward(engine(ids[:, :-1], ids[:, 1:]).loss)
+engine.step()
+# a resumed run: loading optimizer states makes DeepSpeed's links anew
+engine.save_checkpoint(sys.argv[2], tag="t")
+engine.load_checkpoint(sys.argv[2], tag="t", load_optimizer_states=True)
+release_gradient_accumulators(engine.module)
+print("kept alive", kept_alive(params))
 before = [p.detach().clone() for p in params]
 engine.backward(engine(ids[:, :-1], ids[:, 1:]).loss)
 engine.step()
@@ -162,13 +168,14 @@ print("step ok")
 
 
 @pytest.mark.parametrize("zero", [0, 1, 2])
-def test_the_engine_keeps_no_gradient_accumulator_alive(zero):
-    # training/engine.py release_gradient_accumulators: ZeRO's links to the master weights held every
-    # parameter's AccumulateGrad node from the engine's construction on, which made the CUDA-graph
-    # capture of backward (pretrain.cuda_graphs) fail on the GPU; the links must keep working after
+def test_no_gradient_accumulator_stays_alive_before_a_capture(zero, tmp_path):
+    # training/engine.py release_gradient_accumulators (graphs.py calls it before capturing): ZeRO's
+    # links to the master weights held every parameter's AccumulateGrad node from the engine's
+    # construction and from each checkpoint load on, which made the CUDA-graph capture of backward
+    # (pretrain.cuda_graphs) fail on the GPU; the links must keep working after
     env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-c", _ACCUMULATOR_SCRIPT, str(zero)], cwd=ROOT, env=env,
+    res = subprocess.run([sys.executable, "-c", _ACCUMULATOR_SCRIPT, str(zero), str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "step ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
     assert "kept alive 0" in res.stdout, res.stdout[-2000:]

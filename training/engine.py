@@ -127,18 +127,18 @@ def build_engine(model: nn.Module, cfg: PretrainConfig, dist: Dist, precision: s
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, dist.world_size, precision))
-    release_gradient_accumulators(engine.module)
     return engine, optimizer, scheduler
 
 
 def release_gradient_accumulators(module: nn.Module) -> int:
     """Let go of the gradient accumulators DeepSpeed's ZeRO 1/2 optimizer keeps alive; returns the
-    parameters whose link was detached.
+    parameters whose link was detached. training/graphs.py calls it right before a capture.
 
     Why. The optimizer links each parameter to its fp32 master slice with `param.flatten().narrow(...)`
     taken with autograd on (`_hp_mapping.lp_fragment`), so every link holds the parameter's
-    AccumulateGrad node, made on the default stream when the engine was built. A CUDA graph capture
-    of backward (`pretrain.cuda_graphs`) then ends by syncing with that stale stream and fails
+    AccumulateGrad node, made on the default stream when the engine was built (and again when a
+    checkpoint with optimizer states is loaded: the links are made anew). A CUDA graph capture of
+    backward (`pretrain.cuda_graphs`) then ends by syncing with that stale stream and fails
     (cudaErrorStreamCaptureImplicit, found on an H100: ZeRO 0 captured, ZeRO 1 did not). DeepSpeed
     reads and writes the link only through `.data`, so a detached view of the same memory serves it
     the same; autograd then makes each accumulator on the stream of the pass that needs it.

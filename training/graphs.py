@@ -13,9 +13,9 @@ one forward pass of a real batch (forward pre-hooks); the MTP blocks see shorter
 
 What stays right:
 - The optimizer writes the weights in place (DeepSpeed's flat buffers), so a replay reads the current
-  weights. Capture therefore happens after the engine is built and a checkpoint is loaded, and after
-  training/engine.py has released the gradient accumulators ZeRO kept alive since it was built (on
-  the default stream: the backward capture would sync with that stale stream, and fail).
+  weights. Capture therefore happens after the engine is built and a checkpoint is loaded; it first
+  releases the gradient accumulators ZeRO's links keep alive from the default stream
+  (training/engine.py: the backward capture would sync with that stale stream, and fail).
 - FP8 weights are quantized inside the graph at every replay: kernels/weight_cache.py does not reuse a
   cached copy while a capture is running (the cache's hit-or-miss decision is taken on the host, and
   a captured hit would replay stale weights after the next optimizer step).
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from training.engine import release_gradient_accumulators
 from training.model.model import Block, Transformer
 
 
@@ -62,6 +63,7 @@ def capture_blocks(model: Transformer, input_ids: torch.Tensor, labels: torch.Te
     # x needs its gradient (it carries the backward into the block below); the rotary tables do not
     samples = tuple((x.detach().clone().requires_grad_(True), cos.detach().clone(), sin.detach().clone())
                     for _, (x, cos, sin) in calls)
+    release_gradient_accumulators(model)  # after the engine and any checkpoint load: both make links anew
     torch.cuda.make_graphed_callables(tuple(b for b, _ in calls), samples)
     # NOTE: a replay returns the parameter gradients in the graph's static buffers, and autograd makes
     # an unreferenced gradient the parameter's .grad itself (it "steals" it). Under accumulation the
