@@ -118,9 +118,11 @@ def quant():
     spills would show here)."""
     cfg = triton.Config({}, num_warps=fq.DUAL_WARPS, num_stages=1)
     ptrs = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "st_ptr": "*fp32"}
-    report(fq._act_quant_dual_kernel, {**ptrs, **{a: "i32" for a in ("M", "K", "MP", "stride_xm", "stride_xk",
-           "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}}, {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK},
-           triton.Config({}, num_warps=4, num_stages=1), f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}")
+    for swiglu in (False, True):  # SWIGLU: silu(x) * up computed in the loads (the experts' down projection)
+        report(fq._act_quant_dual_kernel, {**ptrs, "up_ptr": "*bf16", **{a: "i32" for a in (
+               "M", "K", "MP", "stride_xm", "stride_xk", "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}},
+               {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "SWIGLU": swiglu}, triton.Config({}, num_warps=4, num_stages=1),
+               f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}{', SwiGLU' if swiglu else ''}")
     wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
     report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
            "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")

@@ -18,7 +18,9 @@ empty experts are skipped).
 FP8 passes, as in kernels/fp8_linear.py: the stacked weights are quantized once per optimizer step in
 both layouts (w and the dgrad's w^T, one launch over all experts: kernels/weight_cache.py); the
 input rows and the output gradient are each read once for both of their layouts
-(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad.
+(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad. The down projection's
+input, silu(h1) * h3, is quantized where it is made (`FP8SwiGLUDownFunction`, `swiglu_quant_dual`):
+the product is never written in bf16, nor silu(h1) kept for the backward.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.fp8_linear import fp8_ops
-from kernels.fp8_quant import FP8, TILE
+from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import (Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, permute)
 from kernels.weight_cache import quantized_weight
@@ -42,6 +44,27 @@ def _quant_stacked(w: torch.Tensor, wq_fn):
         return q.view(E, N, K), s.view(E, N // TILE, -1)
     qs = [wq_fn(w[e]) for e in range(E)]
     return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
+
+
+def _fp8_grouped_backward(dout, xtq, xts, w8, ops, r: Routing, emulate: bool, need_dx: bool, need_dw: bool,
+                          w_dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """dx (P, K) and dw (E, N, K) of out = x @ w[expert]^T in FP8, from dout (P, N), the forward's FP8
+    x^T (xtq, xts) and weight w8. NOTE: no host read of the routing: segment bounds stay on the device."""
+    grouped = grouped_gemm_ref if emulate else grouped_gemm
+    dx = dw = None
+    # dout (P, N): 1x128 along N for the dgrad, and (N, P) 1x128 along rows for the wgrad
+    # (128x1 tiles never straddle two experts: segments are 128-aligned)
+    if need_dx and need_dw:
+        dq, ds, dtq, dts = ops.act_dual(dout)
+    elif need_dx:
+        dq, ds = ops.act(dout)
+    else:
+        dtq, dts = ops.act(dout.t())
+    if need_dx:
+        dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=dout.dtype)
+    if need_dw:
+        dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r, out_dtype=w_dtype)
+    return dx, dw
 
 
 class GroupedLinearFunction(torch.autograd.Function):
@@ -74,22 +97,9 @@ class GroupedLinearFunction(torch.autograd.Function):
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grouped = grouped_gemm_ref if emulate else grouped_gemm
         dx = dw = None
-        if fp8:  # NOTE: no host read of the routing here: segment bounds stay on the device
+        if fp8:
             xtq, xts = ctx.saved_tensors
-            w8, ops = ctx.w8, ctx.ops
-            # dout (P, N): 1x128 along N for the dgrad, and (N, P) 1x128 along rows for the wgrad
-            # (128x1 tiles never straddle two experts: segments are 128-aligned)
-            if need_dx and need_dw:
-                dq, ds, dtq, dts = ops.act_dual(dout)
-            elif need_dx:
-                dq, ds = ops.act(dout)
-            else:
-                dtq, dts = ops.act(dout.t())
-            if need_dx:
-                dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=dout.dtype)
-            if need_dw:
-                dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r,
-                                                                           out_dtype=ctx.w_dtype)  # (E, N, K)
+            dx, dw = _fp8_grouped_backward(dout, xtq, xts, ctx.w8, ctx.ops, r, emulate, need_dx, need_dw, ctx.w_dtype)
         else:
             dout = dout.contiguous()
             x_perm, w = ctx.saved_tensors
@@ -105,6 +115,45 @@ class GroupedLinearFunction(torch.autograd.Function):
         # NOTE: rows of dx past the last segment are zeros (the grouped GEMM writes them); PermuteFunction's
         # backward reads routed rows only
         return dx, dw, None, None, None
+
+
+class FP8SwiGLUDownFunction(torch.autograd.Function):
+    """out (P, D) = swiglu(h1, h3) (P, I) @ w2[expert(row)]^T in FP8: the experts' down projection with
+    its input quantized where it is made. `swiglu_quant_dual` reads h1 and h3 once and writes the FP8
+    product in both layouts; the composition it replaces (F.silu(h1) * h3, then GroupedLinearFunction)
+    wrote silu(h1) and the product to memory, read them back, and kept silu(h1) for the backward.
+    Same numerics: the product is rounded to the activations' dtype before it is quantized, and the
+    backward runs the ops autograd ran on the eager product (silu(h1) recomputed: one pass)."""
+
+    @staticmethod
+    def forward(ctx, h1, h3, w2, r: Routing, emulate: bool):
+        ops = fp8_ops(emulate)
+        grouped = grouped_gemm_ref if emulate else grouped_gemm
+        need_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_w = ctx.needs_input_grad[2]
+        w8 = quantized_weight(w2, need_h, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
+        if need_w:  # the product in 1x128 tiles for this GEMM, its transpose for the wgrad
+            aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
+        else:
+            aq, as_ = ops.act(swiglu(h1, h3))
+            atq = ats = None
+        out = grouped(aq, w8.q, r, as_, w8.s, out_dtype=h1.dtype)
+        ctx.save_for_backward(h1, h3, atq, ats)
+        ctx.w8, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = w8, ops, r, emulate, w2.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        h1, h3, atq, ats = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        da, dw = _fp8_grouped_backward(dout, atq, ats, ctx.w8, ctx.ops, ctx.r, ctx.emulate, need_h,
+                                       ctx.needs_input_grad[2], ctx.w_dtype)  # (P, I), (E, D, I)
+        dh1 = dh3 = None
+        if need_h:
+            act = F.silu(h1)  # what autograd kept for the product's backward, made again
+            dh3 = da * act
+            dh1 = torch.ops.aten.silu_backward(da * h3, h1)
+        return dh1, dh3, dw, None, None
 
 
 class PermuteFunction(torch.autograd.Function):
@@ -166,8 +215,10 @@ def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = F
     xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
     h1 = GroupedLinearFunction.apply(xp, w1, r, fp8, emulate)  # (P, I)
     h3 = GroupedLinearFunction.apply(xp, w3, r, fp8, emulate)  # (P, I)
-    a = F.silu(h1) * h3
-    o = GroupedLinearFunction.apply(a, w2, r, fp8, emulate)  # (P, D)
+    if fp8:
+        o = FP8SwiGLUDownFunction.apply(h1, h3, w2, r, emulate)  # (P, D)
+    else:
+        o = GroupedLinearFunction.apply(swiglu(h1, h3), w2, r, fp8, emulate)  # (P, D)
     return CombineFunction.apply(o, topk_w, r)  # (T, D)
 
 

@@ -90,6 +90,17 @@ def act_quant_dual_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return q, s, qt, st
 
 
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in the activations' dtype: SwiGLU's product, as the eager model computes it."""
+    return torch.nn.functional.silu(gate) * up
+
+
+def swiglu_quant_dual_ref(gate: torch.Tensor, up: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """act_quant_dual_ref of swiglu(gate, up): the FP8 input of an expert's down projection, both layouts."""
+    return act_quant_dual_ref(swiglu(gate, up))
+
+
 def weight_quant_dual_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """w (N, K) or stacked (E, N, K) -> q, s as weight_quant_ref (per matrix), and the transposed layout
     qt (.., K, N) = q^T, st (.., ceil(K/128), ceil(N/128)) = s^T: 128x128 blocks transpose with the
@@ -175,9 +186,21 @@ if HAS_TRITON:
         tl.store(s_ptr + pid_n * stride_sn + pid_k, s)
 
     @triton.jit
-    def _act_quant_dual_kernel(x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
+    def _load_act(x_ptr, up_ptr, offs_a, offs_b, stride_a, stride_b, mask, SWIGLU: tl.constexpr):
+        """A strip of the activation in fp32: x itself, or with SWIGLU silu(x) * up (x the gate), rounded
+        to the activations' dtype after the silu and after the product, as the eager model rounds."""
+        offs = offs_a[:, None] * stride_a + offs_b[None, :] * stride_b
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if SWIGLU:
+            up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            act = (x / (1.0 + tl.exp(-x))).to(up_ptr.dtype.element_ty).to(tl.float32)
+            x = (act * up).to(up_ptr.dtype.element_ty).to(tl.float32)
+        return x
+
+    @triton.jit
+    def _act_quant_dual_kernel(x_ptr, up_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
                                stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
-                               CHUNK: tl.constexpr):
+                               CHUNK: tl.constexpr, SWIGLU: tl.constexpr):
         # one program: one 128x128 tile of x, in two sweeps of CHUNK-wide strips. Sweep 1, strips of
         # CHUNK rows: row scales (amax over the tile's 128 columns) give q / s (1x128 along K). Sweep 2,
         # strips of CHUNK columns over all 128 rows: column scales give qt / st (1x128 along M of x^T),
@@ -186,14 +209,16 @@ if HAS_TRITON:
         # NOTE: a first version held the whole 128x128 tile in registers (16 warps, one program per
         # SM): 1,000 GB/s on H200, slower than the two single-layout passes together (2026-11-30).
         # NOTE: no tl.trans (see the weight kernel): sweep 2 reads its strips in transposed order
+        # SWIGLU: x is an expert's gate activation and up_ptr its up activation (same strides); the
+        # quantized tensor is silu(gate) * up, computed here instead of in two elementwise passes
+        # that write it to memory and a third that reads it back
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
         for r0 in tl.static_range(0, TILE_, CHUNK):
             offs_m = pid_m * TILE_ + r0 + tl.arange(0, CHUNK)
             mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask,
-                        other=0.0).to(tl.float32)
+            x = _load_act(x_ptr, up_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, SWIGLU)
             s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
             q = tl.div_rn(x, s_row[:, None])
             q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
@@ -204,8 +229,7 @@ if HAS_TRITON:
             # (CHUNK columns, 128 rows) read in transposed order: x^T's rows come out contiguous along m
             offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
             mask_t = (offs_c[:, None] < K) & (offs_m[None, :] < M)
-            xt = tl.load(x_ptr + offs_c[:, None] * stride_xk + offs_m[None, :] * stride_xm, mask=mask_t,
-                         other=0.0).to(tl.float32)
+            xt = _load_act(x_ptr, up_ptr, offs_c, offs_m, stride_xk, stride_xm, mask_t, SWIGLU)
             s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
             qt = tl.div_rn(xt, s_col[:, None])
             qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
@@ -252,13 +276,29 @@ def act_quant_dual_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     """Triton version of act_quant_dual_ref: one read of x (any strides), both layouts written."""
     _check_float(x, "act_quant_dual_triton")
     require_cuda(x, what="act_quant_dual_triton")
+    return _act_quant_dual_launch(x, x, swiglu=False)
+
+
+def swiglu_quant_dual_triton(gate: torch.Tensor, up: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton version of swiglu_quant_dual_ref: one read of gate and up, the product never in memory."""
+    _check_float(gate, "swiglu_quant_dual_triton")
+    require_cuda(gate, what="swiglu_quant_dual_triton")
+    if up.shape != gate.shape or up.stride() != gate.stride() or up.dtype != gate.dtype:
+        raise ValueError(f"swiglu_quant_dual: gate and up must share shape, strides and dtype; got "
+                         f"{tuple(gate.shape)} {gate.stride()} {gate.dtype} and "
+                         f"{tuple(up.shape)} {up.stride()} {up.dtype}")
+    return _act_quant_dual_launch(gate, up, swiglu=True)
+
+
+def _act_quant_dual_launch(x: torch.Tensor, up: torch.Tensor, swiglu: bool):
     M, K = x.shape
     mt, kt = cdiv(M, TILE), cdiv(K, TILE)
     q, s = _outputs(x.device, (M, K), (M, kt))
     qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
-    _act_quant_dual_kernel[(mt, kt)](x, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
+    _act_quant_dual_kernel[(mt, kt)](x, up, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
                                      s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK,
-                                     num_warps=4)
+                                     SWIGLU=swiglu, num_warps=4)
     return q, s, qt, st
 
 
@@ -326,9 +366,9 @@ _DUAL_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselec
 
 
 def dual_choices() -> list[dict]:
-    """What `act_quant_dual` chose per layout, with the medians it measured."""
+    """What `act_quant_dual` and `swiglu_quant_dual` chose per layout, with the medians they measured."""
     return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "refused": c.refused, "how": c.how}
-            for k, c in _DUAL_CACHE.items()]
+            for k, c in (*_DUAL_CACHE.items(), *_SWIGLU_CACHE.items())]
 
 
 def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -356,6 +396,38 @@ def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if impl == "two_pass":
         return act_quant_two_pass_triton(x)
     return act_quant_dual_ref(x)
+
+
+_SWIGLU_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice
+
+
+def swiglu_quant_dual(gate: torch.Tensor, up: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both FP8 layouts of swiglu(gate, up). On the GPU, per layout, the faster of the fused kernel and
+    the eager product followed by `act_quant_dual`, measured once (kernels/autoselect.py); both must
+    agree with the reference. The reference on CPU."""
+    if not use_triton(gate):
+        return swiglu_quant_dual_ref(gate, up)
+    key = ("swiglu_quant_dual",) + tensor_key(gate)
+    if key not in _SWIGLU_CACHE:
+        # NOTE: random probes of the layout, as in act_quant_dual: the padded expert rows hold garbage
+        g, u = (torch.empty_strided(gate.shape, gate.stride(), dtype=gate.dtype, device=gate.device).normal_()
+                for _ in range(2))
+        ref = [act_dequant(q, sc) for q, sc in _pairs(swiglu_quant_dual_ref(g, u))]
+
+        def error_of(out):
+            return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
+                       for (q, sc), r in zip(_pairs(out), ref))
+
+        choose(key, {"fused": lambda: swiglu_quant_dual_triton(g, u),
+                     "unfused": lambda: act_quant_dual(swiglu(g, u))},
+               error_of, _SWIGLU_CACHE, what=f"swiglu_quant_dual {tuple(gate.shape)}")
+    impl = _SWIGLU_CACHE[key].name
+    if impl == "fused":
+        return swiglu_quant_dual_triton(gate, up)
+    if impl == "unfused":
+        return act_quant_dual(swiglu(gate, up))
+    return swiglu_quant_dual_ref(gate, up)
 
 
 def _pairs(out):

@@ -551,6 +551,34 @@ def test_grouped_experts_forward_and_grads(fp8):
         assert rel(p.grad, q.grad) < bound
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_swiglu_down_projection_is_the_eager_product_quantized(dtype):
+    # kernels/experts.py FP8SwiGLUDownFunction quantizes silu(h1) * h3 where it is made (fused on the
+    # GPU); emulated, it must give what the composition it replaced gave, bit for bit: the eager
+    # product, then the FP8 grouped linear, with autograd's SwiGLU backward
+    import torch.nn.functional as F
+
+    from kernels.experts import FP8SwiGLUDownFunction, GroupedLinearFunction
+
+    T, D, I, E, k = 40, 128, 96, 5, 2
+    ids, _ = _routing_inputs(T, k, E)
+    r = make_routing(ids, E)
+    P = r.src_token.shape[0]
+    h1, h3, dout = torch.randn(P, I, dtype=dtype) * 3, torch.randn(P, I, dtype=dtype), torch.randn(P, D, dtype=dtype)
+    w2 = torch.randn(E, D, I, dtype=dtype) * 0.1
+    results = []
+    for fused in (False, True):
+        g, u, w = (t.clone().requires_grad_() for t in (h1, h3, w2))
+        if fused:
+            out = FP8SwiGLUDownFunction.apply(g, u, w, r, True)
+        else:
+            out = GroupedLinearFunction.apply(F.silu(g) * u, w, r, True, True)
+        out.backward(dout)
+        results.append((out.detach(), g.grad, u.grad, w.grad))
+    for name, a, b in zip(("out", "d h1", "d h3", "d w2"), *results):
+        assert torch.equal(a, b), name
+
+
 def test_the_trainers_fp8_experts_on_one_rank_are_the_grouped_experts():
     # the trainer's FP8 experts (an expert-parallel wrapper at ep_size 1, set by `use_fp8_experts`)
     # dispatch once, through the grouped kernels' own permutation and combine: the same output and
