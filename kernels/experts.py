@@ -18,7 +18,8 @@ empty experts are skipped).
 FP8 passes, as in kernels/fp8_linear.py: the stacked weights are quantized once per optimizer step in
 both layouts (w and the dgrad's w^T, one launch over all experts: kernels/weight_cache.py); the
 input rows and the output gradient are each read once for both of their layouts
-(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad. The down projection's
+(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad; the gate and up
+projections share one quantization of their input (`FP8GateUpFunction`). The down projection's
 input, silu(h1) * h3, is quantized where it is made (`FP8SwiGLUDownFunction`, `swiglu_quant_dual`):
 the product is never written in bf16, nor silu(h1) kept for the backward.
 """
@@ -117,6 +118,45 @@ class GroupedLinearFunction(torch.autograd.Function):
         return dx, dw, None, None, None
 
 
+class FP8GateUpFunction(torch.autograd.Function):
+    """(h1, h3) = (x_perm @ w1[expert(row)]^T, x_perm @ w3[expert(row)]^T) in FP8, x_perm quantized once
+    for both: two GroupedLinearFunctions quantized the same rows twice (both layouts each) and saved
+    two copies of their FP8 transpose. Same numerics: the same products, and dx = dx1 + dx3 as
+    autograd summed it (two terms: the order does not change the sum)."""
+
+    @staticmethod
+    def forward(ctx, x_perm, w1, w3, r: Routing, emulate: bool):
+        ops = fp8_ops(emulate)
+        grouped = grouped_gemm_ref if emulate else grouped_gemm
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        w8s = [quantized_weight(w, need_dx, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
+               for w in (w1, w3)]
+        if need_dw:  # (K, P): x^T in 1x128 tiles along the rows, for both wgrads
+            xq, xs, xtq, xts = ops.act_dual(x_perm)
+        else:
+            xq, xs = ops.act(x_perm)
+            xtq = xts = None
+        h1, h3 = (grouped(xq, w8.q, r, xs, w8.s, out_dtype=x_perm.dtype) for w8 in w8s)
+        ctx.save_for_backward(xtq, xts)
+        ctx.w8s, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = w8s, ops, r, emulate, w1.dtype
+        return h1, h3
+
+    @staticmethod
+    def backward(ctx, dh1, dh3):
+        xtq, xts = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, dws = None, []
+        for dh, w8, need_dw in zip((dh1, dh3), ctx.w8s, ctx.needs_input_grad[1:3]):
+            if dh is None:  # an output nothing used
+                dws.append(None)
+                continue
+            dxi, dw = _fp8_grouped_backward(dh, xtq, xts, w8, ctx.ops, ctx.r, ctx.emulate, need_dx, need_dw,
+                                            ctx.w_dtype)
+            dx = dxi if dx is None else dx + dxi
+            dws.append(dw)
+        return dx, *dws, None, None
+
+
 class FP8SwiGLUDownFunction(torch.autograd.Function):
     """out (P, D) = swiglu(h1, h3) (P, I) @ w2[expert(row)]^T in FP8: the experts' down projection with
     its input quantized where it is made. `swiglu_quant_dual` reads h1 and h3 once and writes the FP8
@@ -213,11 +253,12 @@ def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = F
     r = make_routing(topk_ids, w1.shape[0])
     emulate = emulate or not x.is_cuda
     xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
-    h1 = GroupedLinearFunction.apply(xp, w1, r, fp8, emulate)  # (P, I)
-    h3 = GroupedLinearFunction.apply(xp, w3, r, fp8, emulate)  # (P, I)
     if fp8:
+        h1, h3 = FP8GateUpFunction.apply(xp, w1, w3, r, emulate)  # (P, I) each
         o = FP8SwiGLUDownFunction.apply(h1, h3, w2, r, emulate)  # (P, D)
     else:
+        h1 = GroupedLinearFunction.apply(xp, w1, r, fp8, emulate)  # (P, I)
+        h3 = GroupedLinearFunction.apply(xp, w3, r, fp8, emulate)  # (P, I)
         o = GroupedLinearFunction.apply(swiglu(h1, h3), w2, r, fp8, emulate)  # (P, D)
     return CombineFunction.apply(o, topk_w, r)  # (T, D)
 

@@ -579,6 +579,41 @@ def test_fp8_swiglu_down_projection_is_the_eager_product_quantized(dtype):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_gate_and_up_projections_quantize_their_input_once_and_compute_as_before(dtype, monkeypatch):
+    # kernels/experts.py FP8GateUpFunction: one quantization of the permuted rows for w1 and w3, with
+    # the outputs and gradients the two separate FP8 grouped linears gave, bit for bit
+    import dataclasses
+
+    import kernels.fp8_linear as fl
+    from kernels.experts import FP8GateUpFunction, GroupedLinearFunction
+
+    T, D, I, E, k = 40, 128, 96, 5, 2
+    ids, _ = _routing_inputs(T, k, E)
+    r = make_routing(ids, E)
+    P = r.src_token.shape[0]
+    x, dh1, dh3 = torch.randn(P, D, dtype=dtype), torch.randn(P, I, dtype=dtype), torch.randn(P, I, dtype=dtype)
+    w1, w3 = (torch.randn(E, I, D, dtype=dtype) * 0.1 for _ in range(2))
+    quantized = []
+    base = fl.EMULATED_OPS
+    monkeypatch.setattr(fl, "EMULATED_OPS", dataclasses.replace(
+        base, act_dual=lambda t: quantized.append(t.shape) or base.act_dual(t)))
+    results, counts = [], []
+    for shared in (False, True):
+        quantized.clear()
+        xi, a, b = (t.clone().requires_grad_() for t in (x, w1, w3))
+        if shared:
+            h1, h3 = FP8GateUpFunction.apply(xi, a, b, r, True)
+        else:
+            h1, h3 = (GroupedLinearFunction.apply(xi, w, r, True, True) for w in (a, b))
+        counts.append(quantized.count((P, D)))  # forward quantizations of the rows
+        torch.autograd.backward((h1, h3), (dh1, dh3))
+        results.append((h1.detach(), h3.detach(), xi.grad, a.grad, b.grad))
+    assert counts == [2, 1]
+    for name, p, q in zip(("h1", "h3", "dx", "dw1", "dw3"), *results):
+        assert torch.equal(p, q), name
+
+
 def test_the_trainers_fp8_experts_on_one_rank_are_the_grouped_experts():
     # the trainer's FP8 experts (an expert-parallel wrapper at ep_size 1, set by `use_fp8_experts`)
     # dispatch once, through the grouped kernels' own permutation and combine: the same output and
