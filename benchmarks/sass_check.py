@@ -118,11 +118,13 @@ def quant():
     spills would show here)."""
     cfg = triton.Config({}, num_warps=fq.DUAL_WARPS, num_stages=1)
     ptrs = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "st_ptr": "*fp32"}
-    for swiglu in (False, True):  # SWIGLU: silu(x) * up computed in the loads (the experts' down projection)
-        report(fq._act_quant_dual_kernel, {**ptrs, "up_ptr": "*bf16", **{a: "i32" for a in (
+    # PROLOGUE: the tensor made in the loads (1: SwiGLU's product, 2 and 3: its gate and up gradients)
+    for prologue, label in ((0, ""), (1, ", SwiGLU"), (2, ", d gate"), (3, ", d up")):
+        report(fq._act_quant_dual_kernel, {**ptrs, "b_ptr": "*bf16", "c_ptr": "*bf16", **{a: "i32" for a in (
                "M", "K", "MP", "stride_xm", "stride_xk", "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}},
-               {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "SWIGLU": swiglu}, triton.Config({}, num_warps=4, num_stages=1),
-               f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}{', SwiGLU' if swiglu else ''}")
+               {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "PROLOGUE": prologue},
+               triton.Config({}, num_warps=4, num_stages=1),
+               f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}{label}")
     wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
     report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
            "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")

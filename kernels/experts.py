@@ -18,10 +18,10 @@ empty experts are skipped).
 FP8 passes, as in kernels/fp8_linear.py: the stacked weights are quantized once per optimizer step in
 both layouts (w and the dgrad's w^T, one launch over all experts: kernels/weight_cache.py); the
 input rows and the output gradient are each read once for both of their layouts
-(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad; the gate and up
-projections share one quantization of their input (`FP8GateUpFunction`). The down projection's
-input, silu(h1) * h3, is quantized where it is made (`FP8SwiGLUDownFunction`, `swiglu_quant_dual`):
-the product is never written in bf16, nor silu(h1) kept for the backward.
+(`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad. In FP8 the whole
+expert MLP is one function (`FP8SwiGLUExpertsFunction`): the gate and up projections share one
+quantization of their input, and SwiGLU's product and its two gradients are made inside their
+quantizations, never written in bf16.
 """
 
 from __future__ import annotations
@@ -50,20 +50,26 @@ def _quant_stacked(w: torch.Tensor, wq_fn):
 def _fp8_grouped_backward(dout, xtq, xts, w8, ops, r: Routing, emulate: bool, need_dx: bool, need_dw: bool,
                           w_dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """dx (P, K) and dw (E, N, K) of out = x @ w[expert]^T in FP8, from dout (P, N), the forward's FP8
-    x^T (xtq, xts) and weight w8. NOTE: no host read of the routing: segment bounds stay on the device."""
-    grouped = grouped_gemm_ref if emulate else grouped_gemm
-    dx = dw = None
+    x^T (xtq, xts) and weight w8."""
     # dout (P, N): 1x128 along N for the dgrad, and (N, P) 1x128 along rows for the wgrad
     # (128x1 tiles never straddle two experts: segments are 128-aligned)
+    dq = ds = dtq = dts = None
     if need_dx and need_dw:
         dq, ds, dtq, dts = ops.act_dual(dout)
     elif need_dx:
         dq, ds = ops.act(dout)
-    else:
+    elif need_dw:
         dtq, dts = ops.act(dout.t())
-    if need_dx:
-        dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=dout.dtype)
-    if need_dw:
+    return _fp8_grouped_products(dq, ds, dtq, dts, xtq, xts, w8, r, emulate, w_dtype, dout.dtype)
+
+
+def _fp8_grouped_products(dq, ds, dtq, dts, xtq, xts, w8, r: Routing, emulate: bool, w_dtype, out_dtype):
+    """The dgrad (when dq is given) and the wgrad (when dtq is given) from FP8 operands.
+    NOTE: no host read of the routing: segment bounds stay on the device."""
+    grouped = grouped_gemm_ref if emulate else grouped_gemm
+    dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=out_dtype) if dq is not None else None
+    dw = None
+    if dtq is not None:
         dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r, out_dtype=w_dtype)
     return dx, dw
 
@@ -118,82 +124,62 @@ class GroupedLinearFunction(torch.autograd.Function):
         return dx, dw, None, None, None
 
 
-class FP8GateUpFunction(torch.autograd.Function):
-    """(h1, h3) = (x_perm @ w1[expert(row)]^T, x_perm @ w3[expert(row)]^T) in FP8, x_perm quantized once
-    for both: two GroupedLinearFunctions quantized the same rows twice (both layouts each) and saved
-    two copies of their FP8 transpose. Same numerics: the same products, and dx = dx1 + dx3 as
-    autograd summed it (two terms: the order does not change the sum)."""
+class FP8SwiGLUExpertsFunction(torch.autograd.Function):
+    """o (P, D) = (silu(x w1[e]^T) * (x w3[e]^T)) w2[e]^T for each permuted row's expert e: the three
+    grouped GEMMs in FP8, each operand quantized once, where it is made.
+
+    Against three GroupedLinearFunctions around an eager SwiGLU (the bf16 path's composition):
+      - the rows x are quantized once for w1 and w3 (they were twice, with two saved FP8 copies);
+      - the product silu(h1) * h3 is made inside its quantization (`swiglu_quant_dual`): it is never
+        written in bf16, nor silu(h1) kept for the backward;
+      - in the backward, d h1 and d h3 are made inside their quantizations (`swiglu_grad_quant_dual`,
+        from d product, h1 and h3): never written in bf16.
+    Same numerics: every tensor is rounded to the activations' dtype where the eager ops round it
+    before it is quantized; dx = dx1 + dx3 as autograd summed it (two terms: the order is moot)."""
 
     @staticmethod
-    def forward(ctx, x_perm, w1, w3, r: Routing, emulate: bool):
+    def forward(ctx, xp, w1, w3, w2, r: Routing, emulate: bool):
         ops = fp8_ops(emulate)
         grouped = grouped_gemm_ref if emulate else grouped_gemm
-        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        w8s = [quantized_weight(w, need_dx, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
-               for w in (w1, w3)]
-        if need_dw:  # (K, P): x^T in 1x128 tiles along the rows, for both wgrads
-            xq, xs, xtq, xts = ops.act_dual(x_perm)
+        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+        need_h = need_x or need_w1 or need_w3  # the gradients of h1 and h3
+
+        def fp8_weight(w, transposed):
+            return quantized_weight(w, transposed, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
+
+        w18, w38, w28 = fp8_weight(w1, need_x), fp8_weight(w3, need_x), fp8_weight(w2, need_h)
+        if need_w1 or need_w3:  # x^T in 1x128 tiles along the rows, for both wgrads
+            xq, xs, xtq, xts = ops.act_dual(xp)
         else:
-            xq, xs = ops.act(x_perm)
-            xtq = xts = None
-        h1, h3 = (grouped(xq, w8.q, r, xs, w8.s, out_dtype=x_perm.dtype) for w8 in w8s)
-        ctx.save_for_backward(xtq, xts)
-        ctx.w8s, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = w8s, ops, r, emulate, w1.dtype
-        return h1, h3
-
-    @staticmethod
-    def backward(ctx, dh1, dh3):
-        xtq, xts = ctx.saved_tensors
-        need_dx = ctx.needs_input_grad[0]
-        dx, dws = None, []
-        for dh, w8, need_dw in zip((dh1, dh3), ctx.w8s, ctx.needs_input_grad[1:3]):
-            if dh is None:  # an output nothing used
-                dws.append(None)
-                continue
-            dxi, dw = _fp8_grouped_backward(dh, xtq, xts, w8, ctx.ops, ctx.r, ctx.emulate, need_dx, need_dw,
-                                            ctx.w_dtype)
-            dx = dxi if dx is None else dx + dxi
-            dws.append(dw)
-        return dx, *dws, None, None
-
-
-class FP8SwiGLUDownFunction(torch.autograd.Function):
-    """out (P, D) = swiglu(h1, h3) (P, I) @ w2[expert(row)]^T in FP8: the experts' down projection with
-    its input quantized where it is made. `swiglu_quant_dual` reads h1 and h3 once and writes the FP8
-    product in both layouts; the composition it replaces (F.silu(h1) * h3, then GroupedLinearFunction)
-    wrote silu(h1) and the product to memory, read them back, and kept silu(h1) for the backward.
-    Same numerics: the product is rounded to the activations' dtype before it is quantized, and the
-    backward runs the ops autograd ran on the eager product (silu(h1) recomputed: one pass)."""
-
-    @staticmethod
-    def forward(ctx, h1, h3, w2, r: Routing, emulate: bool):
-        ops = fp8_ops(emulate)
-        grouped = grouped_gemm_ref if emulate else grouped_gemm
-        need_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        need_w = ctx.needs_input_grad[2]
-        w8 = quantized_weight(w2, need_h, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
-        if need_w:  # the product in 1x128 tiles for this GEMM, its transpose for the wgrad
+            (xq, xs), xtq, xts = ops.act(xp), None, None
+        h1, h3 = (grouped(xq, w8.q, r, xs, w8.s, out_dtype=xp.dtype) for w8 in (w18, w38))  # (P, I)
+        if need_w2:
             aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
         else:
-            aq, as_ = ops.act(swiglu(h1, h3))
-            atq = ats = None
-        out = grouped(aq, w8.q, r, as_, w8.s, out_dtype=h1.dtype)
-        ctx.save_for_backward(h1, h3, atq, ats)
-        ctx.w8, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = w8, ops, r, emulate, w2.dtype
-        return out
+            (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
+        o = grouped(aq, w28.q, r, as_, w28.s, out_dtype=xp.dtype)  # (P, D)
+        ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
+        ctx.w8s, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = (w18, w38, w28), ops, r, emulate, w1.dtype
+        return o
 
     @staticmethod
-    def backward(ctx, dout):
-        h1, h3, atq, ats = ctx.saved_tensors
-        need_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        da, dw = _fp8_grouped_backward(dout, atq, ats, ctx.w8, ctx.ops, ctx.r, ctx.emulate, need_h,
-                                       ctx.needs_input_grad[2], ctx.w_dtype)  # (P, I), (E, D, I)
-        dh1 = dh3 = None
+    def backward(ctx, do):
+        xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
+        (w18, w38, w28), ops, r, emulate = ctx.w8s, ctx.ops, ctx.r, ctx.emulate
+        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+        need_h = need_x or need_w1 or need_w3
+        da, dw2 = _fp8_grouped_backward(do, atq, ats, w28, ops, r, emulate, need_h, need_w2, ctx.w_dtype)
+        dx = dw1 = dw3 = None
         if need_h:
-            act = F.silu(h1)  # what autograd kept for the product's backward, made again
-            dh3 = da * act
-            dh1 = torch.ops.aten.silu_backward(da * h3, h1)
-        return dh1, dh3, dw, None, None
+            dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
+            dx1, dw1 = _fp8_grouped_products(*(dh1[:2] if need_x else (None, None)),
+                                             *(dh1[2:] if need_w1 else (None, None)), xtq, xts, w18, r, emulate,
+                                             ctx.w_dtype, do.dtype)
+            dx3, dw3 = _fp8_grouped_products(*(dh3[:2] if need_x else (None, None)),
+                                             *(dh3[2:] if need_w3 else (None, None)), xtq, xts, w38, r, emulate,
+                                             ctx.w_dtype, do.dtype)
+            dx = dx1 + dx3 if need_x else None
+        return dx, dw1, dw3, dw2, None, None
 
 
 class PermuteFunction(torch.autograd.Function):
@@ -254,8 +240,7 @@ def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = F
     emulate = emulate or not x.is_cuda
     xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
     if fp8:
-        h1, h3 = FP8GateUpFunction.apply(xp, w1, w3, r, emulate)  # (P, I) each
-        o = FP8SwiGLUDownFunction.apply(h1, h3, w2, r, emulate)  # (P, D)
+        o = FP8SwiGLUExpertsFunction.apply(xp, w1, w3, w2, r, emulate)  # (P, D)
     else:
         h1 = GroupedLinearFunction.apply(xp, w1, r, fp8, emulate)  # (P, I)
         h3 = GroupedLinearFunction.apply(xp, w3, r, fp8, emulate)  # (P, I)

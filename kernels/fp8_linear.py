@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
-from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref, swiglu_quant_dual,
+from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref,
+                               swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref, swiglu_quant_dual,
                                swiglu_quant_dual_ref, weight_quant, weight_quant_dual, weight_quant_dual_ref,
                                weight_quant_ref)
 from kernels.weight_cache import QuantizedWeight, quantized_weight
@@ -53,6 +54,7 @@ class FP8Ops:
     weight_dual: Callable  # w (N, K) or (E, N, K) -> q, s, qt, st
     gemm: Callable  # fp8_gemm's signature
     swiglu_dual: Callable  # gate, up (M, K) -> act_dual of silu(gate) * up, the product never in memory
+    swiglu_grad_dual: Callable  # d product, gate, up -> (act_dual of d gate, act_dual of d up)
 
     def weight_of(self, w: torch.Tensor, transposed: bool) -> QuantizedWeight:
         """w's FP8 copy, once per optimizer step (kernels/weight_cache.py)."""
@@ -63,9 +65,10 @@ def _gemm_ref(a, sa, b, sb, b_block=TILE, out_dtype=torch.bfloat16, backend=None
     return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
 
 
-GPU_OPS = FP8Ops("gpu", act_quant, act_quant_dual, weight_quant, weight_quant_dual, fp8_gemm, swiglu_quant_dual)
+GPU_OPS = FP8Ops("gpu", act_quant, act_quant_dual, weight_quant, weight_quant_dual, fp8_gemm, swiglu_quant_dual,
+                 swiglu_grad_quant_dual)
 EMULATED_OPS = FP8Ops("emulate", act_quant_ref, act_quant_dual_ref, weight_quant_ref, weight_quant_dual_ref,
-                      _gemm_ref, swiglu_quant_dual_ref)
+                      _gemm_ref, swiglu_quant_dual_ref, swiglu_grad_quant_dual_ref)
 
 
 def fp8_ops(emulate: bool) -> FP8Ops:

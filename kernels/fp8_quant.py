@@ -95,10 +95,22 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(gate) * up
 
 
+def swiglu_grad(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d gate, d up) of swiglu(gate, up) for the gradient dact, computed as autograd computes them on
+    the eager product (the same ops, the same roundings)."""
+    return torch.ops.aten.silu_backward(dact * up, gate), dact * torch.nn.functional.silu(gate)
+
+
 def swiglu_quant_dual_ref(gate: torch.Tensor, up: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """act_quant_dual_ref of swiglu(gate, up): the FP8 input of an expert's down projection, both layouts."""
     return act_quant_dual_ref(swiglu(gate, up))
+
+
+def swiglu_grad_quant_dual_ref(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
+    """act_quant_dual_ref of each of swiglu_grad's two gradients: the FP8 operands of the gate and up
+    projections' dgrad and wgrad."""
+    return tuple(act_quant_dual_ref(g) for g in swiglu_grad(dact, gate, up))
 
 
 def weight_quant_dual_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,21 +198,42 @@ if HAS_TRITON:
         tl.store(s_ptr + pid_n * stride_sn + pid_k, s)
 
     @triton.jit
-    def _load_act(x_ptr, up_ptr, offs_a, offs_b, stride_a, stride_b, mask, SWIGLU: tl.constexpr):
-        """A strip of the activation in fp32: x itself, or with SWIGLU silu(x) * up (x the gate), rounded
-        to the activations' dtype after the silu and after the product, as the eager model rounds."""
+    def _silu_parts(g):
+        """silu(g) and sigmoid(g) in fp32, as PyTorch's CUDA kernels compute them."""
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        return g / (1.0 + tl.exp(-g)), sig
+
+    @triton.jit
+    def _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b, mask, PROLOGUE: tl.constexpr):
+        """A strip of the tensor to quantize, in fp32, made from up to three inputs of the same strides
+        (rounded to the inputs' dtype wherever the eager ops round):
+          PROLOGUE 0: x itself;
+          1: silu(x) * b            (x the gate, b the up activation: SwiGLU's product);
+          2: silu_backward(x * b, c)  (x the product's gradient, b up, c the gate: the gate's gradient);
+          3: x * silu(c)            (x the product's gradient, c the gate: the up activation's gradient)."""
         offs = offs_a[:, None] * stride_a + offs_b[None, :] * stride_b
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if SWIGLU:
-            up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            act = (x / (1.0 + tl.exp(-x))).to(up_ptr.dtype.element_ty).to(tl.float32)
-            x = (act * up).to(up_ptr.dtype.element_ty).to(tl.float32)
+        dt = x_ptr.dtype.element_ty
+        if PROLOGUE == 1:
+            up = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            act, _ = _silu_parts(x)
+            x = (act.to(dt).to(tl.float32) * up).to(dt).to(tl.float32)
+        elif PROLOGUE == 2:
+            up = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(c_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            _, sig = _silu_parts(g)
+            dact = (x * up).to(dt).to(tl.float32)
+            x = (dact * sig * (1.0 + g * (1.0 - sig))).to(dt).to(tl.float32)
+        elif PROLOGUE == 3:
+            g = tl.load(c_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            act, _ = _silu_parts(g)
+            x = (x * act.to(dt).to(tl.float32)).to(dt).to(tl.float32)
         return x
 
     @triton.jit
-    def _act_quant_dual_kernel(x_ptr, up_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
+    def _act_quant_dual_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
                                stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
-                               CHUNK: tl.constexpr, SWIGLU: tl.constexpr):
+                               CHUNK: tl.constexpr, PROLOGUE: tl.constexpr):
         # one program: one 128x128 tile of x, in two sweeps of CHUNK-wide strips. Sweep 1, strips of
         # CHUNK rows: row scales (amax over the tile's 128 columns) give q / s (1x128 along K). Sweep 2,
         # strips of CHUNK columns over all 128 rows: column scales give qt / st (1x128 along M of x^T),
@@ -209,16 +242,16 @@ if HAS_TRITON:
         # NOTE: a first version held the whole 128x128 tile in registers (16 warps, one program per
         # SM): 1,000 GB/s on H200, slower than the two single-layout passes together (2026-11-30).
         # NOTE: no tl.trans (see the weight kernel): sweep 2 reads its strips in transposed order
-        # SWIGLU: x is an expert's gate activation and up_ptr its up activation (same strides); the
-        # quantized tensor is silu(gate) * up, computed here instead of in two elementwise passes
-        # that write it to memory and a third that reads it back
+        # PROLOGUE (see _load_act): the quantized tensor is made from x, b and c as it is read (SwiGLU's
+        # product, or its gradients), instead of in elementwise passes that write it to memory and a
+        # quantization pass that reads it back
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
         for r0 in tl.static_range(0, TILE_, CHUNK):
             offs_m = pid_m * TILE_ + r0 + tl.arange(0, CHUNK)
             mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-            x = _load_act(x_ptr, up_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, SWIGLU)
+            x = _load_act(x_ptr, b_ptr, c_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, PROLOGUE)
             s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
             q = tl.div_rn(x, s_row[:, None])
             q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
@@ -229,7 +262,7 @@ if HAS_TRITON:
             # (CHUNK columns, 128 rows) read in transposed order: x^T's rows come out contiguous along m
             offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
             mask_t = (offs_c[:, None] < K) & (offs_m[None, :] < M)
-            xt = _load_act(x_ptr, up_ptr, offs_c, offs_m, stride_xk, stride_xm, mask_t, SWIGLU)
+            xt = _load_act(x_ptr, b_ptr, c_ptr, offs_c, offs_m, stride_xk, stride_xm, mask_t, PROLOGUE)
             s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
             qt = tl.div_rn(xt, s_col[:, None])
             qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
@@ -274,31 +307,37 @@ def _outputs(device, q_shape: tuple, s_shape: tuple) -> tuple[torch.Tensor, torc
 
 def act_quant_dual_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton version of act_quant_dual_ref: one read of x (any strides), both layouts written."""
-    _check_float(x, "act_quant_dual_triton")
-    require_cuda(x, what="act_quant_dual_triton")
-    return _act_quant_dual_launch(x, x, swiglu=False)
+    return _act_quant_dual_launch(0, x)
 
 
 def swiglu_quant_dual_triton(gate: torch.Tensor, up: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton version of swiglu_quant_dual_ref: one read of gate and up, the product never in memory."""
-    _check_float(gate, "swiglu_quant_dual_triton")
-    require_cuda(gate, what="swiglu_quant_dual_triton")
-    if up.shape != gate.shape or up.stride() != gate.stride() or up.dtype != gate.dtype:
-        raise ValueError(f"swiglu_quant_dual: gate and up must share shape, strides and dtype; got "
-                         f"{tuple(gate.shape)} {gate.stride()} {gate.dtype} and "
-                         f"{tuple(up.shape)} {up.stride()} {up.dtype}")
-    return _act_quant_dual_launch(gate, up, swiglu=True)
+    return _act_quant_dual_launch(1, gate, up)
 
 
-def _act_quant_dual_launch(x: torch.Tensor, up: torch.Tensor, swiglu: bool):
+def swiglu_grad_quant_dual_triton(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
+    """Triton version of swiglu_grad_quant_dual_ref: the two gradients never in memory (a launch each)."""
+    return _act_quant_dual_launch(2, dact, up, gate), _act_quant_dual_launch(3, dact, dact, gate)
+
+
+def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor):
+    """The dual activation kernel on x, or on what its prologue makes of x and `more` (see _load_act)."""
+    what = ("act_quant_dual", "swiglu_quant_dual", "swiglu_grad_quant_dual", "swiglu_grad_quant_dual")[prologue]
+    _check_float(x, what)
+    require_cuda(x, what=what)
+    for t in more:
+        if t.shape != x.shape or t.stride() != x.stride() or t.dtype != x.dtype:
+            raise ValueError(f"{what}: its inputs must share shape, strides and dtype; got {tuple(x.shape)} "
+                             f"{x.stride()} {x.dtype} and {tuple(t.shape)} {t.stride()} {t.dtype}")
+    b, c = (list(more) + [x, x])[:2]
     M, K = x.shape
     mt, kt = cdiv(M, TILE), cdiv(K, TILE)
     q, s = _outputs(x.device, (M, K), (M, kt))
     qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
-    _act_quant_dual_kernel[(mt, kt)](x, up, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
+    _act_quant_dual_kernel[(mt, kt)](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
                                      s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK,
-                                     SWIGLU=swiglu, num_warps=4)
+                                     PROLOGUE=prologue, num_warps=4)
     return q, s, qt, st
 
 
@@ -398,36 +437,51 @@ def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return act_quant_dual_ref(x)
 
 
-_SWIGLU_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice
+_SWIGLU_CACHE: dict[tuple, Choice] = {}  # (which, layout) key -> Choice
 
 
 def swiglu_quant_dual(gate: torch.Tensor, up: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Both FP8 layouts of swiglu(gate, up). On the GPU, per layout, the faster of the fused kernel and
-    the eager product followed by `act_quant_dual`, measured once (kernels/autoselect.py); both must
-    agree with the reference. The reference on CPU."""
+    """Both FP8 layouts of swiglu(gate, up); see `_fused_or_not`."""
     if not use_triton(gate):
         return swiglu_quant_dual_ref(gate, up)
-    key = ("swiglu_quant_dual",) + tensor_key(gate)
+    impl = _fused_or_not("swiglu_quant_dual", (gate, up), lambda g, u: swiglu_quant_dual_triton(g, u),
+                         lambda g, u: act_quant_dual(swiglu(g, u)), swiglu_quant_dual_ref)
+    return impl(gate, up)
+
+
+def swiglu_grad_quant_dual(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
+    """Both FP8 layouts of each of swiglu_grad's gradients (d gate, d up); see `_fused_or_not`."""
+    if not use_triton(dact):
+        return swiglu_grad_quant_dual_ref(dact, gate, up)
+    impl = _fused_or_not("swiglu_grad_quant_dual", (dact, gate, up), swiglu_grad_quant_dual_triton,
+                         lambda d, g, u: tuple(act_quant_dual(t) for t in swiglu_grad(d, g, u)),
+                         swiglu_grad_quant_dual_ref)
+    return impl(dact, gate, up)
+
+
+def _fused_or_not(name: str, inputs: tuple, fused, unfused, reference):
+    """Per layout, the faster of the fused kernel (the prologue makes the tensor as it is read) and the
+    eager ops followed by `act_quant_dual`, measured once (kernels/autoselect.py); both must agree
+    with the reference. Returns the chosen function of `inputs`."""
+    key = (name,) + tensor_key(inputs[0])
     if key not in _SWIGLU_CACHE:
         # NOTE: random probes of the layout, as in act_quant_dual: the padded expert rows hold garbage
-        g, u = (torch.empty_strided(gate.shape, gate.stride(), dtype=gate.dtype, device=gate.device).normal_()
-                for _ in range(2))
-        ref = [act_dequant(q, sc) for q, sc in _pairs(swiglu_quant_dual_ref(g, u))]
+        probes = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).normal_() for t in inputs]
+        ref = [act_dequant(q, sc) for q, sc in _quantized_pairs(reference(*probes))]
 
         def error_of(out):
             return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
-                       for (q, sc), r in zip(_pairs(out), ref))
+                       for (q, sc), r in zip(_quantized_pairs(out), ref))
 
-        choose(key, {"fused": lambda: swiglu_quant_dual_triton(g, u),
-                     "unfused": lambda: act_quant_dual(swiglu(g, u))},
-               error_of, _SWIGLU_CACHE, what=f"swiglu_quant_dual {tuple(gate.shape)}")
-    impl = _SWIGLU_CACHE[key].name
-    if impl == "fused":
-        return swiglu_quant_dual_triton(gate, up)
-    if impl == "unfused":
-        return act_quant_dual(swiglu(gate, up))
-    return swiglu_quant_dual_ref(gate, up)
+        choose(key, {"fused": lambda: fused(*probes), "unfused": lambda: unfused(*probes)}, error_of,
+               _SWIGLU_CACHE, what=f"{name} {tuple(inputs[0].shape)}")
+    return {"fused": fused, "unfused": unfused}.get(_SWIGLU_CACHE[key].name, reference)
+
+
+def _quantized_pairs(out) -> list:
+    """(values, scales) pairs of one dual quantization's four outputs, or of several of them."""
+    return [pair for dual in (out if isinstance(out[0], tuple) else (out,)) for pair in _pairs(dual)]
 
 
 def _pairs(out):

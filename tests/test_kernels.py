@@ -552,65 +552,42 @@ def test_grouped_experts_forward_and_grads(fp8):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fp8_swiglu_down_projection_is_the_eager_product_quantized(dtype):
-    # kernels/experts.py FP8SwiGLUDownFunction quantizes silu(h1) * h3 where it is made (fused on the
-    # GPU); emulated, it must give what the composition it replaced gave, bit for bit: the eager
-    # product, then the FP8 grouped linear, with autograd's SwiGLU backward
-    import torch.nn.functional as F
-
-    from kernels.experts import FP8SwiGLUDownFunction, GroupedLinearFunction
-
-    T, D, I, E, k = 40, 128, 96, 5, 2
-    ids, _ = _routing_inputs(T, k, E)
-    r = make_routing(ids, E)
-    P = r.src_token.shape[0]
-    h1, h3, dout = torch.randn(P, I, dtype=dtype) * 3, torch.randn(P, I, dtype=dtype), torch.randn(P, D, dtype=dtype)
-    w2 = torch.randn(E, D, I, dtype=dtype) * 0.1
-    results = []
-    for fused in (False, True):
-        g, u, w = (t.clone().requires_grad_() for t in (h1, h3, w2))
-        if fused:
-            out = FP8SwiGLUDownFunction.apply(g, u, w, r, True)
-        else:
-            out = GroupedLinearFunction.apply(F.silu(g) * u, w, r, True, True)
-        out.backward(dout)
-        results.append((out.detach(), g.grad, u.grad, w.grad))
-    for name, a, b in zip(("out", "d h1", "d h3", "d w2"), *results):
-        assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fp8_gate_and_up_projections_quantize_their_input_once_and_compute_as_before(dtype, monkeypatch):
-    # kernels/experts.py FP8GateUpFunction: one quantization of the permuted rows for w1 and w3, with
-    # the outputs and gradients the two separate FP8 grouped linears gave, bit for bit
+def test_fp8_expert_mlp_quantizes_each_operand_once_and_computes_as_the_composition(dtype, monkeypatch):
+    # kernels/experts.py FP8SwiGLUExpertsFunction: the rows quantized once for w1 and w3, SwiGLU's
+    # product and its gradients made inside their quantizations; emulated, it must give what three
+    # FP8 grouped linears around the eager SwiGLU gave, bit for bit
     import dataclasses
 
+    import torch.nn.functional as F
+
     import kernels.fp8_linear as fl
-    from kernels.experts import FP8GateUpFunction, GroupedLinearFunction
+    from kernels.experts import FP8SwiGLUExpertsFunction, GroupedLinearFunction
 
     T, D, I, E, k = 40, 128, 96, 5, 2
     ids, _ = _routing_inputs(T, k, E)
     r = make_routing(ids, E)
     P = r.src_token.shape[0]
-    x, dh1, dh3 = torch.randn(P, D, dtype=dtype), torch.randn(P, I, dtype=dtype), torch.randn(P, I, dtype=dtype)
+    x, do = torch.randn(P, D, dtype=dtype), torch.randn(P, D, dtype=dtype)
     w1, w3 = (torch.randn(E, I, D, dtype=dtype) * 0.1 for _ in range(2))
+    w2 = torch.randn(E, D, I, dtype=dtype) * 0.1
     quantized = []
     base = fl.EMULATED_OPS
     monkeypatch.setattr(fl, "EMULATED_OPS", dataclasses.replace(
-        base, act_dual=lambda t: quantized.append(t.shape) or base.act_dual(t)))
-    results, counts = [], []
-    for shared in (False, True):
+        base, act_dual=lambda t: quantized.append(tuple(t.shape)) or base.act_dual(t)))
+    results, row_quantizations = [], []
+    for fused in (False, True):
         quantized.clear()
-        xi, a, b = (t.clone().requires_grad_() for t in (x, w1, w3))
-        if shared:
-            h1, h3 = FP8GateUpFunction.apply(xi, a, b, r, True)
+        xi, a, b, c = (t.clone().requires_grad_() for t in (x, w1, w3, w2))
+        if fused:
+            o = FP8SwiGLUExpertsFunction.apply(xi, a, b, c, r, True)
         else:
             h1, h3 = (GroupedLinearFunction.apply(xi, w, r, True, True) for w in (a, b))
-        counts.append(quantized.count((P, D)))  # forward quantizations of the rows
-        torch.autograd.backward((h1, h3), (dh1, dh3))
-        results.append((h1.detach(), h3.detach(), xi.grad, a.grad, b.grad))
-    assert counts == [2, 1]
-    for name, p, q in zip(("h1", "h3", "dx", "dw1", "dw3"), *results):
+            o = GroupedLinearFunction.apply(F.silu(h1) * h3, c, r, True, True)
+        row_quantizations.append(quantized.count((P, D)))  # the forward's, of the rows x
+        o.backward(do)
+        results.append((o.detach(), xi.grad, a.grad, b.grad, c.grad))
+    assert row_quantizations == [2, 1]
+    for name, p, q in zip(("out", "dx", "dw1", "dw3", "dw2"), *results):
         assert torch.equal(p, q), name
 
 

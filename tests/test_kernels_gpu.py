@@ -35,15 +35,20 @@ def test_act_quant_triton_matches_reference(shape, transposed, pad_to):
 
 
 @pytest.mark.parametrize("shape", [(65536, 512), (333, 1000)])
-def test_swiglu_quant_dual_triton_matches_reference(shape):
-    # the experts' SwiGLU product quantized where it is made: silu in fp32, rounded to bf16 twice as
-    # eager rounds; the fast exp may move a product by one bf16 step now and then, hence the bounds
-    from kernels.fp8_quant import (act_dequant, swiglu_quant_dual, swiglu_quant_dual_ref,
+def test_swiglu_quantizations_match_their_references(shape):
+    # the experts' SwiGLU product and its two gradients, made inside the dual quantization kernel:
+    # silu in fp32, rounded to bf16 where eager rounds; the fast exp may move a value by one bf16
+    # step now and then, hence the bounds. Each through its dispatch too (fused or not, by measurement)
+    from kernels.fp8_quant import (act_dequant, swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref,
+                                   swiglu_grad_quant_dual_triton, swiglu_quant_dual, swiglu_quant_dual_ref,
                                    swiglu_quant_dual_triton)
     gate = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
-    up = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-    ref = swiglu_quant_dual_ref(gate, up)
-    for got in (swiglu_quant_dual_triton(gate, up), swiglu_quant_dual(gate, up)):
+    up, dact = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cases = [(swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up)),
+             (swiglu_quant_dual(gate, up), swiglu_quant_dual_ref(gate, up))]
+    for impl in (swiglu_grad_quant_dual_triton, swiglu_grad_quant_dual):
+        cases += list(zip(impl(dact, gate, up), swiglu_grad_quant_dual_ref(dact, gate, up)))
+    for got, ref in cases:
         assert all(a.shape == b.shape for a, b in zip(got, ref))
         assert rel(got[1], ref[1]) < 1e-3 and rel(got[3], ref[3]) < 1e-3
         for (q, s), (qr, sr) in (((got[0], got[1]), (ref[0], ref[1])), ((got[2], got[3]), (ref[2], ref[3]))):

@@ -33,9 +33,9 @@ ti._patch_lang_tensor = _patched
 
 from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_quant import (act_dequant, act_quant_dual_ref, act_quant_dual_triton, act_quant_ref,
-                               act_quant_triton, swiglu_quant_dual_ref, swiglu_quant_dual_triton,
-                               weight_quant_dual_ref, weight_quant_dual_triton, weight_quant_ref,
-                               weight_quant_triton)
+                               act_quant_triton, swiglu_grad_quant_dual_ref, swiglu_grad_quant_dual_triton,
+                               swiglu_quant_dual_ref, swiglu_quant_dual_triton, weight_quant_dual_ref,
+                               weight_quant_dual_triton, weight_quant_ref, weight_quant_triton)
 from kernels.moe import (combine, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
                          grouped_wgrad_ref, make_routing, permute, permute_ref)
 
@@ -64,23 +64,29 @@ for M, K in [(50, 200), (3, 130)]:
         assert (got[2].float() != ref[2].float()).float().mean() < 0.05
         assert not got[2][:, M:].float().any(), "dual act: x^T padding columns are zero"
 
-for M, K, dtype in [(50, 200, torch.float32), (3, 130, torch.float32), (50, 200, torch.bfloat16)]:
-    # the experts' SwiGLU product, quantized where it is made (rounded to bf16 twice, as eager rounds)
-    gate, up = (torch.randn(M, K) * 3).to(dtype), torch.randn(M, K).to(dtype)
-    got, ref = swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up)
-    assert all(a.shape == b.shape for a, b in zip(got, ref)), "swiglu dual shapes"
+def dual_close(got, ref, M, dtype, what):
     # float32: scales to float32 rounding (silu's exp differs from torch's in the last bits). bf16:
     # the interpreter truncates float32 -> bf16 where the GPU rounds to nearest (measured: every
-    # converted value equals the truncated one), so the products, and the scales, differ by a bf16
-    # step here; tests/test_kernels_gpu.py holds the GPU to the reference's rounding
+    # converted value equals the truncated one), so the made tensors, and the scales, differ by a
+    # bf16 step here: values compared after dequantization; tests/test_kernels_gpu.py holds the GPU
+    # to the reference's rounding
+    assert all(a.shape == b.shape for a, b in zip(got, ref)), f"{what} shapes"
     if dtype == torch.float32:
-        assert rel(got[1], ref[1]) < 1e-6 and rel(got[3], ref[3]) < 1e-6, "swiglu dual scales"
-        assert (got[0].float() != ref[0].float()).float().mean() < 0.05
-        assert (got[2].float() != ref[2].float()).float().mean() < 0.05
-    else:  # the same values within a bf16 step and FP8's rounding
+        assert rel(got[1], ref[1]) < 1e-6 and rel(got[3], ref[3]) < 1e-6, f"{what} scales"
+        assert (got[0].float() != ref[0].float()).float().mean() < 0.05, what
+        assert (got[2].float() != ref[2].float()).float().mean() < 0.05, what
+    else:
         for (q, sc), (qr, scr) in (((got[0], got[1]), (ref[0], ref[1])), ((got[2], got[3]), (ref[2], ref[3]))):
-            assert rel(act_dequant(q, sc), act_dequant(qr, scr)) < 0.1, "swiglu dual values (bf16)"
-    assert not got[2][:, M:].float().any(), "swiglu dual: padding columns are zero"
+            assert rel(act_dequant(q, sc), act_dequant(qr, scr)) < 0.1, f"{what} values (bf16)"
+    assert not got[2][:, M:].float().any(), f"{what}: padding columns are zero"
+
+# the experts' SwiGLU product and its two gradients, quantized where they are made
+for M, K, dtype in [(50, 200, torch.float32), (3, 130, torch.float32), (50, 200, torch.bfloat16)]:
+    gate, up, dact = (torch.randn(M, K) * 3).to(dtype), torch.randn(M, K).to(dtype), torch.randn(M, K).to(dtype)
+    dual_close(swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up), M, dtype, "swiglu")
+    for got, ref, what in zip(swiglu_grad_quant_dual_triton(dact, gate, up),
+                              swiglu_grad_quant_dual_ref(dact, gate, up), ("d gate", "d up")):
+        dual_close(got, ref, M, dtype, what)
 
 for w in (torch.randn(300, 200), torch.randn(3, 130, 260), torch.randn(2, 260, 130).transpose(1, 2)):
     got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
