@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
-from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref,
+from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref, swiglu,
                                swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref, swiglu_quant_dual,
                                swiglu_quant_dual_ref, weight_quant, weight_quant_dual, weight_quant_dual_ref,
                                weight_quant_ref)
@@ -124,6 +124,75 @@ class FP8LinearFunction(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0).to(w_dtype)
         return dx, dw, db, None, None
+
+
+class FP8SwiGLUFunction(torch.autograd.Function):
+    """y = down(silu(gate(x)) * up(x)) with the three products in FP8, each operand quantized once and
+    where it is made: the dense twin of kernels/experts.py's FP8SwiGLUExpertsFunction (see there).
+    Against three FP8LinearFunctions around an eager SwiGLU: x is quantized once for gate and up,
+    SwiGLU's product and its two gradients are made inside their quantizations (never in bf16), and
+    silu(gate(x)) is not kept for the backward. Same numerics, bit for bit in the emulation."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w3, w2, backend: str, emulate: bool):
+        ops = fp8_ops(emulate)
+        K = x.shape[-1]
+        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+        need_h = need_x or need_w1 or need_w3  # the gradients of gate(x) and up(x)
+        x2 = x.reshape(-1, K)  # (M, K)
+        w18, w38, w28 = ops.weight_of(w1, need_x), ops.weight_of(w3, need_x), ops.weight_of(w2, need_h)
+        if need_w1 or need_w3:
+            xq, xs, xtq, xts = ops.act_dual(x2)
+        else:
+            (xq, xs), xtq, xts = ops.act(x2), None, None
+        h1, h3 = (ops.gemm(xq, xs, w8.q, w8.s, TILE, out_dtype=x.dtype, backend=backend) for w8 in (w18, w38))
+        if need_w2:
+            aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
+        else:
+            (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
+        y = ops.gemm(aq, as_, w28.q, w28.s, TILE, out_dtype=x.dtype, backend=backend)  # (M, D)
+        ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
+        ctx.w8s, ctx.meta = (w18, w38, w28), (x.shape, w1.dtype, backend, ops)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
+        (w18, w38, w28), (x_shape, w_dtype, backend, ops) = ctx.w8s, ctx.meta
+        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+        need_h = need_x or need_w1 or need_w3
+        dx = dw1 = dw3 = dw2 = None
+        dyq, dys, dytq, dyts = ops.act_dual(dy.reshape(-1, w28.q.shape[0]))
+
+        def dgrad(q, s, w8):  # (M, in) from a gradient (M, out) in 1x128 tiles
+            return ops.gemm(q, s, w8.qt, w8.st, TILE, out_dtype=dy.dtype, backend=backend)
+
+        def wgrad(qt, st, inq, ins):  # (out, in) from both operands' 1x128 tiles along the tokens
+            return ops.gemm(qt, st, inq, ins, 1, out_dtype=w_dtype, backend=backend)
+
+        if need_w2:
+            dw2 = wgrad(dytq, dyts, atq, ats)
+        if need_h:
+            dh1, dh3 = ops.swiglu_grad_dual(dgrad(dyq, dys, w28), h1, h3)  # each (q, s, qt, st)
+            if need_x:
+                dx = (dgrad(*dh1[:2], w18) + dgrad(*dh3[:2], w38)).view(x_shape)
+            if need_w1:
+                dw1 = wgrad(*dh1[2:], xtq, xts)
+            if need_w3:
+                dw3 = wgrad(*dh3[2:], xtq, xts)
+        return dx, dw1, dw3, dw2, None, None
+
+
+@torch.compiler.disable  # an eager island under torch.compile, like FP8Linear.forward (see there)
+def fp8_swiglu(x: torch.Tensor, gate: "FP8Linear", up: "FP8Linear", down: "FP8Linear") -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) for three bias-free FP8Linears of one mode: FP8SwiGLUFunction."""
+    if gate.bias is not None or up.bias is not None or down.bias is not None:
+        raise ValueError("fp8_swiglu: the gate, up and down projections must have no bias")
+    if len({(m.backend, m.emulate) for m in (gate, up, down)}) != 1:
+        raise ValueError("fp8_swiglu: the gate, up and down projections must share one backend and emulate "
+                         f"setting, got {[(m.backend, m.emulate) for m in (gate, up, down)]}")
+    emulate = gate.emulate or not x.is_cuda
+    return FP8SwiGLUFunction.apply(x, gate.weight, up.weight, down.weight, gate.backend, emulate)
 
 
 class FP8Linear(nn.Linear):

@@ -348,6 +348,29 @@ def test_fp8_linear_cuda_matches_emulation():
         assert rel(a, b) < 2e-2  # bf16 outputs, different summation order
 
 
+def test_fp8_swiglu_mlp_cuda_matches_emulation():
+    # training/model/moe.py MLP converted to FP8: FP8SwiGLUFunction on the GPU (fused SwiGLU
+    # quantizations, chosen per layout) against its emulation; three FP8 products in a chain
+    from kernels.convert import convert_to_fp8
+    from training.model.moe import MLP
+
+    mlp = MLP(1024, 512).cuda().to(torch.bfloat16)
+    convert_to_fp8(mlp)
+    x = torch.randn(4, 300, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grads = []
+    for emulate in (False, True):
+        for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            m.emulate = emulate
+        x.grad = None
+        for p in mlp.parameters():
+            p.grad = None
+        y = mlp(x)
+        y.float().square().sum().backward()
+        grads.append((y.detach(), x.grad.clone(), *(p.grad.clone() for p in mlp.parameters())))
+    for a, b in zip(*grads):
+        assert torch.isfinite(a).all() and rel(a, b) < 2.5e-2  # as the grouped experts' chain below
+
+
 @pytest.mark.parametrize("fp8,dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
 def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
     from kernels.experts import GroupedExperts

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fp8_linear import FP8Linear, fp8_swiglu
 from kernels.moe import expert_counts
 
 from .config import ModelConfig
@@ -44,6 +45,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if all(isinstance(m, FP8Linear) for m in (self.gate_proj, self.up_proj, self.down_proj)):
+            # converted to FP8 (kernels/convert.py): one function, x quantized once for gate and up,
+            # SwiGLU's product made inside its quantization (the same numerics)
+            return fp8_swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
