@@ -200,8 +200,8 @@ if HAS_TRITON:
     @triton.jit
     def _silu_parts(g):
         """silu(g) and sigmoid(g) in fp32, as PyTorch's CUDA kernels compute them."""
-        sig = 1.0 / (1.0 + tl.exp(-g))
-        return g / (1.0 + tl.exp(-g)), sig
+        e = tl.exp(-g)
+        return g / (1.0 + e), 1.0 / (1.0 + e)
 
     @triton.jit
     def _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b, mask, PROLOGUE: tl.constexpr):
@@ -405,7 +405,7 @@ _DUAL_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselec
 
 
 def dual_choices() -> list[dict]:
-    """What `act_quant_dual` and `swiglu_quant_dual` chose per layout, with the medians they measured."""
+    """What `act_quant_dual` and the SwiGLU quantizations chose per layout, with the medians they measured."""
     return [{"key": str(k), "impl": c.name, "median_ms": c.median_ms, "refused": c.refused, "how": c.how}
             for k, c in (*_DUAL_CACHE.items(), *_SWIGLU_CACHE.items())]
 
@@ -445,7 +445,7 @@ def swiglu_quant_dual(gate: torch.Tensor, up: torch.Tensor
     """Both FP8 layouts of swiglu(gate, up); see `_fused_or_not`."""
     if not use_triton(gate):
         return swiglu_quant_dual_ref(gate, up)
-    impl = _fused_or_not("swiglu_quant_dual", (gate, up), lambda g, u: swiglu_quant_dual_triton(g, u),
+    impl = _fused_or_not("swiglu_quant_dual", (gate, up), swiglu_quant_dual_triton,
                          lambda g, u: act_quant_dual(swiglu(g, u)), swiglu_quant_dual_ref)
     return impl(gate, up)
 
