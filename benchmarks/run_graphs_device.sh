@@ -4,7 +4,7 @@
 #      the weight cache touches;
 #   2. the real `small` trainer, BF16 and FP8, eager and graphed, STEPS steps each on bench_pretrain.py's
 #      synthetic data (compile off in all four: graphs and torch.compile exclude each other);
-#   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: FP8 experts, one dispatch against two).
+#   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: the FP8 experts now against their composition before).
 # Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [PRECS=fp8] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
 # the benchmarks; SECTIONS="gemm,dispatch".
