@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One device call for `pretrain.cuda_graphs` (training/graphs.py) and the FP8 experts' single dispatch:
+# One device call for `pretrain.cuda_graphs` (training/graphs.py) and the FP8 experts:
 #   1. the GPU tests of the graphed blocks (eager vs graphed training, bf16 and FP8) and of the FP8 paths
 #      the weight cache touches;
 #   2. the real `small` trainer, BF16 and FP8, eager and graphed, STEPS steps each on bench_pretrain.py's
 #      synthetic data (compile off in all four: graphs and torch.compile exclude each other);
-#   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: the FP8 experts now against their composition before).
+#   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: the FP8 experts now against their
+#      composition before).
 # Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [PRECS=fp8] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
 # the benchmarks; SECTIONS="gemm,dispatch".
