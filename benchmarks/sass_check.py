@@ -2,7 +2,7 @@
 each config: registers, stack (spill) bytes, shared memory, and the SASS instructions that matter
 (QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory).
 
-    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad]
+    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad quant]
 
 Uses the ptxas and cuobjdump that Triton's wheel carries (triton/backends/nvidia/bin), so it costs
 no device time. A config whose shared memory exceeds 227 KB (232,448 bytes) cannot launch on an

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_linear import fp8_ops
+from kernels.fp8_linear import FP8Products, fp8_ops, grad_products, quantize_grad, swiglu_backward, swiglu_forward
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import (Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, permute)
@@ -47,31 +47,14 @@ def _quant_stacked(w: torch.Tensor, wq_fn):
     return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
 
 
-def _fp8_grouped_backward(dout, xtq, xts, w8, ops, r: Routing, emulate: bool, need_dx: bool, need_dw: bool,
-                          w_dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """dx (P, K) and dw (E, N, K) of out = x @ w[expert]^T in FP8, from dout (P, N), the forward's FP8
-    x^T (xtq, xts) and weight w8."""
-    # dout (P, N): 1x128 along N for the dgrad, and (N, P) 1x128 along rows for the wgrad
-    # (128x1 tiles never straddle two experts: segments are 128-aligned)
-    dq = ds = dtq = dts = None
-    if need_dx and need_dw:
-        dq, ds, dtq, dts = ops.act_dual(dout)
-    elif need_dx:
-        dq, ds = ops.act(dout)
-    elif need_dw:
-        dtq, dts = ops.act(dout.t())
-    return _fp8_grouped_products(dq, ds, dtq, dts, xtq, xts, w8, r, emulate, w_dtype, dout.dtype)
-
-
-def _fp8_grouped_products(dq, ds, dtq, dts, xtq, xts, w8, r: Routing, emulate: bool, w_dtype, out_dtype):
-    """The dgrad (when dq is given) and the wgrad (when dtq is given) from FP8 operands.
+def grouped_products(r: Routing, emulate: bool) -> FP8Products:
+    """The FP8 products over experts (kernels/moe.py), for the shared FP8 backward and SwiGLU.
     NOTE: no host read of the routing: segment bounds stay on the device."""
     grouped = grouped_gemm_ref if emulate else grouped_gemm
-    dx = grouped(dq, w8.qt, r, ds, w8.st, out_dtype=out_dtype) if dq is not None else None
-    dw = None
-    if dtq is not None:
-        dw = (grouped_wgrad_ref if emulate else grouped_wgrad_fp8)(dtq, dts, xtq, xts, r, out_dtype=w_dtype)
-    return dx, dw
+    wgrad = grouped_wgrad_ref if emulate else grouped_wgrad_fp8
+    return FP8Products(forward=lambda q, s, w8, dt: grouped(q, w8.q, r, s, w8.s, out_dtype=dt),
+                       dgrad=lambda q, s, w8, dt: grouped(q, w8.qt, r, s, w8.st, out_dtype=dt),
+                       wgrad=lambda gq, gs, xq, xs, dt: wgrad(gq, gs, xq, xs, r, out_dtype=dt))  # (E, N, K)
 
 
 class GroupedLinearFunction(torch.autograd.Function):
@@ -104,9 +87,10 @@ class GroupedLinearFunction(torch.autograd.Function):
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grouped = grouped_gemm_ref if emulate else grouped_gemm
         dx = dw = None
-        if fp8:
+        if fp8:  # dout's 128x1 tiles (wgrad) never straddle two experts: segments are 128-aligned
             xtq, xts = ctx.saved_tensors
-            dx, dw = _fp8_grouped_backward(dout, xtq, xts, ctx.w8, ctx.ops, r, emulate, need_dx, need_dw, ctx.w_dtype)
+            dx, dw = grad_products(grouped_products(r, emulate), quantize_grad(ctx.ops, dout, need_dx, need_dw),
+                                   xtq, xts, ctx.w8, ctx.w_dtype, dout.dtype)
         else:
             dout = dout.contiguous()
             x_perm, w = ctx.saved_tensors
@@ -125,61 +109,24 @@ class GroupedLinearFunction(torch.autograd.Function):
 
 
 class FP8SwiGLUExpertsFunction(torch.autograd.Function):
-    """o (P, D) = (silu(x w1[e]^T) * (x w3[e]^T)) w2[e]^T for each permuted row's expert e: the three
-    grouped GEMMs in FP8, each operand quantized once, where it is made.
-
-    Against three GroupedLinearFunctions around an eager SwiGLU (the bf16 path's composition):
-      - the rows x are quantized once for w1 and w3 (they were twice, with two saved FP8 copies);
-      - the product silu(h1) * h3 is made inside its quantization (`swiglu_quant_dual`): it is never
-        written in bf16, nor silu(h1) kept for the backward;
-      - in the backward, d h1 and d h3 are made inside their quantizations (`swiglu_grad_quant_dual`,
-        from d product, h1 and h3): never written in bf16.
-    Same numerics: every tensor is rounded to the activations' dtype where the eager ops round it
-    before it is quantized; dx = dx1 + dx3 as autograd summed it (two terms: the order is moot)."""
+    """o (P, D) = (silu(x w1[e]^T) * (x w3[e]^T)) w2[e]^T for each permuted row's expert e, the three
+    grouped GEMMs in FP8: kernels/fp8_linear.py's shared `swiglu_forward` / `swiglu_backward` on the
+    grouped products. Against three GroupedLinearFunctions around an eager SwiGLU: the rows are
+    quantized once for w1 and w3, SwiGLU's product and its two gradients are made inside their
+    quantizations (never in bf16), silu(h1) is not kept for the backward. Same numerics."""
 
     @staticmethod
     def forward(ctx, xp, w1, w3, w2, r: Routing, emulate: bool):
         ops = fp8_ops(emulate)
-        grouped = grouped_gemm_ref if emulate else grouped_gemm
-        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
-        need_h = need_x or need_w1 or need_w3  # the gradients of h1 and h3
 
-        def fp8_weight(w, transposed):
+        def weight_of(w, transposed):
             return quantized_weight(w, transposed, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
 
-        w18, w38, w28 = fp8_weight(w1, need_x), fp8_weight(w3, need_x), fp8_weight(w2, need_h)
-        if need_w1 or need_w3:  # x^T in 1x128 tiles along the rows, for both wgrads
-            xq, xs, xtq, xts = ops.act_dual(xp)
-        else:
-            (xq, xs), xtq, xts = ops.act(xp), None, None
-        h1, h3 = (grouped(xq, w8.q, r, xs, w8.s, out_dtype=xp.dtype) for w8 in (w18, w38))  # (P, I)
-        if need_w2:
-            aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
-        else:
-            (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
-        o = grouped(aq, w28.q, r, as_, w28.s, out_dtype=xp.dtype)  # (P, D)
-        ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
-        ctx.w8s, ctx.ops, ctx.r, ctx.emulate, ctx.w_dtype = (w18, w38, w28), ops, r, emulate, w1.dtype
-        return o
+        return swiglu_forward(ctx, ops, grouped_products(r, emulate), xp, w1, w3, w2, weight_of)
 
     @staticmethod
     def backward(ctx, do):
-        xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
-        (w18, w38, w28), ops, r, emulate = ctx.w8s, ctx.ops, ctx.r, ctx.emulate
-        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
-        need_h = need_x or need_w1 or need_w3
-        da, dw2 = _fp8_grouped_backward(do, atq, ats, w28, ops, r, emulate, need_h, need_w2, ctx.w_dtype)
-        dx = dw1 = dw3 = None
-        if need_h:
-            dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
-            dx1, dw1 = _fp8_grouped_products(*(dh1[:2] if need_x else (None, None)),
-                                             *(dh1[2:] if need_w1 else (None, None)), xtq, xts, w18, r, emulate,
-                                             ctx.w_dtype, do.dtype)
-            dx3, dw3 = _fp8_grouped_products(*(dh3[:2] if need_x else (None, None)),
-                                             *(dh3[2:] if need_w3 else (None, None)), xtq, xts, w38, r, emulate,
-                                             ctx.w_dtype, do.dtype)
-            dx = dx1 + dx3 if need_x else None
-        return dx, dw1, dw3, dw2, None, None
+        return *swiglu_backward(ctx, do), None, None
 
 
 class PermuteFunction(torch.autograd.Function):

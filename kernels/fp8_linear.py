@@ -75,6 +75,88 @@ def fp8_ops(emulate: bool) -> FP8Ops:
     return EMULATED_OPS if emulate else GPU_OPS
 
 
+@dataclass(frozen=True)
+class FP8Products:
+    """How a layer's FP8 products run: dense (`dense_products`) or grouped over experts (kernels/experts.py).
+    Operands come quantized; w8 is a QuantizedWeight (its transposed layout for the dgrad)."""
+
+    forward: Callable  # (q, s, w8, out_dtype) -> x @ w^T
+    dgrad: Callable  # (q, s, w8, out_dtype) -> dy @ w
+    wgrad: Callable  # (dy^T q, s, x^T q, s, w_dtype) -> dy^T @ x, both in 1x128 tiles along the tokens
+
+
+def dense_products(ops: FP8Ops, backend: str) -> FP8Products:
+    return FP8Products(
+        forward=lambda q, s, w8, dt: ops.gemm(q, s, w8.q, w8.s, TILE, out_dtype=dt, backend=backend),
+        dgrad=lambda q, s, w8, dt: ops.gemm(q, s, w8.qt, w8.st, TILE, out_dtype=dt, backend=backend),
+        wgrad=lambda gq, gs, xq, xs, dt: ops.gemm(gq, gs, xq, xs, 1, out_dtype=dt, backend=backend))
+
+
+def quantize_grad(ops: FP8Ops, g: torch.Tensor, for_dgrad: bool, for_wgrad: bool) -> tuple:
+    """A gradient g (M, N) as its products want it, None where not needed: (q, s) in 1x128 tiles along
+    N for the dgrad, and (qt, st) of g^T in 1x128 tiles along the tokens, zero-padded to a multiple of
+    128 tokens, for the wgrad. NOTE: without the padding, a token count like the MTP block's
+    8 x 2047 = 16376 left 16-byte-misaligned rows that neither cuBLAS nor the TMA kernel takes, and
+    the pointer kernel ran the wgrad at ~30 TFLOP/s (2026-11-30)."""
+    if for_dgrad and for_wgrad:
+        return ops.act_dual(g)
+    if for_dgrad:
+        return (*ops.act(g), None, None)
+    if for_wgrad:
+        return (None, None, *ops.act(g.t(), pad_to=TILE))
+    return None, None, None, None
+
+
+def grad_products(mm: FP8Products, g8: tuple, xtq, xts, w8, w_dtype, out_dtype) -> tuple:
+    """(dx, dw) from a quantized gradient (quantize_grad's four) and the forward's FP8 x^T; None where
+    that part of g8 is None."""
+    gq, gs, gtq, gts = g8
+    dx = mm.dgrad(gq, gs, w8, out_dtype) if gq is not None else None
+    dw = mm.wgrad(gtq, gts, xtq, xts, w_dtype) if gtq is not None else None
+    return dx, dw
+
+
+def swiglu_forward(ctx, ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of) -> torch.Tensor:
+    """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense) and kernels/experts.py's
+    FP8SwiGLUExpertsFunction (grouped): down(silu(x w1^T) * (x w3^T)), each operand quantized once
+    and where it is made. x2 (M, K); weight_of(w, transposed) -> its QuantizedWeight."""
+    need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+    need_h = need_x or need_w1 or need_w3  # the gradients of h1 = x w1^T and h3 = x w3^T
+    w8s = (weight_of(w1, need_x), weight_of(w3, need_x), weight_of(w2, need_h))
+    if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
+        xq, xs, xtq, xts = ops.act_dual(x2)
+    else:
+        (xq, xs), xtq, xts = ops.act(x2), None, None
+    h1, h3 = (mm.forward(xq, xs, w8, x2.dtype) for w8 in w8s[:2])
+    if need_w2:  # the product made inside its quantization, both layouts
+        aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
+    else:
+        (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
+    ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
+    ctx.swiglu = (ops, mm, w8s, w1.dtype)  # NOTE: the FP8 weights this forward used (see FP8LinearFunction)
+    return mm.forward(aq, as_, w8s[2], x2.dtype)
+
+
+def swiglu_backward(ctx, do2: torch.Tensor) -> tuple:
+    """(dx, dw1, dw3, dw2) of swiglu_forward from do2 (M, D): d h1 and d h3 made inside their
+    quantizations (`swiglu_grad_dual`), dx = dx1 + dx3 as autograd summed it (two terms: any order)."""
+    xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
+    ops, mm, (w18, w38, w28), w_dtype = ctx.swiglu
+    need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+    need_h = need_x or need_w1 or need_w3
+    da, dw2 = grad_products(mm, quantize_grad(ops, do2, need_h, need_w2), atq, ats, w28, w_dtype, do2.dtype)
+    dx = dw1 = dw3 = None
+    if need_h:
+        def wanted(g8, need_w):  # the dgrad's half of a quantized gradient if dx is needed, the wgrad's if dw is
+            return (*(g8[:2] if need_x else (None, None)), *(g8[2:] if need_w else (None, None)))
+
+        dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
+        dx1, dw1 = grad_products(mm, wanted(dh1, need_w1), xtq, xts, w18, w_dtype, do2.dtype)
+        dx3, dw3 = grad_products(mm, wanted(dh3, need_w3), xtq, xts, w38, w_dtype, do2.dtype)
+        dx = dx1 + dx3 if need_x else None
+    return dx, dw1, dw3, dw2
+
+
 class FP8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, backend: str = "auto", emulate: bool = False):
@@ -106,81 +188,34 @@ class FP8LinearFunction(torch.autograd.Function):
         N = w8.q.shape[0]
         dy2 = dy.reshape(-1, N)  # (M, N)
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx = dw = db = None
-        # dy in 1x128 tiles along N (dgrad's reduction axis) and dy^T in 1x128 tiles along the tokens
-        # (wgrad's), zero-padded to a multiple of 128 tokens. NOTE: without the padding, a token count
-        # like the MTP block's 8 x 2047 = 16376 left 16-byte-misaligned rows that neither cuBLAS nor
-        # the TMA kernel takes, and the pointer kernel ran this product at ~30 TFLOP/s (2026-11-30)
-        if need_dx and need_dw:
-            dyq, dys, dytq, dyts = ops.act_dual(dy2)
-        elif need_dx:
-            dyq, dys = ops.act(dy2)
-        elif need_dw:
-            dytq, dyts = ops.act(dy2.t(), pad_to=TILE)
-        if need_dx:
-            dx = ops.gemm(dyq, dys, w8.qt, w8.st, TILE, out_dtype=dy.dtype, backend=backend).view(x_shape)  # (M, K)
-        if need_dw:
-            dw = ops.gemm(dytq, dyts, xtq, xts, 1, out_dtype=w_dtype, backend=backend)  # (N, K)
+        db = None
+        dx, dw = grad_products(dense_products(ops, backend), quantize_grad(ops, dy2, need_dx, need_dw), xtq, xts,
+                               w8, w_dtype, dy.dtype)  # (M, K), (N, K)
+        if dx is not None:
+            dx = dx.view(x_shape)
         if has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0).to(w_dtype)
         return dx, dw, db, None, None
 
 
 class FP8SwiGLUFunction(torch.autograd.Function):
-    """y = down(silu(gate(x)) * up(x)) with the three products in FP8, each operand quantized once and
-    where it is made: the dense twin of kernels/experts.py's FP8SwiGLUExpertsFunction (see there).
-    Against three FP8LinearFunctions around an eager SwiGLU: x is quantized once for gate and up,
-    SwiGLU's product and its two gradients are made inside their quantizations (never in bf16), and
-    silu(gate(x)) is not kept for the backward. Same numerics, bit for bit in the emulation."""
+    """y = down(silu(gate(x)) * up(x)) with the three products in FP8 (`swiglu_forward`): against three
+    FP8LinearFunctions around an eager SwiGLU, x is quantized once for gate and up, SwiGLU's product
+    and its two gradients are made inside their quantizations (never in bf16), and silu(gate(x)) is
+    not kept for the backward. Same numerics, bit for bit in the emulation."""
 
     @staticmethod
     def forward(ctx, x, w1, w3, w2, backend: str, emulate: bool):
         ops = fp8_ops(emulate)
-        K = x.shape[-1]
-        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
-        need_h = need_x or need_w1 or need_w3  # the gradients of gate(x) and up(x)
-        x2 = x.reshape(-1, K)  # (M, K)
-        w18, w38, w28 = ops.weight_of(w1, need_x), ops.weight_of(w3, need_x), ops.weight_of(w2, need_h)
-        if need_w1 or need_w3:
-            xq, xs, xtq, xts = ops.act_dual(x2)
-        else:
-            (xq, xs), xtq, xts = ops.act(x2), None, None
-        h1, h3 = (ops.gemm(xq, xs, w8.q, w8.s, TILE, out_dtype=x.dtype, backend=backend) for w8 in (w18, w38))
-        if need_w2:
-            aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
-        else:
-            (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
-        y = ops.gemm(aq, as_, w28.q, w28.s, TILE, out_dtype=x.dtype, backend=backend)  # (M, D)
-        ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
-        ctx.w8s, ctx.meta = (w18, w38, w28), (x.shape, w1.dtype, backend, ops)
+        ctx.x_shape = x.shape
+        y = swiglu_forward(ctx, ops, dense_products(ops, backend), x.reshape(-1, x.shape[-1]), w1, w3, w2,
+                           ops.weight_of)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
-        (w18, w38, w28), (x_shape, w_dtype, backend, ops) = ctx.w8s, ctx.meta
-        need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
-        need_h = need_x or need_w1 or need_w3
-        dx = dw1 = dw3 = dw2 = None
-        dyq, dys, dytq, dyts = ops.act_dual(dy.reshape(-1, w28.q.shape[0]))
-
-        def dgrad(q, s, w8):  # (M, in) from a gradient (M, out) in 1x128 tiles
-            return ops.gemm(q, s, w8.qt, w8.st, TILE, out_dtype=dy.dtype, backend=backend)
-
-        def wgrad(qt, st, inq, ins):  # (out, in) from both operands' 1x128 tiles along the tokens
-            return ops.gemm(qt, st, inq, ins, 1, out_dtype=w_dtype, backend=backend)
-
-        if need_w2:
-            dw2 = wgrad(dytq, dyts, atq, ats)
-        if need_h:
-            dh1, dh3 = ops.swiglu_grad_dual(dgrad(dyq, dys, w28), h1, h3)  # each (q, s, qt, st)
-            if need_x:
-                dx = (dgrad(*dh1[:2], w18) + dgrad(*dh3[:2], w38)).view(x_shape)
-            if need_w1:
-                dw1 = wgrad(*dh1[2:], xtq, xts)
-            if need_w3:
-                dw3 = wgrad(*dh3[2:], xtq, xts)
-        return dx, dw1, dw3, dw2, None, None
+        dx, dw1, dw3, dw2 = swiglu_backward(ctx, dy.reshape(-1, dy.shape[-1]))
+        return (dx.view(ctx.x_shape) if dx is not None else None), dw1, dw3, dw2, None, None
 
 
 @torch.compiler.disable  # an eager island under torch.compile, like FP8Linear.forward (see there)

@@ -130,9 +130,9 @@ def build_engine(model: nn.Module, cfg: PretrainConfig, dist: Dist, precision: s
     return engine, optimizer, scheduler
 
 
-def release_gradient_accumulators(module: nn.Module) -> int:
-    """Let go of the gradient accumulators DeepSpeed's ZeRO 1/2 optimizer keeps alive; returns the
-    parameters whose link was detached. training/graphs.py calls it right before a capture.
+def release_gradient_accumulators(module: nn.Module) -> None:
+    """Let go of the gradient accumulators DeepSpeed's ZeRO 1/2 optimizer keeps alive. training/graphs.py
+    calls it right before a capture.
 
     Why. The optimizer links each parameter to its fp32 master slice with `param.flatten().narrow(...)`
     taken with autograd on (`_hp_mapping.lp_fragment`), so every link holds the parameter's
@@ -143,13 +143,10 @@ def release_gradient_accumulators(module: nn.Module) -> int:
     reads and writes the link only through `.data`, so a detached view of the same memory serves it
     the same; autograd then makes each accumulator on the stream of the pass that needs it.
     """
-    released = 0
     for p in module.parameters():
         mapping = getattr(p, "_hp_mapping", None)
-        if mapping is not None and mapping.lp_fragment.grad_fn is not None:
+        if mapping is not None:
             mapping.lp_fragment = mapping.lp_fragment.detach()
-            released += 1
-    return released
 
 
 def optimizer_step(engine, module: nn.Module, measure_norm: bool = False) -> float | None:

@@ -311,7 +311,7 @@ class PretrainConfig:
     # CUDA graphs: each transformer block's forward and backward captured once and replayed every
     # micro-step (training/graphs.py), so Python no longer queues their kernels one by one. Pays where
     # the step is host-bound: narrow models, FP8 (BENCHMARKS.md). Needs a CUDA device, ZeRO stage <= 2,
-    # ep_size 1 (the all-to-all's splits are read on the host), compile off and, for now, bf16.
+    # ep_size 1 (the all-to-all's splits are read on the host) and compile off.
     cuda_graphs: bool = False
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
