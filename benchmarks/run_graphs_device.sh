@@ -2,11 +2,11 @@
 # One device call for `pretrain.cuda_graphs` (training/graphs.py) and the FP8 experts:
 #   1. the GPU tests of the graphed blocks (eager vs graphed training, bf16 and FP8) and of the FP8 paths
 #      the weight cache touches;
-#   2. the real `small` trainer, BF16 and FP8, eager and graphed, STEPS steps each on bench_pretrain.py's
-#      synthetic data (compile off in all four: graphs and torch.compile exclude each other);
+#   2. the real `small` trainer, STEPS steps per run on bench_pretrain.py's synthetic data, one run per
+#      precision:mode in $RUNS (default BF16 and FP8, eager and graphed; mode compile: pretrain.compile);
 #   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: the FP8 experts now against their
 #      composition before).
-# Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [PRECS=fp8] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
+# Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [RUNS="fp8:compile fp8:graphs"] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
 # the benchmarks; SECTIONS="gemm,dispatch".
 set -o pipefail
@@ -25,25 +25,26 @@ if [ "${TEST_S:-150}" != 0 ]; then
   grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
 fi
 D=/tmp/graphs_runs
-[ "$STEPS" = 0 ] && PRECS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
+[ "$STEPS" = 0 ] && RUNS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
   --validation 16 > /dev/null 2>&1
-for prec in ${PRECS:-bf16 fp8}; do
-  for g in false true; do
-    run=$D/${prec}_graphs_$g
-    python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
-      pretrain.compile=false pretrain.cuda_graphs=$g pretrain.precision=$prec pretrain.log_every=5 \
-      pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
-      pretrain.checkpoint_every=100000 > /dev/null
-    timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/${prec}_graphs_$g.log 2>&1
-    echo "$prec graphs=$g rc=$?"; grep -E "Error|error:" $OUT/${prec}_graphs_$g.log | grep -v -i warn | tail -3 | cut -c1-300
-  done
+# RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs) or compile (pretrain.compile)
+for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
+  prec=${spec%%:*}; mode=${spec##*:}
+  run=$D/${prec}_$mode
+  python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
+    pretrain.compile=$([ $mode = compile ] && echo true || echo false) \
+    pretrain.cuda_graphs=$([ $mode = graphs ] && echo true || echo false) pretrain.precision=$prec \
+    pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
+    pretrain.checkpoint_every=100000 > /dev/null
+  timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_${prec}_$mode.log 2>&1
+  echo "$prec $mode rc=$?"; grep -E "Error|error:" $OUT/run_${prec}_$mode.log | grep -v -i warn | tail -3 | cut -c1-300
 done
 # figures from the logs (the final checkpoint and export may run past RUN_S; the steps are logged before)
 python3 - "$OUT" <<'EOF'
 import json, re, statistics, sys
 from pathlib import Path
 out, runs = Path(sys.argv[1]), {}
-for log in sorted(Path(sys.argv[1]).glob("*_graphs_*.log")):
+for log in sorted(Path(sys.argv[1]).glob("run_*.log")):
     steps = [(int(m[1]), float(m[2]), float(m[3].replace(",", ""))) for m in
              re.finditer(r"step (\d+)/\d+ loss ([\d.]+) .* ([\d,]+) tok/s", log.read_text())]
     if not steps:

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_linear import FP8Products, fp8_ops, grad_products, quantize_grad, swiglu_backward, swiglu_forward
+from kernels.fp8_linear import (FP8Products, fake_swiglu_grads, fake_swiglu_saved, fp8_ops,
+                                grad_products, or_empty, or_none, quantize_grad, swiglu_backward, swiglu_forward,
+                                wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
-from kernels.moe import (Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
+from kernels.moe import (ALIGN, Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, permute)
 from kernels.weight_cache import quantized_weight
 
@@ -45,6 +47,12 @@ def _quant_stacked(w: torch.Tensor, wq_fn):
         return q.view(E, N, K), s.view(E, N // TILE, -1)
     qs = [wq_fn(w[e]) for e in range(E)]
     return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
+
+
+def stacked_weight_of(ops):
+    """weight_of(w, transposed) for stacked expert weights (E, N, K): their cached FP8 copy."""
+    return lambda w, transposed: quantized_weight(w, transposed, lambda t: _quant_stacked(t, ops.weight),
+                                                  ops.weight_dual, ops.mode)
 
 
 def grouped_products(r: Routing, emulate: bool) -> FP8Products:
@@ -66,7 +74,7 @@ class GroupedLinearFunction(torch.autograd.Function):
         if fp8:
             ops = fp8_ops(emulate)
             need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            w8 = quantized_weight(w, need_dx, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
+            w8 = stacked_weight_of(ops)(w, need_dx)
             if need_dw:  # (K, P): x^T in 1x128 tiles along the rows, for the wgrad
                 xq, xs, xtq, xts = ops.act_dual(x_perm)
             else:
@@ -119,14 +127,35 @@ class FP8SwiGLUExpertsFunction(torch.autograd.Function):
     def forward(ctx, xp, w1, w3, w2, r: Routing, emulate: bool):
         ops = fp8_ops(emulate)
 
-        def weight_of(w, transposed):
-            return quantized_weight(w, transposed, lambda t: _quant_stacked(t, ops.weight), ops.weight_dual, ops.mode)
-
-        return swiglu_forward(ctx, ops, grouped_products(r, emulate), xp, w1, w3, w2, weight_of)
+        mm, needs = grouped_products(r, emulate), ctx.needs_input_grad[:4]
+        y, saved, w8s = swiglu_forward(ops, mm, xp, w1, w3, w2, stacked_weight_of(ops), needs)
+        ctx.save_for_backward(*saved)
+        ctx.swiglu = (ops, mm, w8s, w1.dtype, needs)  # NOTE: the FP8 weights this forward used
+        return y
 
     @staticmethod
     def backward(ctx, do):
-        return *swiglu_backward(ctx, do), None, None
+        ops, mm, w8s, w_dtype, needs = ctx.swiglu
+        return *swiglu_backward(ops, mm, w8s, w_dtype, needs, ctx.saved_tensors, do), None, None
+
+
+def permute_backward(dxp: torch.Tensor, r: Routing) -> torch.Tensor:
+    """dx (T, D) of permute: dx[t] = sum_j dxp[row_of[t, j]]."""
+    ones = torch.ones((r.num_tokens, r.topk), dtype=torch.float32, device=dxp.device)
+    return combine(dxp.contiguous(), ones, r)
+
+
+def combine_backward(dy: torch.Tensor, out_perm: torch.Tensor | None, topk_w: torch.Tensor, r: Routing) -> tuple:
+    """(d out_perm (P, N), d topk_w (T, k)) of combine(out_perm, topk_w, r) for dy (T, N); d topk_w is
+    None when out_perm is (the weights want no gradient)."""
+    rows = r.row_of.reshape(-1)
+    d_out = dy.new_zeros(r.padded_rows, dy.shape[-1])
+    d_out[rows] = (dy[:, None, :].float() * topk_w[..., None].float()).reshape(
+        -1, dy.shape[-1]).to(dy.dtype)  # (T*k, N)
+    if out_perm is None:
+        return d_out, None
+    d_w = (out_perm[r.row_of].float() * dy[:, None, :].float()).sum(-1).to(topk_w.dtype)
+    return d_out, d_w
 
 
 class PermuteFunction(torch.autograd.Function):
@@ -137,9 +166,7 @@ class PermuteFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dxp):
-        r = ctx.r
-        ones = torch.ones((r.num_tokens, r.topk), dtype=torch.float32, device=dxp.device)
-        return combine(dxp.contiguous(), ones, r), None  # dx[t] = sum_j dxp[row_of[t, j]]
+        return permute_backward(dxp, ctx.r), None
 
 
 class CombineFunction(torch.autograd.Function):
@@ -151,14 +178,7 @@ class CombineFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        out_perm, topk_w = ctx.saved_tensors
-        r = ctx.r
-        rows = r.row_of.reshape(-1)
-        d_out = torch.zeros_like(out_perm)
-        d_out[rows] = (dy[:, None, :].float() * topk_w[..., None].float()).reshape(
-            -1, dy.shape[-1]).to(out_perm.dtype)  # (T*k, N)
-        d_w = (out_perm[r.row_of].float() * dy[:, None, :].float()).sum(-1).to(topk_w.dtype)
-        return d_out, d_w, None
+        return *combine_backward(dy, *ctx.saved_tensors, ctx.r), None
 
 
 class GroupedExperts(nn.Module):
@@ -179,12 +199,20 @@ class GroupedExperts(nn.Module):
         return grouped_swiglu(x, topk_ids, topk_w, self.w1, self.w2, self.w3, self.fp8, self.emulate)
 
 
-@torch.compiler.disable  # an eager island under torch.compile, like FP8Linear.forward (see there)
 def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = False) -> torch.Tensor:
     """GroupedExperts' forward as a function of its weights (for wrappers that own the parameters,
-    e.g. training/expert_parallel.py): x (T, D), topk_ids / topk_w (T, k) -> (T, D)."""
-    r = make_routing(topk_ids, w1.shape[0])
+    e.g. training/expert_parallel.py): x (T, D), topk_ids / topk_w (T, k) -> (T, D). In FP8 under
+    torch.compile: one custom op (see the end of this file); else autograd Functions."""
     emulate = emulate or not x.is_cuda
+    if fp8 and torch.compiler.is_compiling():
+        needs = [wants_grad(t) for t in (x, topk_w, w1, w3, w2)]
+        return torch.ops.seekflow.fp8_experts(x, topk_ids, topk_w, w1, w3, w2, emulate, needs)[0]
+    return _grouped_swiglu_eager(x, topk_ids, topk_w, w1, w2, w3, fp8, emulate)
+
+
+@torch.compiler.disable  # bf16: the weight gradient reads the segment bounds on the host (a graph break anyway)
+def _grouped_swiglu_eager(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool) -> torch.Tensor:
+    r = make_routing(topk_ids, w1.shape[0])
     xp = PermuteFunction.apply(x, r)  # (P, D), P = padded rows
     if fp8:
         o = FP8SwiGLUExpertsFunction.apply(xp, w1, w3, w2, r, emulate)  # (P, D)
@@ -203,6 +231,81 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
         h = F.silu(torch.einsum("tid,td->ti", w1[e], x)) * torch.einsum("tid,td->ti", w3[e], x)
         out = out + topk_w[:, j, None] * torch.einsum("tdi,ti->td", w2[e], h)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile: the FP8 experts (permute, FP8 SwiGLU, combine) as one custom op, for the reasons
+# given at the end of kernels/fp8_linear.py. The routing is made inside the op and comes back as
+# outputs, with the tensors the backward reads.
+
+EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * 13]  # y, o, the routing's five tensors, swiglu_forward's six saved
+EXPERTS_GRADS = tuple[(torch.Tensor,) * 5]  # dx, d topk_w, dw1, dw3, dw2
+
+
+@torch.library.custom_op("seekflow::fp8_experts", mutates_args=())
+def _experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_w: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
+                w2: torch.Tensor, emulate: bool, needs: list[bool]) -> EXPERTS_OUTPUTS:
+    """needs: gradients wanted for (x, topk_w, w1, w3, w2). o (P, D), the experts' permuted outputs,
+    is kept for d topk_w."""
+    r = make_routing(topk_ids, w1.shape[0])
+    ops = fp8_ops(emulate)
+    o, saved, _ = swiglu_forward(ops, grouped_products(r, emulate), permute(x, r), w1, w3, w2, stacked_weight_of(ops),
+                                 [needs[0], *needs[2:]])
+    return (combine(o, topk_w, r), o if needs[1] else x.new_empty(0), r.src_token, r.row_of, r.offsets, r.counts,
+            r.tile_expert, *(or_empty(t, x) for t in saved))
+
+
+def _padded_rows(tokens: int, topk: int, experts: int) -> int:
+    return -(-(tokens * topk + experts * (ALIGN - 1)) // ALIGN) * ALIGN  # make_routing's static bound
+
+
+@_experts_op.register_fake
+def _(x, topk_ids, topk_w, w1, w3, w2, emulate, needs):
+    (T, D), k, (E, I) = x.shape, topk_ids.shape[1], w1.shape[:2]
+    P = _padded_rows(T, k, E)
+    routing = (x.new_empty(P, dtype=torch.int32), x.new_empty(T, k, dtype=torch.long),
+               x.new_empty(E + 1, dtype=torch.long), x.new_empty(E, dtype=torch.long),
+               x.new_empty(P // ALIGN, dtype=torch.int32))
+    return (x.new_empty(T, D), x.new_empty(P, D) if needs[1] else x.new_empty(0), *routing,
+            *fake_swiglu_saved(x, P, D, I, [needs[0], *needs[2:]]))
+
+
+@torch.library.custom_op("seekflow::fp8_experts_backward", mutates_args=())
+def _experts_backward_op(dy: torch.Tensor, topk_w: torch.Tensor, o: torch.Tensor, routing: list[torch.Tensor],
+                         saved: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
+                         emulate: bool, needs: list[bool]) -> EXPERTS_GRADS:
+    r = Routing(dy.shape[0], topk_w.shape[1], w1.shape[0], *routing)
+    ops = fp8_ops(emulate)
+    swiglu_needs = [needs[0], *needs[2:]]
+    weight_of = stacked_weight_of(ops)
+    w8s = (weight_of(w1, needs[0]), weight_of(w3, needs[0]), weight_of(w2, any(swiglu_needs[:3])))
+    d_o, d_w = combine_backward(dy, or_none(o), topk_w, r)
+    dxp, dw1, dw3, dw2 = swiglu_backward(ops, grouped_products(r, emulate), w8s, w1.dtype, swiglu_needs,
+                                         [or_none(t) for t in saved], d_o)
+    dx = permute_backward(dxp, r) if needs[0] else None
+    return tuple(or_empty(g, dy) for g in (dx, d_w, dw1, dw3, dw2))
+
+
+@_experts_backward_op.register_fake
+def _(dy, topk_w, o, routing, saved, w1, w3, w2, emulate, needs):
+    dx, dw1, dw3, dw2 = fake_swiglu_grads(dy, dy.shape[0], w1, w3, w2, [needs[0], *needs[2:]])
+    return dx, topk_w.new_empty(topk_w.shape) if needs[1] else dy.new_empty(0), dw1, dw3, dw2
+
+
+def _experts_setup(ctx, inputs, output):
+    _, _, topk_w, w1, w3, w2, ctx.emulate, ctx.needs = inputs
+    ctx.save_for_backward(topk_w, *output[1:], w1, w3, w2)
+
+
+def _experts_grad(ctx, dy, *_):
+    topk_w, o, *rest = ctx.saved_tensors
+    routing, saved, (w1, w3, w2) = rest[:5], rest[5:11], rest[11:]
+    dx, d_w, dw1, dw3, dw2 = _experts_backward_op(dy.contiguous(), topk_w, o, routing, saved, w1, w3, w2,
+                                                  ctx.emulate, ctx.needs)
+    return or_none(dx), None, or_none(d_w), or_none(dw1), or_none(dw3), or_none(dw2), None, None
+
+
+_experts_op.register_autograd(_experts_grad, setup_context=_experts_setup)
 
 
 __all__ = ["GroupedExperts", "GroupedLinearFunction", "grouped_swiglu", "experts_ref", "FP8"]

@@ -22,6 +22,9 @@ Passes, per training step of one linear (2026-11-30 version in brackets):
 Why it exists. FP8 doubles the tensor-core rate over bf16 on Hopper; the fine-grained scales keep
 the loss within the paper's 0.25% of BF16.
 
+Under torch.compile. Each FP8 layer is a `torch.library` custom op (the end of this file and of
+kernels/experts.py), so a compiled block stays one graph; eager runs use the autograd Functions.
+
 What it matches. `emulate=True` (and any CPU tensor) runs the same quantize -> dequantize -> matmul
 numerics in plain PyTorch (the *_ref functions, the same weight cache), so CI on a CPU checks the
 FP8 path's gradients against float64 ones.
@@ -116,11 +119,14 @@ def grad_products(mm: FP8Products, g8: tuple, xtq, xts, w8, w_dtype, out_dtype) 
     return dx, dw
 
 
-def swiglu_forward(ctx, ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of) -> torch.Tensor:
-    """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense) and kernels/experts.py's
-    FP8SwiGLUExpertsFunction (grouped): down(silu(x w1^T) * (x w3^T)), each operand quantized once
-    and where it is made. x2 (M, K); weight_of(w, transposed) -> its QuantizedWeight."""
-    need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, needs) -> tuple:
+    """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense), kernels/experts.py's
+    FP8SwiGLUExpertsFunction (grouped) and their torch.compile custom ops (end of each file):
+    down(silu(x w1^T) * (x w3^T)), each operand quantized once and where it is made.
+    x2 (M, K); weight_of(w, transposed) -> its QuantizedWeight; needs: which of (x, w1, w3, w2) want a
+    gradient. Returns (y, saved, w8s): saved = (xtq, xts, h1, h3, atq, ats), None where not needed,
+    and the FP8 weights this forward used."""
+    need_x, need_w1, need_w3, need_w2 = needs
     need_h = need_x or need_w1 or need_w3  # the gradients of h1 = x w1^T and h3 = x w3^T
     w8s = (weight_of(w1, need_x), weight_of(w3, need_x), weight_of(w2, need_h))
     if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
@@ -132,17 +138,17 @@ def swiglu_forward(ctx, ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of)
         aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
     else:
         (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
-    ctx.save_for_backward(xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
-    ctx.swiglu = (ops, mm, w8s, w1.dtype)  # NOTE: the FP8 weights this forward used (see FP8LinearFunction)
-    return mm.forward(aq, as_, w8s[2], x2.dtype)
+    saved = (xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
+    return mm.forward(aq, as_, w8s[2], x2.dtype), saved, w8s
 
 
-def swiglu_backward(ctx, do2: torch.Tensor) -> tuple:
-    """(dx, dw1, dw3, dw2) of swiglu_forward from do2 (M, D): d h1 and d h3 made inside their
-    quantizations (`swiglu_grad_dual`), dx = dx1 + dx3 as autograd summed it (two terms: any order)."""
-    xtq, xts, h1, h3, atq, ats = ctx.saved_tensors
-    ops, mm, (w18, w38, w28), w_dtype = ctx.swiglu
-    need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
+def swiglu_backward(ops: FP8Ops, mm: FP8Products, w8s, w_dtype, needs, saved, do2: torch.Tensor) -> tuple:
+    """(dx, dw1, dw3, dw2) of swiglu_forward from do2 (M, D) and its (saved, w8s): d h1 and d h3 made
+    inside their quantizations (`swiglu_grad_dual`), dx = dx1 + dx3 as autograd summed it (two terms:
+    any order)."""
+    xtq, xts, h1, h3, atq, ats = saved
+    w18, w38, w28 = w8s
+    need_x, need_w1, need_w3, need_w2 = needs
     need_h = need_x or need_w1 or need_w3
     da, dw2 = grad_products(mm, quantize_grad(ops, do2, need_h, need_w2), atq, ats, w28, w_dtype, do2.dtype)
     dx = dw1 = dw3 = None
@@ -157,45 +163,47 @@ def swiglu_backward(ctx, do2: torch.Tensor) -> tuple:
     return dx, dw1, dw3, dw2
 
 
+def linear_forward(ops: FP8Ops, x2, weight, backend: str, need_dx: bool, need_dw: bool) -> tuple:
+    """y (M, N) = x2 (M, K) @ weight^T in FP8, with what its backward keeps: (y, xtq, xts, w8). xtq, xts
+    (x^T in 1x128 tiles along the tokens, for the wgrad) are None unless need_dw."""
+    K = x2.shape[-1]
+    assert weight.shape[1] == K, f"FP8Linear: input has {K} features, weight is {tuple(weight.shape)}"
+    w8 = ops.weight_of(weight, transposed=need_dx)
+    xtq = xts = None
+    if need_dw:  # (K, Mp), (K, Mp/128), Mp = M padded to 128
+        xq, xs, xtq, xts = ops.act_dual(x2)
+    else:
+        xq, xs = ops.act(x2)
+    return ops.gemm(xq, xs, w8.q, w8.s, TILE, out_dtype=x2.dtype, backend=backend), xtq, xts, w8
+
+
+def linear_backward(ops: FP8Ops, dy2, xtq, xts, w8, w_dtype, backend: str, need_dx: bool, need_dw: bool) -> tuple:
+    """(dx (M, K), dw (N, K)) of linear_forward from dy2 (M, N); None where not needed."""
+    return grad_products(dense_products(ops, backend), quantize_grad(ops, dy2, need_dx, need_dw), xtq, xts,
+                         w8, w_dtype, dy2.dtype)
+
+
 class FP8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, backend: str = "auto", emulate: bool = False):
         ops = fp8_ops(emulate)
-        K = x.shape[-1]
-        N = weight.shape[0]
-        assert weight.shape[1] == K, f"FP8Linear: input has {K} features, weight is {tuple(weight.shape)}"
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        x2 = x.reshape(-1, K)  # (M, K), M = all leading dims
-        w8 = ops.weight_of(weight, transposed=need_dx)
-        xtq = xts = None
-        if need_dw:  # (K, Mp), (K, Mp/128): x^T in 1x128 tiles along the tokens, Mp = M padded to 128
-            xq, xs, xtq, xts = ops.act_dual(x2)
-        else:
-            xq, xs = ops.act(x2)
-        y = ops.gemm(xq, xs, w8.q, w8.s, TILE, out_dtype=x.dtype, backend=backend)  # (M, N)
+        y, xtq, xts, w8 = linear_forward(ops, x.reshape(-1, x.shape[-1]), weight, backend, need_dx, need_dw)
         if bias is not None:
             y = y + bias.to(y.dtype)
         ctx.save_for_backward(xtq, xts)
         ctx.w8 = w8  # NOTE: the FP8 copy this forward used, even if the cache moves on before backward
         ctx.meta = (x.shape, weight.dtype, bias is not None, backend, ops)
-        return y.view(*x.shape[:-1], N)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         xtq, xts = ctx.saved_tensors
-        w8 = ctx.w8
         x_shape, w_dtype, has_bias, backend, ops = ctx.meta
-        N = w8.q.shape[0]
-        dy2 = dy.reshape(-1, N)  # (M, N)
-        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        db = None
-        dx, dw = grad_products(dense_products(ops, backend), quantize_grad(ops, dy2, need_dx, need_dw), xtq, xts,
-                               w8, w_dtype, dy.dtype)  # (M, K), (N, K)
-        if dx is not None:
-            dx = dx.view(x_shape)
-        if has_bias and ctx.needs_input_grad[2]:
-            db = dy2.float().sum(0).to(w_dtype)
-        return dx, dw, db, None, None
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (M, N)
+        dx, dw = linear_backward(ops, dy2, xtq, xts, ctx.w8, w_dtype, backend, *ctx.needs_input_grad[:2])
+        db = dy2.float().sum(0).to(w_dtype) if has_bias and ctx.needs_input_grad[2] else None
+        return (dx.view(x_shape) if dx is not None else None), dw, db, None, None
 
 
 class FP8SwiGLUFunction(torch.autograd.Function):
@@ -207,27 +215,35 @@ class FP8SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, w3, w2, backend: str, emulate: bool):
         ops = fp8_ops(emulate)
-        ctx.x_shape = x.shape
-        y = swiglu_forward(ctx, ops, dense_products(ops, backend), x.reshape(-1, x.shape[-1]), w1, w3, w2,
-                           ops.weight_of)
+        mm, needs = dense_products(ops, backend), ctx.needs_input_grad[:4]
+        y, saved, w8s = swiglu_forward(ops, mm, x.reshape(-1, x.shape[-1]), w1, w3, w2, ops.weight_of, needs)
+        ctx.save_for_backward(*saved)
+        ctx.swiglu = (ops, mm, w8s, w1.dtype, needs, x.shape)  # NOTE: the FP8 weights this forward used
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        dx, dw1, dw3, dw2 = swiglu_backward(ctx, dy.reshape(-1, dy.shape[-1]))
-        return (dx.view(ctx.x_shape) if dx is not None else None), dw1, dw3, dw2, None, None
+        ops, mm, w8s, w_dtype, needs, x_shape = ctx.swiglu
+        dx, dw1, dw3, dw2 = swiglu_backward(ops, mm, w8s, w_dtype, needs, ctx.saved_tensors,
+                                            dy.reshape(-1, dy.shape[-1]))
+        return (dx.view(x_shape) if dx is not None else None), dw1, dw3, dw2, None, None
 
 
-@torch.compiler.disable  # an eager island under torch.compile, like FP8Linear.forward (see there)
 def fp8_swiglu(x: torch.Tensor, gate: "FP8Linear", up: "FP8Linear", down: "FP8Linear") -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)) for three bias-free FP8Linears of one mode: FP8SwiGLUFunction."""
+    """down(silu(gate(x)) * up(x)) for three bias-free FP8Linears of one mode: FP8SwiGLUFunction, or its
+    custom op under torch.compile (see `compiled` below)."""
     if gate.bias is not None or up.bias is not None or down.bias is not None:
         raise ValueError("fp8_swiglu: the gate, up and down projections must have no bias")
     if len({(m.backend, m.emulate) for m in (gate, up, down)}) != 1:
         raise ValueError("fp8_swiglu: the gate, up and down projections must share one backend and emulate "
                          f"setting, got {[(m.backend, m.emulate) for m in (gate, up, down)]}")
     emulate = gate.emulate or not x.is_cuda
-    return FP8SwiGLUFunction.apply(x, gate.weight, up.weight, down.weight, gate.backend, emulate)
+    ws = (gate.weight, up.weight, down.weight)
+    if torch.compiler.is_compiling():
+        needs = [wants_grad(t) for t in (x, *ws)]
+        y = torch.ops.seekflow.fp8_swiglu(x.reshape(-1, x.shape[-1]), *ws, gate.backend, emulate, needs)[0]
+        return y.view(*x.shape[:-1], y.shape[-1])
+    return FP8SwiGLUFunction.apply(x, *ws, gate.backend, emulate)
 
 
 class FP8Linear(nn.Linear):
@@ -246,14 +262,161 @@ class FP8Linear(nn.Linear):
         new.backend, new.emulate = backend, emulate
         return new
 
-    # NOTE: opaque to torch.compile (training/engine.py compiles whole blocks): dynamo cannot trace the
-    # weight cache (data_ptr, version) nor the Triton launches with host-side TMA descriptors, so
-    # each FP8 linear is a graph break and runs eagerly; the norms, RoPE and SwiGLU between them
-    # are still fused by the compiler
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emulate = self.emulate or not x.is_cuda
+        if torch.compiler.is_compiling():  # the custom op: one node of the compiled graph (see `compiled`)
+            needs = [wants_grad(x), wants_grad(self.weight)]
+            y = torch.ops.seekflow.fp8_linear(x.reshape(-1, x.shape[-1]), self.weight, self.backend, emulate,
+                                              needs)[0]
+            y = y.view(*x.shape[:-1], y.shape[-1])
+            return y + self.bias.to(y.dtype) if self.bias is not None else y
         return FP8LinearFunction.apply(x, self.weight, self.bias, self.backend, emulate)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", fp8=({'emulated' if self.emulate else self.backend})"
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile: the same layers as torch.library custom ops
+#
+# Why. Dynamo cannot trace what the FP8 layers run: Triton launches with host-side TMA descriptors,
+# the weight cache (data_ptr, version) and `auto`'s per-layout timing. As `torch.compiler.disable`d
+# eager islands they broke every compiled block into pieces: FP8 compiled ran at 62.8k tok/s against
+# 147k for BF16 (H200, BENCHMARKS.md 2026-11-30). A custom op is opaque to the compiler too, but it
+# stays one node of the block's graph: the norms, RoPE, residuals and routing around it are fused,
+# and AOTAutograd calls the registered backward op. Each op runs the same functions as the autograd
+# Function beside it (same numerics, bit for bit in the emulation); eager runs keep the Functions.
+# Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
+# needs comes back as extra outputs (empty where not needed); the backward takes the FP8 weights
+# from the weight cache again, which holds the forward's copy until the next optimizer step.
+
+
+def wants_grad(t: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A custom op returns tensors only: an absent one is an empty tensor."""
+    return t if t is not None else like.new_empty(0)
+
+
+def or_none(t: torch.Tensor) -> torch.Tensor | None:
+    return t if t.numel() else None
+
+
+def fake_quantized_t(like: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shapes `act_quant_dual` gives the transposed layout of a (rows, cols) input: q (cols, Mp)
+    FP8 and s (cols, Mp / 128) fp32, Mp = rows padded to 128."""
+    mp = -(-rows // TILE) * TILE
+    return like.new_empty(cols, mp, dtype=torch.float8_e4m3fn), like.new_empty(cols, mp // TILE, dtype=torch.float32)
+
+
+@torch.library.custom_op("seekflow::fp8_linear", mutates_args=())
+def _linear_op(x2: torch.Tensor, weight: torch.Tensor, backend: str, emulate: bool,
+               needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, xtq, xts): FP8LinearFunction's forward without the bias."""
+    y, xtq, xts, _ = linear_forward(fp8_ops(emulate), x2, weight, backend, *needs)
+    return y, or_empty(xtq, x2), or_empty(xts, x2)
+
+
+@_linear_op.register_fake
+def _(x2, weight, backend, emulate, needs):
+    y = x2.new_empty(x2.shape[0], weight.shape[0])
+    if not needs[1]:
+        return y, x2.new_empty(0), x2.new_empty(0)
+    return y, *fake_quantized_t(x2, *x2.shape)
+
+
+@torch.library.custom_op("seekflow::fp8_linear_backward", mutates_args=())
+def _linear_backward_op(dy2: torch.Tensor, xtq: torch.Tensor, xts: torch.Tensor, weight: torch.Tensor, backend: str,
+                        emulate: bool, needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    ops = fp8_ops(emulate)
+    dx, dw = linear_backward(ops, dy2, or_none(xtq), or_none(xts), ops.weight_of(weight, needs[0]), weight.dtype,
+                             backend, *needs)
+    return or_empty(dx, dy2), or_empty(dw, dy2)
+
+
+@_linear_backward_op.register_fake
+def _(dy2, xtq, xts, weight, backend, emulate, needs):
+    return (dy2.new_empty(dy2.shape[0], weight.shape[1]) if needs[0] else dy2.new_empty(0),
+            weight.new_empty(weight.shape) if needs[1] else dy2.new_empty(0))
+
+
+def _linear_setup(ctx, inputs, output):
+    _, weight, ctx.backend, ctx.emulate, ctx.needs = inputs
+    ctx.save_for_backward(output[1], output[2], weight)
+
+
+def _linear_grad(ctx, dy2, *_):
+    xtq, xts, weight = ctx.saved_tensors
+    dx, dw = _linear_backward_op(dy2.contiguous(), xtq, xts, weight, ctx.backend, ctx.emulate, ctx.needs)
+    return or_none(dx), or_none(dw), None, None, None
+
+
+_linear_op.register_autograd(_linear_grad, setup_context=_linear_setup)
+
+
+def fake_swiglu_saved(like: torch.Tensor, rows: int, dim: int, inter: int, needs) -> list[torch.Tensor]:
+    """The shapes of swiglu_forward's saved (xtq, xts, h1, h3, atq, ats) for `rows` rows of width `dim`
+    through experts of width `inter`, empty where `needs` (x, w1, w3, w2) does not want them."""
+    need_x, need_w1, need_w3, need_w2 = needs
+
+    def empty():  # NOTE: fresh tensors each time: fake outputs that are one object would alias each other
+        return like.new_empty(0), like.new_empty(0)
+
+    return [*(fake_quantized_t(like, rows, dim) if need_w1 or need_w3 else empty()),
+            *((like.new_empty(rows, inter), like.new_empty(rows, inter)) if need_x or need_w1 or need_w3 else empty()),
+            *(fake_quantized_t(like, rows, inter) if need_w2 else empty())]
+
+
+def fake_swiglu_grads(like: torch.Tensor, rows: int, w1, w3, w2, needs) -> list[torch.Tensor]:
+    """The shapes of swiglu_backward's (dx, dw1, dw3, dw2), empty where not needed."""
+    return [like.new_empty(rows, w1.shape[-1]) if needs[0] else like.new_empty(0),
+            *(w.new_empty(w.shape) if need else like.new_empty(0) for w, need in zip((w1, w3, w2), needs[1:]))]
+
+
+SWIGLU_OUTPUTS = tuple[(torch.Tensor,) * 7]  # y and the six tensors swiglu_backward reads
+SWIGLU_GRADS = tuple[(torch.Tensor,) * 4]  # dx, dw1, dw3, dw2
+
+
+@torch.library.custom_op("seekflow::fp8_swiglu", mutates_args=())
+def _swiglu_op(x2: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, backend: str, emulate: bool,
+               needs: list[bool]) -> SWIGLU_OUTPUTS:
+    """(y, xtq, xts, h1, h3, atq, ats): FP8SwiGLUFunction's forward and what its backward keeps."""
+    ops = fp8_ops(emulate)
+    y, saved, _ = swiglu_forward(ops, dense_products(ops, backend), x2, w1, w3, w2, ops.weight_of, needs)
+    return y, *(or_empty(t, x2) for t in saved)
+
+
+@_swiglu_op.register_fake
+def _(x2, w1, w3, w2, backend, emulate, needs):
+    return x2.new_empty(x2.shape[0], w2.shape[0]), *fake_swiglu_saved(x2, x2.shape[0], *w2.shape, needs)
+
+
+@torch.library.custom_op("seekflow::fp8_swiglu_backward", mutates_args=())
+def _swiglu_backward_op(do2: torch.Tensor, saved: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor,
+                        w2: torch.Tensor, backend: str, emulate: bool, needs: list[bool]) -> SWIGLU_GRADS:
+    ops = fp8_ops(emulate)
+    need_h = any(needs[:3])
+    w8s = (ops.weight_of(w1, needs[0]), ops.weight_of(w3, needs[0]), ops.weight_of(w2, need_h))
+    grads = swiglu_backward(ops, dense_products(ops, backend), w8s, w1.dtype, needs, [or_none(t) for t in saved], do2)
+    return tuple(or_empty(g, do2) for g in grads)
+
+
+@_swiglu_backward_op.register_fake
+def _(do2, saved, w1, w3, w2, backend, emulate, needs):
+    return tuple(fake_swiglu_grads(do2, do2.shape[0], w1, w3, w2, needs))
+
+
+def _swiglu_setup(ctx, inputs, output):
+    _, w1, w3, w2, ctx.backend, ctx.emulate, ctx.needs = inputs
+    ctx.save_for_backward(*output[1:], w1, w3, w2)
+
+
+def _swiglu_grad(ctx, do2, *_):
+    *saved, w1, w3, w2 = ctx.saved_tensors
+    grads = _swiglu_backward_op(do2.contiguous(), saved, w1, w3, w2, ctx.backend, ctx.emulate, ctx.needs)
+    return *(or_none(g) for g in grads), None, None, None
+
+
+_swiglu_op.register_autograd(_swiglu_grad, setup_context=_swiglu_setup)

@@ -669,9 +669,11 @@ def test_converter_on_the_project_model():
     assert m.get_submodule(next(n for n in names if n.endswith("experts"))).w1.grad is not None
 
 
-def test_fp8_project_model_under_torch_compile_matches_eager():
-    # the trainer compiles every block (training/engine.py); the FP8 ops are eager islands in it
-    # (graph breaks), so compile must neither fail nor change the FP8 numerics
+def test_fp8_project_model_compiles_without_graph_breaks_and_matches_eager():
+    # the trainer compiles every block (training/engine.py); the FP8 layers are custom ops inside the
+    # block's graph (fullgraph=True fails on any graph break), and compile changes no FP8 number:
+    # AOTAutograd's graphs without code generation give the eager model's loss and gradients bit for
+    # bit, in training and under no_grad (validation)
     model_mod = pytest.importorskip("training.model.model")
     from tests.test_model import tiny
     torch.manual_seed(0)
@@ -682,12 +684,79 @@ def test_fp8_project_model_under_torch_compile_matches_eager():
         convert_to_fp8(m)
     for blk in compiled.modules():
         if isinstance(blk, model_mod.Block):
-            blk.compile(backend="eager")  # dynamo's tracing and graph breaks, no code generation
+            blk.compile(backend="aot_eager", fullgraph=True)
     ids = torch.randint(0, 61, (2, 17))
-    grads = []
+    grads, inference = [], []
     for m in (eager, compiled):
         out = m(ids[:, :-1], ids[:, 1:])
         out.loss.backward()
         grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+        with torch.no_grad():
+            inference.append(m(ids[:, :-1], ids[:, 1:]).loss)
     assert torch.equal(grads[0][0], grads[1][0])
     assert len(grads[0][1]) == len(grads[1][1]) and all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+    assert torch.equal(inference[0], inference[1])
+
+
+def _fp8_layer_cases():
+    """(name, inputs, layer as a function of them) for each FP8 layer that has a custom op."""
+    from kernels.experts import GroupedExperts
+    from kernels.fp8_linear import fp8_swiglu
+    torch.manual_seed(0)
+    bf = torch.bfloat16
+    x = torch.randn(300, 256, dtype=bf)  # 300 tokens: not a multiple of 128
+    lin = FP8Linear.from_linear(nn.Linear(256, 384).to(bf))
+    gate, up, down = (FP8Linear.from_linear(nn.Linear(i, o, bias=False).to(bf))
+                      for i, o in ((256, 320), (256, 320), (320, 256)))
+    experts = GroupedExperts(8, 256, 192).to(bf)
+    experts.fp8 = True
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(300)])
+    topk_w = torch.rand(300, 2)
+    return [("linear", [x, lin.weight, lin.bias], lambda x, *_: lin(x)),
+            ("swiglu", [x, gate.weight, up.weight, down.weight], lambda x, *_: fp8_swiglu(x, gate, up, down)),
+            ("experts", [x, topk_w, experts.w1, experts.w3, experts.w2], lambda x, w, *_: experts(x, ids, w))]
+
+
+@pytest.mark.parametrize("case", ["linear", "swiglu", "experts"])
+@pytest.mark.parametrize("frozen", [(), (0,), (1,)])
+def test_fp8_layer_custom_op_matches_its_autograd_function(case, frozen):
+    # under torch.compile each FP8 layer is one custom op (kernels/fp8_linear.py, kernels/experts.py):
+    # the same outputs and gradients as the eager autograd Function, bit for bit, whichever inputs
+    # want a gradient (frozen: inputs that do not; the op then keeps less for its backward)
+    _, inputs, layer = next(c for c in _fp8_layer_cases() if c[0] == case)
+    for i, t in enumerate(inputs):
+        t.requires_grad_(i not in frozen)
+    results = []
+    for fn in (layer, torch.compile(layer, backend="aot_eager", fullgraph=True)):
+        for t in inputs:
+            t.grad = None
+        y = fn(*inputs)
+        y.float().square().sum().backward()
+        results.append([y.detach(), *(t.grad for t in inputs)])
+    for a, b in zip(*results):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert sum(g is not None for g in results[1][1:]) == len(inputs) - len(frozen)
+
+
+@pytest.mark.parametrize("op,args", [
+    ("fp8_linear", lambda x, w: (x, w[0], "auto", True, [True, True])),
+    ("fp8_linear", lambda x, w: (x, w[0], "auto", True, [False, True])),
+    ("fp8_swiglu", lambda x, w: (x, *w[1:4], "auto", True, [True] * 4)),
+    ("fp8_swiglu", lambda x, w: (x, *w[1:4], "auto", True, [False, False, True, True])),
+    ("fp8_experts", lambda x, w: (x, w[4], w[5], *w[6:], True, [True] * 5)),
+    ("fp8_experts", lambda x, w: (x, w[4], w[5], *w[6:], True, [False, False, True, False, True]))])
+def test_fp8_custom_ops_pass_torch_opcheck(op, args):
+    # torch.library.opcheck: the fake implementations give the real outputs' shapes, dtypes, strides
+    # and aliasing, and the autograd registration is complete. (Its schema and AOT-dispatch checks
+    # compare outputs with ops that CPU torch lacks for float8; the compile tests above cover AOT.)
+    torch.manual_seed(0)
+    bf = torch.bfloat16
+    x = torch.randn(200, 256, dtype=bf, requires_grad=True)
+    w = [torch.randn(384, 256, dtype=bf), torch.randn(320, 256, dtype=bf), torch.randn(320, 256, dtype=bf),
+         torch.randn(256, 320, dtype=bf), torch.stack([torch.randperm(8)[:2] for _ in range(200)]), torch.rand(200, 2),
+         torch.randn(8, 192, 256, dtype=bf) * 0.05, torch.randn(8, 192, 256, dtype=bf) * 0.05,
+         torch.randn(8, 256, 192, dtype=bf) * 0.05]
+    w = [t.requires_grad_(True) if t.is_floating_point() else t for t in w]
+    result = torch.library.opcheck(getattr(torch.ops.seekflow, op), args(x, w),
+                                   test_utils=("test_autograd_registration", "test_faketensor"))
+    assert result == {"test_autograd_registration": "SUCCESS", "test_faketensor": "SUCCESS"}

@@ -396,15 +396,18 @@ def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
         assert rel(a, b) < (2.5e-2 if fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_cuda_graphed_blocks_train_as_the_eager_ones(precision):
+@pytest.mark.parametrize("precision,mode", [("bf16", "graphed"), ("fp8", "graphed"), ("fp8", "compiled")])
+def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode):
     # pretrain.cuda_graphs (training/graphs.py): the same model, data and optimizer, eager and with
     # every block captured, over optimizer steps of two accumulated micro-steps each: a frozen FP8
-    # weight copy, or a replay overwriting a gradient being accumulated, would part the two
+    # weight copy, or a replay overwriting a gradient being accumulated, would part the two.
+    # pretrain.compile in FP8: every block compiled whole (fullgraph: the FP8 layers are custom ops
+    # in its graph, kernels/fp8_linear.py), by inductor, so the fused code around them runs too
     from kernels.convert import convert_to_fp8
     from tests.model_fixtures import tiny_model_config
     from training.graphs import capture_blocks
     from training.model import Transformer
+    from training.model.model import Block
 
     cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
                             intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
@@ -413,16 +416,20 @@ def test_cuda_graphed_blocks_train_as_the_eager_ones(precision):
     # steps x micro-steps x batch x tokens: counting sequences from random starts, learnable in a few steps
     data = (torch.randint(0, 512, (6, 2, 4, 1)) + torch.arange(129)).remainder(512).cuda()
     runs = {}
-    for graphed in (False, True):
+    for fast in (False, True):  # eager, then graphed or compiled
         torch.manual_seed(0)
         model = Transformer(cfg).cuda().to(torch.bfloat16).train()
         if precision == "fp8":
             convert_to_fp8(model)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
-        if graphed:
+        if fast and mode == "graphed":
             first = data[0, 0]
             assert capture_blocks(model, first[:, :-1], first[:, 1:]) == 3 + 2  # the stack and 2 MTP depths
             assert all(int(m.gate.tokens_per_expert.sum()) == 0 for m in model.moe_layers().values())
+        if fast and mode == "compiled":
+            for block in model.modules():
+                if isinstance(block, Block):
+                    block.compile(fullgraph=True)
         losses = []
         for step in data:
             for batch in step:
@@ -431,12 +438,21 @@ def test_cuda_graphed_blocks_train_as_the_eager_ones(precision):
                 losses.append(out.loss.item())
             opt.step()
             opt.zero_grad(set_to_none=True)
-        runs[graphed] = (losses, sum(int(m.gate.tokens_per_expert.sum()) for m in model.moe_layers().values()))
-    (eager, eager_tokens), (graphed, graphed_tokens) = runs[False], runs[True]
-    assert graphed_tokens == eager_tokens  # the routed-token counts of the bias update: training only
+        runs[fast] = (losses, sum(int(m.gate.tokens_per_expert.sum()) for m in model.moe_layers().values()))
+    (eager, eager_tokens), (fast, fast_tokens) = runs[False], runs[True]
+    assert fast_tokens == eager_tokens  # the routed-token counts of the bias update: training only
     assert eager[-1] < eager[0] - 0.05  # it learns, so stale weights or lost gradients would show
-    for a, b in zip(eager, graphed):
-        assert abs(a - b) <= 2e-2 * abs(a), (eager, graphed)
+    if mode == "graphed":  # the same kernels replayed
+        for a, b in zip(eager, fast):
+            assert abs(a - b) <= 2e-2 * abs(a), (eager, fast)
+        return
+    # compiled: inductor's fused norms, RoPE and SwiGLU round otherwise than the eager ops, and training
+    # amplifies it. Measured on an H100 (2026-12-05): 0.03% on the first optimizer step's micro-steps
+    # (the same weights), at most 1.0% through three optimizer steps, 2.5% after ten micro-steps. So: the
+    # same forward at the start, the same course over the first steps, and it learns on its own
+    assert all(abs(a - b) <= 5e-3 * abs(a) for a, b in zip(eager[:2], fast[:2])), (eager, fast)
+    assert all(abs(a - b) <= 1.5e-2 * abs(a) for a, b in zip(eager[:6], fast[:6])), (eager, fast)
+    assert fast[-1] < fast[0] - 0.05, fast
 
 
 _ENGINE_GRAPHS_SCRIPT = r'''

@@ -304,8 +304,9 @@ class PretrainConfig:
     ep_size: int = 1  # expert-parallel ranks; must divide the world size and n_routed_experts
     activation_checkpointing: bool = False  # refused by the trainer: a recomputed MoE forward counts tokens twice
     # GPU speed (no effect on the CPU path's numerics): torch.compile each transformer block and the
-    # loss head; SDPA kernel for MLA ("auto": PyTorch's choice; "flash": v zero-padded to the q/k
-    # head dim; "cudnn", "efficient": training/model/attention.py)
+    # loss head (in FP8 too: its layers are custom ops inside each block's graph, kernels/fp8_linear.py);
+    # SDPA kernel for MLA ("auto": PyTorch's choice; "flash": v zero-padded to the q/k head dim;
+    # "cudnn", "efficient": training/model/attention.py)
     compile: bool = False
     attention: str = "auto"
     # CUDA graphs: each transformer block's forward and backward captured once and replayed every
