@@ -32,7 +32,7 @@ from torch import nn
 
 from kernels.fp8_linear import (FP8Products, fake_swiglu_grads, fake_swiglu_saved, fp8_ops,
                                 grad_products, or_empty, or_none, quantize_grad, swiglu_backward, swiglu_forward,
-                                wants_grad)
+                                use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import (ALIGN, Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, permute)
@@ -202,9 +202,9 @@ class GroupedExperts(nn.Module):
 def grouped_swiglu(x, topk_ids, topk_w, w1, w2, w3, fp8: bool, emulate: bool = False) -> torch.Tensor:
     """GroupedExperts' forward as a function of its weights (for wrappers that own the parameters,
     e.g. training/expert_parallel.py): x (T, D), topk_ids / topk_w (T, k) -> (T, D). In FP8 under
-    torch.compile: one custom op (see the end of this file); else autograd Functions."""
+    torch.compile or no_grad: one custom op (see the end of this file); else autograd Functions."""
     emulate = emulate or not x.is_cuda
-    if fp8 and torch.compiler.is_compiling():
+    if fp8 and use_custom_op():
         needs = [wants_grad(t) for t in (x, topk_w, w1, w3, w2)]
         return torch.ops.seekflow.fp8_experts(x, topk_ids, topk_w, w1, w3, w2, emulate, needs)[0]
     return _grouped_swiglu_eager(x, topk_ids, topk_w, w1, w2, w3, fp8, emulate)

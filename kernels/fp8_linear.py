@@ -22,8 +22,9 @@ Passes, per training step of one linear (2026-11-30 version in brackets):
 Why it exists. FP8 doubles the tensor-core rate over bf16 on Hopper; the fine-grained scales keep
 the loss within the paper's 0.25% of BF16.
 
-Under torch.compile. Each FP8 layer is a `torch.library` custom op (the end of this file and of
-kernels/experts.py), so a compiled block stays one graph; eager runs use the autograd Functions.
+Under torch.compile and no_grad. Each FP8 layer is a `torch.library` custom op (the end of this file
+and of kernels/experts.py), so a compiled block stays one graph, and inference quantizes x in one
+layout only; eager training uses the autograd Functions.
 
 What it matches. `emulate=True` (and any CPU tensor) runs the same quantize -> dequantize -> matmul
 numerics in plain PyTorch (the *_ref functions, the same weight cache), so CI on a CPU checks the
@@ -231,7 +232,7 @@ class FP8SwiGLUFunction(torch.autograd.Function):
 
 def fp8_swiglu(x: torch.Tensor, gate: "FP8Linear", up: "FP8Linear", down: "FP8Linear") -> torch.Tensor:
     """down(silu(gate(x)) * up(x)) for three bias-free FP8Linears of one mode: FP8SwiGLUFunction, or its
-    custom op under torch.compile (see `compiled` below)."""
+    custom op (`use_custom_op`)."""
     if gate.bias is not None or up.bias is not None or down.bias is not None:
         raise ValueError("fp8_swiglu: the gate, up and down projections must have no bias")
     if len({(m.backend, m.emulate) for m in (gate, up, down)}) != 1:
@@ -239,7 +240,7 @@ def fp8_swiglu(x: torch.Tensor, gate: "FP8Linear", up: "FP8Linear", down: "FP8Li
                          f"setting, got {[(m.backend, m.emulate) for m in (gate, up, down)]}")
     emulate = gate.emulate or not x.is_cuda
     ws = (gate.weight, up.weight, down.weight)
-    if torch.compiler.is_compiling():
+    if use_custom_op():
         needs = [wants_grad(t) for t in (x, *ws)]
         y = torch.ops.seekflow.fp8_swiglu(x.reshape(-1, x.shape[-1]), *ws, gate.backend, emulate, needs)[0]
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -264,7 +265,7 @@ class FP8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emulate = self.emulate or not x.is_cuda
-        if torch.compiler.is_compiling():  # the custom op: one node of the compiled graph (see `compiled`)
+        if use_custom_op():
             needs = [wants_grad(x), wants_grad(self.weight)]
             y = torch.ops.seekflow.fp8_linear(x.reshape(-1, x.shape[-1]), self.weight, self.backend, emulate,
                                               needs)[0]
@@ -289,6 +290,14 @@ class FP8Linear(nn.Linear):
 # Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
 # needs comes back as extra outputs (empty where not needed); the backward takes the FP8 weights
 # from the weight cache again, which holds the forward's copy until the next optimizer step.
+
+
+def use_custom_op() -> bool:
+    """The custom op rather than the autograd Function: under torch.compile (one node of its graph),
+    and under no_grad (validation, evaluation, rollouts), where a Function's `ctx.needs_input_grad`
+    still follows requires_grad: it would quantize x in both layouts and keep them for a backward that
+    never comes. The op asks only for what `wants_grad` says."""
+    return torch.compiler.is_compiling() or not torch.is_grad_enabled()
 
 
 def wants_grad(t: torch.Tensor) -> bool:

@@ -738,6 +738,37 @@ def test_fp8_layer_custom_op_matches_its_autograd_function(case, frozen):
     assert sum(g is not None for g in results[1][1:]) == len(inputs) - len(frozen)
 
 
+@pytest.mark.parametrize("case", ["linear", "swiglu", "experts"])
+def test_fp8_layers_under_no_grad_quantize_for_the_forward_only(case, monkeypatch):
+    # validation, evaluation and rollouts run under no_grad, where an autograd Function's
+    # needs_input_grad still follows requires_grad: the layers take their custom op there, which
+    # makes no backward layout (x^T, the SwiGLU product's transposed tiles) and gives the same output
+    import dataclasses
+
+    import kernels.fp8_linear as fp8_linear
+    calls = []
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return run
+
+    ops = fp8_linear.EMULATED_OPS
+    monkeypatch.setattr(fp8_linear, "EMULATED_OPS", dataclasses.replace(
+        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+    _, inputs, layer = next(c for c in _fp8_layer_cases() if c[0] == case)
+    for t in inputs:
+        t.requires_grad_(True)
+    trained = layer(*inputs)
+    assert calls  # training makes the backward's layouts
+    calls.clear()
+    with torch.no_grad():
+        inferred = layer(*inputs)
+    assert calls == [] and not inferred.requires_grad
+    assert torch.equal(trained.detach(), inferred)
+
+
 @pytest.mark.parametrize("op,args", [
     ("fp8_linear", lambda x, w: (x, w[0], "auto", True, [True, True])),
     ("fp8_linear", lambda x, w: (x, w[0], "auto", True, [False, True])),
