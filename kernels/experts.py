@@ -32,10 +32,10 @@ from torch import nn
 
 from kernels.fp8_linear import (FP8Products, fake_swiglu_grads, fake_swiglu_saved, fp8_ops,
                                 grad_products, or_empty, or_none, quantize_grad, swiglu_backward, swiglu_forward,
-                                use_custom_op, wants_grad)
+                                swiglu_weights, use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import (ALIGN, Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
-                         make_routing, permute)
+                         make_routing, padded_rows, permute)
 from kernels.weight_cache import quantized_weight
 
 
@@ -255,14 +255,10 @@ def _experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_w: torch.Tensor, w
             r.tile_expert, *(or_empty(t, x) for t in saved))
 
 
-def _padded_rows(tokens: int, topk: int, experts: int) -> int:
-    return -(-(tokens * topk + experts * (ALIGN - 1)) // ALIGN) * ALIGN  # make_routing's static bound
-
-
 @_experts_op.register_fake
 def _(x, topk_ids, topk_w, w1, w3, w2, emulate, needs):
     (T, D), k, (E, I) = x.shape, topk_ids.shape[1], w1.shape[:2]
-    P = _padded_rows(T, k, E)
+    P = padded_rows(T, k, E)
     routing = (x.new_empty(P, dtype=torch.int32), x.new_empty(T, k, dtype=torch.long),
                x.new_empty(E + 1, dtype=torch.long), x.new_empty(E, dtype=torch.long),
                x.new_empty(P // ALIGN, dtype=torch.int32))
@@ -277,8 +273,7 @@ def _experts_backward_op(dy: torch.Tensor, topk_w: torch.Tensor, o: torch.Tensor
     r = Routing(dy.shape[0], topk_w.shape[1], w1.shape[0], *routing)
     ops = fp8_ops(emulate)
     swiglu_needs = [needs[0], *needs[2:]]
-    weight_of = stacked_weight_of(ops)
-    w8s = (weight_of(w1, needs[0]), weight_of(w3, needs[0]), weight_of(w2, any(swiglu_needs[:3])))
+    w8s = swiglu_weights(stacked_weight_of(ops), w1, w3, w2, swiglu_needs)  # the forward's, from the cache
     d_o, d_w = combine_backward(dy, or_none(o), topk_w, r)
     dxp, dw1, dw3, dw2 = swiglu_backward(ops, grouped_products(r, emulate), w8s, w1.dtype, swiglu_needs,
                                          [or_none(t) for t in saved], d_o)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
-from kernels.fp8_quant import (TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref, swiglu,
+from kernels.fp8_quant import (FP8, TILE, act_quant, act_quant_dual, act_quant_dual_ref, act_quant_ref, swiglu,
                                swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref, swiglu_quant_dual,
                                swiglu_quant_dual_ref, weight_quant, weight_quant_dual, weight_quant_dual_ref,
                                weight_quant_ref)
@@ -120,6 +120,13 @@ def grad_products(mm: FP8Products, g8: tuple, xtq, xts, w8, w_dtype, out_dtype) 
     return dx, dw
 
 
+def swiglu_weights(weight_of, w1, w3, w2, needs) -> tuple:
+    """The FP8 copies of a SwiGLU's three weights, with the transposed layouts its dgrads need: w1's
+    and w3's for dx, w2's for the gradients of h1 = x w1^T and h3 = x w3^T (any of x, w1, w3)."""
+    need_x = needs[0]
+    return weight_of(w1, need_x), weight_of(w3, need_x), weight_of(w2, any(needs[:3]))
+
+
 def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, needs) -> tuple:
     """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense), kernels/experts.py's
     FP8SwiGLUExpertsFunction (grouped) and their torch.compile custom ops (end of each file):
@@ -128,8 +135,7 @@ def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, need
     gradient. Returns (y, saved, w8s): saved = (xtq, xts, h1, h3, atq, ats), None where not needed,
     and the FP8 weights this forward used."""
     need_x, need_w1, need_w3, need_w2 = needs
-    need_h = need_x or need_w1 or need_w3  # the gradients of h1 = x w1^T and h3 = x w3^T
-    w8s = (weight_of(w1, need_x), weight_of(w3, need_x), weight_of(w2, need_h))
+    w8s = swiglu_weights(weight_of, w1, w3, w2, needs)
     if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
         xq, xs, xtq, xts = ops.act_dual(x2)
     else:
@@ -139,6 +145,7 @@ def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, need
         aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
     else:
         (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
+    need_h = need_x or need_w1 or need_w3  # the gradients of h1 = x w1^T and h3 = x w3^T
     saved = (xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
     return mm.forward(aq, as_, w8s[2], x2.dtype), saved, w8s
 
@@ -282,10 +289,11 @@ class FP8Linear(nn.Linear):
 #
 # Why. Dynamo cannot trace what the FP8 layers run: Triton launches with host-side TMA descriptors,
 # the weight cache (data_ptr, version) and `auto`'s per-layout timing. As `torch.compiler.disable`d
-# eager islands they broke every compiled block into pieces: FP8 compiled ran at 62.8k tok/s against
-# 147k for BF16 (H200, BENCHMARKS.md 2026-11-30). A custom op is opaque to the compiler too, but it
-# stays one node of the block's graph: the norms, RoPE, residuals and routing around it are fused,
-# and AOTAutograd calls the registered backward op. Each op runs the same functions as the autograd
+# eager islands they broke every compiled block into pieces. A custom op is opaque to the compiler
+# too, but it stays one node of the block's graph: the norms, RoPE and residuals around it are fused,
+# and AOTAutograd calls the registered backward op. Measured (H100, BENCHMARKS.md 2026-12-05): the
+# `small` FP8 step compiled so ran no faster (63.1k tok/s; 81.9k with CUDA graphs): the FP8 ops' own
+# host time bounds it there. One graph per block is what a capture of compiled blocks would need. Each op runs the same functions as the autograd
 # Function beside it (same numerics, bit for bit in the emulation); eager runs keep the Functions.
 # Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
 # needs comes back as extra outputs (empty where not needed); the backward takes the FP8 weights
@@ -317,7 +325,7 @@ def fake_quantized_t(like: torch.Tensor, rows: int, cols: int) -> tuple[torch.Te
     """The shapes `act_quant_dual` gives the transposed layout of a (rows, cols) input: q (cols, Mp)
     FP8 and s (cols, Mp / 128) fp32, Mp = rows padded to 128."""
     mp = -(-rows // TILE) * TILE
-    return like.new_empty(cols, mp, dtype=torch.float8_e4m3fn), like.new_empty(cols, mp // TILE, dtype=torch.float32)
+    return like.new_empty(cols, mp, dtype=FP8), like.new_empty(cols, mp // TILE, dtype=torch.float32)
 
 
 @torch.library.custom_op("seekflow::fp8_linear", mutates_args=())
@@ -406,8 +414,7 @@ def _(x2, w1, w3, w2, backend, emulate, needs):
 def _swiglu_backward_op(do2: torch.Tensor, saved: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor,
                         w2: torch.Tensor, backend: str, emulate: bool, needs: list[bool]) -> SWIGLU_GRADS:
     ops = fp8_ops(emulate)
-    need_h = any(needs[:3])
-    w8s = (ops.weight_of(w1, needs[0]), ops.weight_of(w3, needs[0]), ops.weight_of(w2, need_h))
+    w8s = swiglu_weights(ops.weight_of, w1, w3, w2, needs)  # the forward's copies, from the weight cache
     grads = swiglu_backward(ops, dense_products(ops, backend), w8s, w1.dtype, needs, [or_none(t) for t in saved], do2)
     return tuple(or_empty(g, do2) for g in grads)
 

@@ -66,6 +66,12 @@ def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
         0, expert.long(), torch.ones_like(expert, dtype=torch.long))
 
 
+def padded_rows(tokens: int, topk: int, experts: int, align: int = ALIGN) -> int:
+    """P, the permuted matrix's row count for `tokens` x `topk` pairs over `experts`. NOTE: a static
+    bound (every expert may waste align-1 rows), so nothing waits on the GPU for the real counts."""
+    return cdiv(tokens * topk + experts * (align - 1), align) * align
+
+
 def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -> Routing:
     """Sort the (token, slot) pairs by expert, stably, into 128-row-aligned segments (no host sync)."""
     assert topk_ids.dim() == 2, f"make_routing: topk_ids must be (T, k), got {tuple(topk_ids.shape)}"
@@ -84,8 +90,7 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     e_sorted = flat[order]
     rank = torch.arange(T * k, device=dev) - starts[e_sorted]  # position inside its expert
     rows = offsets[e_sorted] + rank  # (T*k,) permuted row of each sorted pair
-    # NOTE: P is a static bound (every expert may waste align-1 rows), so nothing waits on the GPU
-    P = cdiv(T * k + E * (align - 1), align) * align
+    P = padded_rows(T, k, E, align)
     src_token = torch.full((P,), -1, dtype=torch.int32, device=dev)
     src_token[rows] = (order // k).int()
     row_of = torch.empty(T * k, dtype=torch.long, device=dev)
