@@ -6,7 +6,7 @@
 #      precision:mode in $RUNS (default BF16 and FP8, eager and graphed; mode compile: pretrain.compile);
 #   3. bench_kernels.py's sections in $SECTIONS (default `dispatch`: the FP8 experts now against their
 #      composition before).
-# Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [RUNS="fp8:compile fp8:graphs"] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
+# Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [RUNS="fp8:compile+graphs fp8:graphs"] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
 # the benchmarks; SECTIONS="gemm,dispatch".
 set -o pipefail
@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -m pip install -q --no-index --find-links .whl -r .whl/requirements.txt > /tmp/pip.log 2>&1 \
   || python3 -m pip install -q --no-index --no-deps --find-links .whl -r .whl/requirements.txt >> /tmp/pip.log 2>&1
 if [ "${TEST_S:-150}" != 0 ]; then
-  timeout ${TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -p no:cacheprovider -n 4 \
+  timeout ${TEST_S:-150} python3 -m pytest tests/test_kernels_gpu.py -q -rs -p no:cacheprovider --show-capture=no -n 4 \
     -k "graphed or requantizes or cuda_matches_emulation${TESTS:+ or $TESTS}" > "$OUT/tests.log" 2>&1
   echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
   grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
@@ -27,17 +27,21 @@ fi
 D=/tmp/graphs_runs
 [ "$STEPS" = 0 ] && RUNS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
   --validation 16 > /dev/null 2>&1
-# RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs) or compile (pretrain.compile)
+# RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs), compile (pretrain.compile) or
+# compile+graphs (both: the compiled blocks captured). PROFILE=N: torch.profiler over steps N, N+1 of each
+# run (pretrain.profile_step) -> $OUT/profile_<prec>_<mode>.txt
 for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
-  prec=${spec%%:*}; mode=${spec##*:}
-  run=$D/${prec}_$mode
+  prec=${spec%%:*}; mode=${spec##*:}; name=${prec}_${mode//+/_}
+  run=$D/$name
   python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
-    pretrain.compile=$([ $mode = compile ] && echo true || echo false) \
-    pretrain.cuda_graphs=$([ $mode = graphs ] && echo true || echo false) pretrain.precision=$prec \
+    pretrain.compile=$([[ $mode == *compile* ]] && echo true || echo false) \
+    pretrain.cuda_graphs=$([[ $mode == *graphs* ]] && echo true || echo false) pretrain.precision=$prec \
+    pretrain.profile_step=${PROFILE:-0} \
     pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
     pretrain.checkpoint_every=100000 > /dev/null
-  timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_${prec}_$mode.log 2>&1
-  echo "$prec $mode rc=$?"; grep -E "Error|error:" $OUT/run_${prec}_$mode.log | grep -v -i warn | tail -3 | cut -c1-300
+  timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_$name.log 2>&1
+  echo "$prec $mode rc=$?"; grep -E "Error|error:" $OUT/run_$name.log | grep -v -i warn | tail -3 | cut -c1-300
+  find $run -name "profile_rank0.txt" -exec cp {} $OUT/profile_$name.txt \; 2>/dev/null
 done
 # figures from the logs (the final checkpoint and export may run past RUN_S; the steps are logged before)
 python3 - "$OUT" <<'EOF'

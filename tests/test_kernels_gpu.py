@@ -6,6 +6,7 @@ unwritten element shows up as a large error (or NaN, which never passes).
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -371,6 +372,45 @@ def test_fp8_swiglu_mlp_cuda_matches_emulation():
         assert torch.isfinite(a).all() and rel(a, b) < 2.5e-2  # as the grouped experts' chain below
 
 
+def test_fp8_model_under_no_grad_quantizes_for_the_forward_only(monkeypatch):
+    # validation, evaluation and rollouts run under no_grad: there the FP8 layers (linears, SwiGLU
+    # MLPs, experts) take their custom op, which on the GPU too makes no backward layout, and the loss
+    # is training's (the one-layout and two-layout quantizations may part on division ties only)
+    import dataclasses
+
+    import kernels.fp8_linear as fp8_linear
+    from kernels.convert import convert_to_fp8
+    from tests.model_fixtures import tiny_model_config
+    from training.model import Transformer
+
+    calls = []
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return run
+
+    ops = fp8_linear.GPU_OPS
+    monkeypatch.setattr(fp8_linear, "GPU_OPS", dataclasses.replace(
+        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+    torch.manual_seed(0)
+    cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
+                            intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
+                            qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256,
+                            moe_intermediate_size=128, initializer_range=0.02)
+    model = Transformer(cfg).cuda().to(torch.bfloat16).eval()
+    convert_to_fp8(model)
+    batch = torch.randint(0, 512, (4, 129), device="cuda")
+    trained = model(batch[:, :-1], batch[:, 1:]).loss.item()
+    assert {"act_dual", "swiglu_dual"} <= set(calls)  # training makes the backward's layouts
+    calls.clear()
+    with torch.no_grad():
+        inferred = model(batch[:, :-1], batch[:, 1:]).loss.item()
+    assert calls == [] and math.isfinite(inferred)
+    assert abs(trained - inferred) <= 1e-3 * abs(trained), (trained, inferred)
+
+
 @pytest.mark.parametrize("fp8,dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
 def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
     from kernels.experts import GroupedExperts
@@ -396,18 +436,22 @@ def test_grouped_experts_cuda_matches_emulation(fp8, dtype):
         assert rel(a, b) < (2.5e-2 if fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("precision,mode", [("bf16", "graphed"), ("fp8", "graphed"), ("fp8", "compiled")])
+@pytest.mark.parametrize("precision,mode", [("bf16", "graphed"), ("fp8", "graphed"), ("fp8", "compiled"),
+                                            ("bf16", "compiled+graphed"), ("fp8", "compiled+graphed")])
 def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode):
     # pretrain.cuda_graphs (training/graphs.py): the same model, data and optimizer, eager and with
     # every block captured, over optimizer steps of two accumulated micro-steps each: a frozen FP8
     # weight copy, or a replay overwriting a gradient being accumulated, would part the two.
     # pretrain.compile in FP8: every block compiled whole (fullgraph: the FP8 layers are custom ops
-    # in its graph, kernels/fp8_linear.py), by inductor, so the fused code around them runs too
+    # in its graph, kernels/fp8_linear.py), by inductor, so the fused code around them runs too.
+    # Both: the trainer's compile (training/engine.py), then each compiled block captured
     from kernels.convert import convert_to_fp8
     from tests.model_fixtures import tiny_model_config
+    from training.engine import apply_speed_options
     from training.graphs import capture_blocks
     from training.model import Transformer
     from training.model.model import Block
+    from training.settings import load_profile
 
     cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
                             intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
@@ -422,7 +466,9 @@ def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode
         if precision == "fp8":
             convert_to_fp8(model)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
-        if fast and mode == "graphed":
+        if fast and mode == "compiled+graphed":
+            apply_speed_options(model, load_profile("small", {"pretrain.compile": True}).pretrain)
+        if fast and mode.endswith("graphed"):
             first = data[0, 0]
             assert capture_blocks(model, first[:, :-1], first[:, 1:]) == 3 + 2  # the stack and 2 MTP depths
             assert all(int(m.gate.tokens_per_expert.sum()) == 0 for m in model.moe_layers().values())
@@ -446,8 +492,8 @@ def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode
         for a, b in zip(eager, fast):
             assert abs(a - b) <= 2e-2 * abs(a), (eager, fast)
         return
-    # compiled: inductor's fused norms, RoPE and SwiGLU round otherwise than the eager ops, and training
-    # amplifies it. Measured on an H100 (2026-12-05): 0.03% on the first optimizer step's micro-steps
+    # compiled (and captured): inductor's fused norms, RoPE and SwiGLU round otherwise than the eager
+    # ops, and training amplifies it. Measured on an H100 (2026-12-05): 0.03% on the first optimizer step's micro-steps
     # (the same weights), at most 1.0% through three optimizer steps, 2.5% after ten micro-steps. So: the
     # same forward at the start, the same course over the first steps, and it learns on its own
     assert all(abs(a - b) <= 5e-3 * abs(a) for a, b in zip(eager[:2], fast[:2])), (eager, fast)

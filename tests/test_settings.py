@@ -38,12 +38,14 @@ def test_unknown_profile_lists_profiles():
         load_profile("huge")
 
 
-@pytest.mark.parametrize("override", [{"pretrain.zero_stage": 3}, {"pretrain.ep_size": 2}, {"pretrain.compile": True}])
+@pytest.mark.parametrize("override", [{"pretrain.zero_stage": 3}, {"pretrain.ep_size": 2}])
 def test_cuda_graphs_refuse_what_a_capture_cannot_replay(override):
-    graphed = {"pretrain.cuda_graphs": True, "pretrain.compile": False}
+    graphed = {"pretrain.cuda_graphs": True}
     with pytest.raises(ProfileError, match=r"pretrain\.cuda_graphs needs " + list(override)[0].replace(".", r"\.")):
         load_profile("small", {**graphed, **override})
     assert load_profile("small", graphed).pretrain.cuda_graphs
+    both = load_profile("small", {**graphed, "pretrain.compile": True}).pretrain  # compiled blocks are captured
+    assert both.cuda_graphs and both.compile
 
 
 def test_cuda_graphs_on_a_cpu_say_so():

@@ -66,6 +66,8 @@ def apply_speed_options(model: nn.Module, cfg: PretrainConfig) -> None:
       every layer of that kind, so compile time does not grow with depth) and of the loss head
       (lm_head + float32 cross-entropy, the largest memory-bound step). NOTE: shapes stay static
       (the MTP block sees T-1 positions and gets its own graph rather than a dynamic-shape one).
+      With `cuda_graphs` too, each compiled block is then captured: inductor's fused kernels and the
+      FP8 custom ops replayed in one call.
     """
     from training.model.attention import MLA
     from training.model.model import Block
@@ -81,7 +83,10 @@ def apply_speed_options(model: nn.Module, cfg: PretrainConfig) -> None:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     for m in model.modules():
         if isinstance(m, Block):
-            m.compile()
+            # NOTE: the forward, not the module's __call__ (Module.compile): a CUDA-graph capture
+            # (pretrain.cuda_graphs, training/graphs.py) records the compiled forward and then puts its
+            # replay in `forward`'s place, which a compiled __call__ would trace as new code
+            m.forward = torch.compile(m.forward)
     model._cross_entropy = torch.compile(model._cross_entropy)
 
 

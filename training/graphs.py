@@ -10,6 +10,8 @@ How. `torch.cuda.make_graphed_callables` over the blocks in call order (the main
 depth's block), one memory pool, the way Megatron-LM and Transformer Engine graph their layers. The
 embedding, the heads, the losses and the optimizer stay eager. Each block's input shapes are read from
 one forward pass of a real batch (forward pre-hooks); the MTP blocks see shorter sequences than the stack.
+With `pretrain.compile` the blocks' forwards are compiled first (training/engine.py), so the capture
+records inductor's kernels and the FP8 custom ops; validation (eval mode) runs the compiled forward.
 
 What stays right:
 - The optimizer writes the weights in place (DeepSpeed's flat buffers), so a replay reads the current

@@ -311,8 +311,9 @@ class PretrainConfig:
     attention: str = "auto"
     # CUDA graphs: each transformer block's forward and backward captured once and replayed every
     # micro-step (training/graphs.py), so Python no longer queues their kernels one by one. Pays where
-    # the step is host-bound: narrow models, FP8 (BENCHMARKS.md). Needs a CUDA device, ZeRO stage <= 2,
-    # ep_size 1 (the all-to-all's splits are read on the host) and compile off.
+    # the step is host-bound: narrow models, FP8 (BENCHMARKS.md). With `compile`, the compiled blocks
+    # are captured. Needs a CUDA device, ZeRO stage <= 2 and ep_size 1 (the all-to-all's splits are
+    # read on the host).
     cuda_graphs: bool = False
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
@@ -342,9 +343,7 @@ class PretrainConfig:
                 (self.zero_stage <= 2, f"pretrain.zero_stage <= 2, got {self.zero_stage} (stage 3 gathers "
                                        "parameters in hooks)"),
                 (self.ep_size == 1, f"pretrain.ep_size 1, got {self.ep_size} (the all-to-all reads its splits "
-                                    "on the host)"),
-                (not self.compile, "pretrain.compile false (torch.compile and the capture would both own "
-                                   "the blocks)"))],
+                                    "on the host)"))],
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
