@@ -1,4 +1,7 @@
-"""What the kernel tests share: the FP8 error bound and the relative error they measure."""
+"""What the kernel tests share: the FP8 error bound, the relative error they measure, and a counter of
+the quantizations that only a backward needs."""
+
+import dataclasses
 
 import torch
 
@@ -7,3 +10,23 @@ FP8_BOUND = 0.06  # relative Frobenius error allowed for one FP8 x FP8 product v
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def count_backward_layouts(monkeypatch, table: str) -> list[str]:
+    """Patch kernels.fp8_linear's `table` ("EMULATED_OPS" or "GPU_OPS") so that each quantization made
+    only for a backward (x in both layouts, the SwiGLU product's transposed tiles) notes its name in
+    the returned list."""
+    import kernels.fp8_linear as fp8_linear
+
+    calls: list[str] = []
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return run
+
+    ops = getattr(fp8_linear, table)
+    monkeypatch.setattr(fp8_linear, table, dataclasses.replace(
+        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+    return calls

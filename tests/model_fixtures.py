@@ -15,3 +15,11 @@ def tiny_model_config(original_max_position_embeddings: int = 16, **kw) -> Model
     )
     base.update(kw)
     return ModelConfig(**base)
+
+
+def fp8_tiny_model_config() -> ModelConfig:
+    """The tiny config at widths the FP8 kernels take (multiples of 128 where they tile), for GPU tests."""
+    return tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
+                             intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
+                             qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256,
+                             moe_intermediate_size=128, initializer_range=0.02)

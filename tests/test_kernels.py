@@ -20,7 +20,7 @@ from kernels.fp8_linear import FP8Linear
 from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_dual_ref, act_quant_ref, weight_dequant,
                                weight_quant_dual_ref, weight_quant_ref)
 from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
-from tests.kernel_helpers import FP8_BOUND, rel
+from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, rel
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
 
@@ -743,20 +743,7 @@ def test_fp8_layers_under_no_grad_quantize_for_the_forward_only(case, monkeypatc
     # validation, evaluation and rollouts run under no_grad, where an autograd Function's
     # needs_input_grad still follows requires_grad: the layers take their custom op there, which
     # makes no backward layout (x^T, the SwiGLU product's transposed tiles) and gives the same output
-    import dataclasses
-
-    import kernels.fp8_linear as fp8_linear
-    calls = []
-
-    def counted(name, fn):
-        def run(*args, **kwargs):
-            calls.append(name)
-            return fn(*args, **kwargs)
-        return run
-
-    ops = fp8_linear.EMULATED_OPS
-    monkeypatch.setattr(fp8_linear, "EMULATED_OPS", dataclasses.replace(
-        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+    calls = count_backward_layouts(monkeypatch, "EMULATED_OPS")
     _, inputs, layer = next(c for c in _fp8_layer_cases() if c[0] == case)
     for t in inputs:
         t.requires_grad_(True)

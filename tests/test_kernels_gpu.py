@@ -13,7 +13,7 @@ import torch
 
 from kernels._triton import HAS_TRITON
 
-from tests.kernel_helpers import FP8_BOUND, rel
+from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, rel
 
 pytestmark = [
     pytest.mark.gpu,
@@ -376,29 +376,13 @@ def test_fp8_model_under_no_grad_quantizes_for_the_forward_only(monkeypatch):
     # validation, evaluation and rollouts run under no_grad: there the FP8 layers (linears, SwiGLU
     # MLPs, experts) take their custom op, which on the GPU too makes no backward layout, and the loss
     # is training's (the one-layout and two-layout quantizations may part on division ties only)
-    import dataclasses
-
-    import kernels.fp8_linear as fp8_linear
     from kernels.convert import convert_to_fp8
-    from tests.model_fixtures import tiny_model_config
+    from tests.model_fixtures import fp8_tiny_model_config
     from training.model import Transformer
 
-    calls = []
-
-    def counted(name, fn):
-        def run(*args, **kwargs):
-            calls.append(name)
-            return fn(*args, **kwargs)
-        return run
-
-    ops = fp8_linear.GPU_OPS
-    monkeypatch.setattr(fp8_linear, "GPU_OPS", dataclasses.replace(
-        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+    calls = count_backward_layouts(monkeypatch, "GPU_OPS")
     torch.manual_seed(0)
-    cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
-                            intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
-                            qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256,
-                            moe_intermediate_size=128, initializer_range=0.02)
+    cfg = fp8_tiny_model_config()
     model = Transformer(cfg).cuda().to(torch.bfloat16).eval()
     convert_to_fp8(model)
     batch = torch.randint(0, 512, (4, 129), device="cuda")
@@ -446,17 +430,14 @@ def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode
     # in its graph, kernels/fp8_linear.py), by inductor, so the fused code around them runs too.
     # Both: the trainer's compile (training/engine.py), then each compiled block captured
     from kernels.convert import convert_to_fp8
-    from tests.model_fixtures import tiny_model_config
+    from tests.model_fixtures import fp8_tiny_model_config
     from training.engine import apply_speed_options
     from training.graphs import capture_blocks
     from training.model import Transformer
     from training.model.model import Block
     from training.settings import load_profile
 
-    cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256,
-                            intermediate_size=512, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128,
-                            qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256,
-                            moe_intermediate_size=128, initializer_range=0.02)
+    cfg = fp8_tiny_model_config()
     # steps x micro-steps x batch x tokens: counting sequences from random starts, learnable in a few steps
     data = (torch.randint(0, 512, (6, 2, 4, 1)) + torch.arange(129)).remainder(512).cuda()
     runs = {}
@@ -504,7 +485,7 @@ def test_cuda_graphed_or_compiled_blocks_train_as_the_eager_ones(precision, mode
 _ENGINE_GRAPHS_SCRIPT = r'''
 import dataclasses, json, sys
 import torch
-from tests.model_fixtures import tiny_model_config
+from tests.model_fixtures import fp8_tiny_model_config
 from training import distributed
 from training.engine import build_engine
 from training.expert_parallel import apply_expert_parallel
@@ -515,10 +496,7 @@ from training.settings import load_profile
 
 precision, zero = sys.argv[1], int(sys.argv[2])
 dist = distributed.init()
-cfg = tiny_model_config(original_max_position_embeddings=64, vocab_size=512, hidden_size=256, intermediate_size=512,
-                        num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=32,
-                        qk_rope_head_dim=32, v_head_dim=32, max_position_embeddings=256, moe_intermediate_size=128,
-                        initializer_range=0.02)
+cfg = fp8_tiny_model_config()
 pre = dataclasses.replace(load_profile("small").pretrain, zero_stage=zero, global_batch_size=8, micro_batch_size=4,
                           learning_rate=3e-3, warmup_steps=0, steps=6)
 data = (torch.randint(0, 512, (6, 2, 4, 1)) + torch.arange(129)).remainder(512).cuda()
