@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_linear import (FP8Products, fake_swiglu_grads, fake_swiglu_saved, fp8_ops,
-                                grad_products, or_empty, or_none, quantize_grad, swiglu_backward, swiglu_forward,
-                                swiglu_weights, use_custom_op, wants_grad)
+from kernels.fp8_linear import (FP8Products, dgrad_operands, fake_dgrad_operands, fake_swiglu_grads,
+                                fake_swiglu_saved, fp8_ops, grad_products, or_empty, or_none, quantize_grad,
+                                swiglu_backward, swiglu_dgrad_needs, swiglu_forward, transposed_weights,
+                                use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import (ALIGN, Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
                          make_routing, padded_rows, permute)
@@ -238,7 +239,8 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
 # given at the end of kernels/fp8_linear.py. The routing is made inside the op and comes back as
 # outputs, with the tensors the backward reads.
 
-EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * 13]  # y, o, the routing's five tensors, swiglu_forward's six saved
+EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * 19]  # y, o, the routing's five, swiglu_forward's six saved,
+# and the stacked weights' six dgrad operands (kernels/fp8_linear.py)
 EXPERTS_GRADS = tuple[(torch.Tensor,) * 5]  # dx, d topk_w, dw1, dw3, dw2
 
 
@@ -249,10 +251,11 @@ def _experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_w: torch.Tensor, w
     is kept for d topk_w."""
     r = make_routing(topk_ids, w1.shape[0])
     ops = fp8_ops(emulate)
-    o, saved, _ = swiglu_forward(ops, grouped_products(r, emulate), permute(x, r), w1, w3, w2, stacked_weight_of(ops),
-                                 [needs[0], *needs[2:]])
+    swiglu_needs = [needs[0], *needs[2:]]
+    o, saved, w8s = swiglu_forward(ops, grouped_products(r, emulate), permute(x, r), w1, w3, w2,
+                                   stacked_weight_of(ops), swiglu_needs)
     return (combine(o, topk_w, r), o if needs[1] else x.new_empty(0), r.src_token, r.row_of, r.offsets, r.counts,
-            r.tile_expert, *(or_empty(t, x) for t in saved))
+            r.tile_expert, *(or_empty(t, x) for t in saved), *dgrad_operands(w8s, swiglu_dgrad_needs(swiglu_needs), x))
 
 
 @_experts_op.register_fake
@@ -262,27 +265,28 @@ def _(x, topk_ids, topk_w, w1, w3, w2, emulate, needs):
     routing = (x.new_empty(P, dtype=torch.int32), x.new_empty(T, k, dtype=torch.long),
                x.new_empty(E + 1, dtype=torch.long), x.new_empty(E, dtype=torch.long),
                x.new_empty(P // ALIGN, dtype=torch.int32))
+    swiglu_needs = [needs[0], *needs[2:]]
     return (x.new_empty(T, D), x.new_empty(P, D) if needs[1] else x.new_empty(0), *routing,
-            *fake_swiglu_saved(x, P, D, I, [needs[0], *needs[2:]]))
+            *fake_swiglu_saved(x, P, D, I, swiglu_needs),
+            *fake_dgrad_operands(x, (w1, w3, w2), swiglu_dgrad_needs(swiglu_needs)))
 
 
 @torch.library.custom_op("seekflow::fp8_experts_backward", mutates_args=())
 def _experts_backward_op(dy: torch.Tensor, topk_w: torch.Tensor, o: torch.Tensor, routing: list[torch.Tensor],
-                         saved: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
-                         emulate: bool, needs: list[bool]) -> EXPERTS_GRADS:
+                         saved: list[torch.Tensor], wt: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor,
+                         w2: torch.Tensor, emulate: bool, needs: list[bool]) -> EXPERTS_GRADS:
     r = Routing(dy.shape[0], topk_w.shape[1], w1.shape[0], *routing)
     ops = fp8_ops(emulate)
     swiglu_needs = [needs[0], *needs[2:]]
-    w8s = swiglu_weights(stacked_weight_of(ops), w1, w3, w2, swiglu_needs)  # the forward's, from the cache
     d_o, d_w = combine_backward(dy, or_none(o), topk_w, r)
-    dxp, dw1, dw3, dw2 = swiglu_backward(ops, grouped_products(r, emulate), w8s, w1.dtype, swiglu_needs,
-                                         [or_none(t) for t in saved], d_o)
+    dxp, dw1, dw3, dw2 = swiglu_backward(ops, grouped_products(r, emulate), transposed_weights(wt), w1.dtype,
+                                         swiglu_needs, [or_none(t) for t in saved], d_o)
     dx = permute_backward(dxp, r) if needs[0] else None
     return tuple(or_empty(g, dy) for g in (dx, d_w, dw1, dw3, dw2))
 
 
 @_experts_backward_op.register_fake
-def _(dy, topk_w, o, routing, saved, w1, w3, w2, emulate, needs):
+def _(dy, topk_w, o, routing, saved, wt, w1, w3, w2, emulate, needs):
     dx, dw1, dw3, dw2 = fake_swiglu_grads(dy, dy.shape[0], w1, w3, w2, [needs[0], *needs[2:]])
     return dx, topk_w.new_empty(topk_w.shape) if needs[1] else dy.new_empty(0), dw1, dw3, dw2
 
@@ -294,8 +298,8 @@ def _experts_setup(ctx, inputs, output):
 
 def _experts_grad(ctx, dy, *_):
     topk_w, o, *rest = ctx.saved_tensors
-    routing, saved, (w1, w3, w2) = rest[:5], rest[5:11], rest[11:]
-    dx, d_w, dw1, dw3, dw2 = _experts_backward_op(dy.contiguous(), topk_w, o, routing, saved, w1, w3, w2,
+    routing, saved, wt, (w1, w3, w2) = rest[:5], rest[5:11], rest[11:17], rest[17:]
+    dx, d_w, dw1, dw3, dw2 = _experts_backward_op(dy.contiguous(), topk_w, o, routing, saved, wt, w1, w3, w2,
                                                   ctx.emulate, ctx.needs)
     return or_none(dx), None, or_none(d_w), or_none(dw1), or_none(dw3), or_none(dw2), None, None
 

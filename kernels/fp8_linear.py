@@ -120,11 +120,15 @@ def grad_products(mm: FP8Products, g8: tuple, xtq, xts, w8, w_dtype, out_dtype) 
     return dx, dw
 
 
+def swiglu_dgrad_needs(needs) -> tuple[bool, bool, bool]:
+    """Which of a SwiGLU's weights (w1, w3, w2) a dgrad multiplies by, from which of (x, w1, w3, w2)
+    want a gradient: w1 and w3 for dx, w2 for the gradients of h1 = x w1^T and h3 = x w3^T."""
+    return needs[0], needs[0], any(needs[:3])
+
+
 def swiglu_weights(weight_of, w1, w3, w2, needs) -> tuple:
-    """The FP8 copies of a SwiGLU's three weights, with the transposed layouts its dgrads need: w1's
-    and w3's for dx, w2's for the gradients of h1 = x w1^T and h3 = x w3^T (any of x, w1, w3)."""
-    need_x = needs[0]
-    return weight_of(w1, need_x), weight_of(w3, need_x), weight_of(w2, any(needs[:3]))
+    """The FP8 copies of a SwiGLU's three weights, with the transposed layouts its dgrads need."""
+    return tuple(weight_of(w, t) for w, t in zip((w1, w3, w2), swiglu_dgrad_needs(needs)))
 
 
 def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, needs) -> tuple:
@@ -292,12 +296,12 @@ class FP8Linear(nn.Linear):
 # eager islands they broke every compiled block into pieces. A custom op is opaque to the compiler
 # too, but it stays one node of the block's graph: the norms, RoPE and residuals around it are fused,
 # and AOTAutograd calls the registered backward op. Measured (H100, BENCHMARKS.md 2026-12-05): the
-# `small` FP8 step compiled so ran no faster (63.1k tok/s; 81.9k with CUDA graphs): the FP8 ops' own
-# host time bounds it there. One graph per block is what a capture of compiled blocks would need. Each op runs the same functions as the autograd
-# Function beside it (same numerics, bit for bit in the emulation); eager runs keep the Functions.
-# Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
-# needs comes back as extra outputs (empty where not needed); the backward takes the FP8 weights
-# from the weight cache again, which holds the forward's copy until the next optimizer step.
+# `small` FP8 step compiled alone ran no faster (63.1k tok/s): the FP8 ops' own host time bounds it.
+# Compiled and then captured (pretrain.cuda_graphs) it ran at 117k, against 85k captured uncompiled.
+# Each op runs the same functions as the autograd Function beside it (same numerics, bit for bit in
+# the emulation); eager runs keep the Functions. Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
+# needs comes back as extra outputs (empty where not needed), the FP8 weights' transposed layouts
+# among them (`dgrad_operands`).
 
 
 def use_custom_op() -> bool:
@@ -321,6 +325,35 @@ def or_none(t: torch.Tensor) -> torch.Tensor | None:
     return t if t.numel() else None
 
 
+def dgrad_operands(w8s, transposed, like: torch.Tensor) -> list[torch.Tensor]:
+    """A forward op's FP8 weights as it hands them to its backward op: for each weight, the transposed
+    layout (qt, st) its dgrad multiplies by, empty where `transposed` did not ask for it. NOTE: handed
+    on, not fetched again from the weight cache: inside a CUDA-graph capture the cache is bypassed
+    (kernels/weight_cache.py), and a second fetch quantized every weight twice per micro-step
+    (BENCHMARKS.md, 2026-12-05, thirteenth session)."""
+    return [t for w8, need in zip(w8s, transposed)
+            for t in ((w8.qt, w8.st) if need else (like.new_empty(0), like.new_empty(0)))]
+
+
+def transposed_weights(operands: list[torch.Tensor]) -> list[QuantizedWeight | None]:
+    """dgrad_operands' pairs back as QuantizedWeights that hold the transposed layout only (all a
+    dgrad reads), None where empty."""
+    return [QuantizedWeight(None, None, None, qt, st) if qt.numel() else None
+            for qt, st in zip(operands[::2], operands[1::2])]
+
+
+def fake_dgrad_operands(like: torch.Tensor, weights, transposed) -> list[torch.Tensor]:
+    """The shapes of dgrad_operands for weights (.., N, K): qt (.., K, N) FP8, st (.., K/128, N/128)."""
+    out = []
+    for w, need in zip(weights, transposed):
+        if not need:
+            out += [like.new_empty(0), like.new_empty(0)]
+            continue
+        *lead, n, k = w.shape
+        out += [w.new_empty(*lead, k, n, dtype=FP8), w.new_empty(*lead, -(-k // TILE), -(-n // TILE), dtype=torch.float32)]
+    return out
+
+
 def fake_quantized_t(like: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The shapes `act_quant_dual` gives the transposed layout of a (rows, cols) input: q (cols, Mp)
     FP8 and s (cols, Mp / 128) fp32, Mp = rows padded to 128."""
@@ -330,43 +363,43 @@ def fake_quantized_t(like: torch.Tensor, rows: int, cols: int) -> tuple[torch.Te
 
 @torch.library.custom_op("seekflow::fp8_linear", mutates_args=())
 def _linear_op(x2: torch.Tensor, weight: torch.Tensor, backend: str, emulate: bool,
-               needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, xtq, xts): FP8LinearFunction's forward without the bias."""
-    y, xtq, xts, _ = linear_forward(fp8_ops(emulate), x2, weight, backend, *needs)
-    return y, or_empty(xtq, x2), or_empty(xts, x2)
+               needs: list[bool]) -> tuple[(torch.Tensor,) * 5]:
+    """(y, xtq, xts, wqt, wst): FP8LinearFunction's forward without the bias, and the FP8 x^T and w^T
+    its backward multiplies by."""
+    y, xtq, xts, w8 = linear_forward(fp8_ops(emulate), x2, weight, backend, *needs)
+    return y, or_empty(xtq, x2), or_empty(xts, x2), *dgrad_operands([w8], needs[:1], x2)
 
 
 @_linear_op.register_fake
 def _(x2, weight, backend, emulate, needs):
     y = x2.new_empty(x2.shape[0], weight.shape[0])
-    if not needs[1]:
-        return y, x2.new_empty(0), x2.new_empty(0)
-    return y, *fake_quantized_t(x2, *x2.shape)
+    xt = fake_quantized_t(x2, *x2.shape) if needs[1] else (x2.new_empty(0), x2.new_empty(0))
+    return y, *xt, *fake_dgrad_operands(x2, [weight], needs[:1])
 
 
 @torch.library.custom_op("seekflow::fp8_linear_backward", mutates_args=())
-def _linear_backward_op(dy2: torch.Tensor, xtq: torch.Tensor, xts: torch.Tensor, weight: torch.Tensor, backend: str,
-                        emulate: bool, needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-    ops = fp8_ops(emulate)
-    dx, dw = linear_backward(ops, dy2, or_none(xtq), or_none(xts), ops.weight_of(weight, needs[0]), weight.dtype,
-                             backend, *needs)
+def _linear_backward_op(dy2: torch.Tensor, xtq: torch.Tensor, xts: torch.Tensor, wt: list[torch.Tensor],
+                        weight: torch.Tensor, backend: str, emulate: bool,
+                        needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    dx, dw = linear_backward(fp8_ops(emulate), dy2, or_none(xtq), or_none(xts), transposed_weights(wt)[0],
+                             weight.dtype, backend, *needs)
     return or_empty(dx, dy2), or_empty(dw, dy2)
 
 
 @_linear_backward_op.register_fake
-def _(dy2, xtq, xts, weight, backend, emulate, needs):
+def _(dy2, xtq, xts, wt, weight, backend, emulate, needs):
     return (dy2.new_empty(dy2.shape[0], weight.shape[1]) if needs[0] else dy2.new_empty(0),
             weight.new_empty(weight.shape) if needs[1] else dy2.new_empty(0))
 
 
 def _linear_setup(ctx, inputs, output):
     _, weight, ctx.backend, ctx.emulate, ctx.needs = inputs
-    ctx.save_for_backward(output[1], output[2], weight)
+    ctx.save_for_backward(*output[1:], weight)
 
 
 def _linear_grad(ctx, dy2, *_):
-    xtq, xts, weight = ctx.saved_tensors
-    dx, dw = _linear_backward_op(dy2.contiguous(), xtq, xts, weight, ctx.backend, ctx.emulate, ctx.needs)
+    xtq, xts, wqt, wst, weight = ctx.saved_tensors
+    dx, dw = _linear_backward_op(dy2.contiguous(), xtq, xts, [wqt, wst], weight, ctx.backend, ctx.emulate, ctx.needs)
     return or_none(dx), or_none(dw), None, None, None
 
 
@@ -392,35 +425,38 @@ def fake_swiglu_grads(like: torch.Tensor, rows: int, w1, w3, w2, needs) -> list[
             *(w.new_empty(w.shape) if need else like.new_empty(0) for w, need in zip((w1, w3, w2), needs[1:]))]
 
 
-SWIGLU_OUTPUTS = tuple[(torch.Tensor,) * 7]  # y and the six tensors swiglu_backward reads
+SWIGLU_OUTPUTS = tuple[(torch.Tensor,) * 13]  # y, the six tensors swiglu_backward reads, dgrad_operands' six
 SWIGLU_GRADS = tuple[(torch.Tensor,) * 4]  # dx, dw1, dw3, dw2
 
 
 @torch.library.custom_op("seekflow::fp8_swiglu", mutates_args=())
 def _swiglu_op(x2: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, backend: str, emulate: bool,
                needs: list[bool]) -> SWIGLU_OUTPUTS:
-    """(y, xtq, xts, h1, h3, atq, ats): FP8SwiGLUFunction's forward and what its backward keeps."""
+    """(y, xtq, xts, h1, h3, atq, ats, and the weights' dgrad operands): FP8SwiGLUFunction's forward and
+    what its backward keeps."""
     ops = fp8_ops(emulate)
-    y, saved, _ = swiglu_forward(ops, dense_products(ops, backend), x2, w1, w3, w2, ops.weight_of, needs)
-    return y, *(or_empty(t, x2) for t in saved)
+    y, saved, w8s = swiglu_forward(ops, dense_products(ops, backend), x2, w1, w3, w2, ops.weight_of, needs)
+    return y, *(or_empty(t, x2) for t in saved), *dgrad_operands(w8s, swiglu_dgrad_needs(needs), x2)
 
 
 @_swiglu_op.register_fake
 def _(x2, w1, w3, w2, backend, emulate, needs):
-    return x2.new_empty(x2.shape[0], w2.shape[0]), *fake_swiglu_saved(x2, x2.shape[0], *w2.shape, needs)
+    return (x2.new_empty(x2.shape[0], w2.shape[0]), *fake_swiglu_saved(x2, x2.shape[0], *w2.shape, needs),
+            *fake_dgrad_operands(x2, (w1, w3, w2), swiglu_dgrad_needs(needs)))
 
 
 @torch.library.custom_op("seekflow::fp8_swiglu_backward", mutates_args=())
-def _swiglu_backward_op(do2: torch.Tensor, saved: list[torch.Tensor], w1: torch.Tensor, w3: torch.Tensor,
-                        w2: torch.Tensor, backend: str, emulate: bool, needs: list[bool]) -> SWIGLU_GRADS:
+def _swiglu_backward_op(do2: torch.Tensor, saved: list[torch.Tensor], wt: list[torch.Tensor], w1: torch.Tensor,
+                        w3: torch.Tensor, w2: torch.Tensor, backend: str, emulate: bool,
+                        needs: list[bool]) -> SWIGLU_GRADS:
     ops = fp8_ops(emulate)
-    w8s = swiglu_weights(ops.weight_of, w1, w3, w2, needs)  # the forward's copies, from the weight cache
-    grads = swiglu_backward(ops, dense_products(ops, backend), w8s, w1.dtype, needs, [or_none(t) for t in saved], do2)
+    grads = swiglu_backward(ops, dense_products(ops, backend), transposed_weights(wt), w1.dtype, needs,
+                            [or_none(t) for t in saved], do2)
     return tuple(or_empty(g, do2) for g in grads)
 
 
 @_swiglu_backward_op.register_fake
-def _(do2, saved, w1, w3, w2, backend, emulate, needs):
+def _(do2, saved, wt, w1, w3, w2, backend, emulate, needs):
     return tuple(fake_swiglu_grads(do2, do2.shape[0], w1, w3, w2, needs))
 
 
@@ -430,8 +466,8 @@ def _swiglu_setup(ctx, inputs, output):
 
 
 def _swiglu_grad(ctx, do2, *_):
-    *saved, w1, w3, w2 = ctx.saved_tensors
-    grads = _swiglu_backward_op(do2.contiguous(), saved, w1, w3, w2, ctx.backend, ctx.emulate, ctx.needs)
+    *rest, w1, w3, w2 = ctx.saved_tensors
+    grads = _swiglu_backward_op(do2.contiguous(), rest[:6], rest[6:], w1, w3, w2, ctx.backend, ctx.emulate, ctx.needs)
     return *(or_none(g) for g in grads), None, None, None
 
 

@@ -12,10 +12,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def count_backward_layouts(monkeypatch, table: str) -> list[str]:
-    """Patch kernels.fp8_linear's `table` ("EMULATED_OPS" or "GPU_OPS") so that each quantization made
-    only for a backward (x in both layouts, the SwiGLU product's transposed tiles) notes its name in
-    the returned list."""
+def count_calls(monkeypatch, table: str, names: tuple[str, ...]) -> list[str]:
+    """Patch kernels.fp8_linear's `table` ("EMULATED_OPS" or "GPU_OPS") so that each of its functions
+    in `names` notes its name in the returned list when called."""
     import kernels.fp8_linear as fp8_linear
 
     calls: list[str] = []
@@ -28,5 +27,11 @@ def count_backward_layouts(monkeypatch, table: str) -> list[str]:
 
     ops = getattr(fp8_linear, table)
     monkeypatch.setattr(fp8_linear, table, dataclasses.replace(
-        ops, act_dual=counted("act_dual", ops.act_dual), swiglu_dual=counted("swiglu_dual", ops.swiglu_dual)))
+        ops, **{name: counted(name, getattr(ops, name)) for name in names}))
     return calls
+
+
+def count_backward_layouts(monkeypatch, table: str) -> list[str]:
+    """count_calls of the quantizations made only for a backward: x in both layouts, the SwiGLU
+    product's transposed tiles."""
+    return count_calls(monkeypatch, table, ("act_dual", "swiglu_dual"))

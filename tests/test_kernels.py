@@ -20,7 +20,7 @@ from kernels.fp8_linear import FP8Linear
 from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_dual_ref, act_quant_ref, weight_dequant,
                                weight_quant_dual_ref, weight_quant_ref)
 from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
-from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, rel
+from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, count_calls, rel
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
 
@@ -736,6 +736,25 @@ def test_fp8_layer_custom_op_matches_its_autograd_function(case, frozen):
     for a, b in zip(*results):
         assert (a is None and b is None) or torch.equal(a, b)
     assert sum(g is not None for g in results[1][1:]) == len(inputs) - len(frozen)
+
+
+@pytest.mark.parametrize("case", ["linear", "swiglu", "experts"])
+def test_fp8_custom_op_backward_takes_the_forward_fp8_weights(case, monkeypatch):
+    # inside a CUDA-graph capture (pretrain.cuda_graphs with compile) the weight cache is bypassed, and
+    # a backward op that fetched the FP8 weights again quantized each weight twice per micro-step
+    # (BENCHMARKS.md, 2026-12-05, thirteenth session). The forward op hands its copies over: with the
+    # cache emptied between forward and backward, as a capture sees it, the backward quantizes none
+    from kernels.weight_cache import invalidate_fp8_weights
+    calls = count_calls(monkeypatch, "EMULATED_OPS", ("weight", "weight_dual"))
+    _, inputs, layer = next(c for c in _fp8_layer_cases() if c[0] == case)
+    for t in inputs:
+        t.requires_grad_(True)
+    y = torch.compile(layer, backend="aot_eager", fullgraph=True)(*inputs)
+    assert calls  # the forward quantized the weights
+    calls.clear()
+    invalidate_fp8_weights()
+    y.float().square().sum().backward()
+    assert calls == [] and all(t.grad is not None for t in inputs)
 
 
 @pytest.mark.parametrize("case", ["linear", "swiglu", "experts"])

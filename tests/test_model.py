@@ -29,7 +29,10 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged(model):
     changed[:, 12] = (changed[:, 12] + 1) % 61
     with torch.no_grad():
         a, b = model(ids), model(changed)
-    assert torch.equal(a[:, :12], b[:, :12])
+    # NOTE: not bit for bit. The changed token is routed to other experts, so each expert's matmul gets
+    # another row count, and CPU GEMMs block by shape: on an AVX-512 machine the earlier rows then
+    # differ in the last bits (1.7e-7 measured, 2026-12-05); the positions it reaches move by ~1
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-5)
     assert not torch.allclose(a[:, 12:], b[:, 12:])
 
 
