@@ -191,13 +191,17 @@ def test_expert_parallel_two_processes_match_one(shards_home, tmp_path):
     losses_two = [h["loss"] for h in two if "loss" in h]
     assert len(losses_one) == len(losses_two) == 4
     assert losses_one[-1] < losses_one[0] - 0.5  # it learned something, so the match is not trivial
-    # NOTE: not bit-exact: reduction order differs (all-to-all, gloo all-reduce), and routing is discrete,
-    # so a last-bit difference can flip one token's expert; measured 0.2% apart after 20 steps.
-    # Validation: both runs evaluate the same windows (pretrain.eval_batches counts all ranks)
-    assert losses_two == pytest.approx(losses_one, rel=5e-3)
+    # NOTE: not bit-exact: reduction order differs (all-to-all, gloo all-reduce) and so do the experts'
+    # row counts per process (CPU GEMMs block by shape); routing is discrete, so once a last-bit
+    # difference flips a token's expert the runs part. Measured (2026-12-05, AVX-512 machine): 1e-7 and
+    # 3e-5 apart at steps 5 and 10, then 0.24% and 0.61% at 15 and 20 (0.2% at 20 on another machine).
+    # So: the same computation at the start, the same course after. Validation: both runs evaluate the
+    # same windows (pretrain.eval_batches counts all ranks)
+    assert losses_two[:2] == pytest.approx(losses_one[:2], rel=1e-4)
+    assert losses_two == pytest.approx(losses_one, rel=1e-2)
     val_one = [h["val_loss"] for h in one if "val_loss" in h][-1]
     val_two = [h["val_loss"] for h in two if "val_loss" in h][-1]
-    assert val_two == pytest.approx(val_one, rel=5e-3)
+    assert val_two == pytest.approx(val_one, rel=1e-2)
 
 
 def test_a_cpu_run_repeats_bit_for_bit_with_two_threads(shards_home, tmp_path):
