@@ -126,11 +126,6 @@ def swiglu_dgrad_needs(needs) -> tuple[bool, bool, bool]:
     return needs[0], needs[0], any(needs[:3])
 
 
-def swiglu_weights(weight_of, w1, w3, w2, needs) -> tuple:
-    """The FP8 copies of a SwiGLU's three weights, with the transposed layouts its dgrads need."""
-    return tuple(weight_of(w, t) for w, t in zip((w1, w3, w2), swiglu_dgrad_needs(needs)))
-
-
 def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, needs) -> tuple:
     """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense), kernels/experts.py's
     FP8SwiGLUExpertsFunction (grouped) and their torch.compile custom ops (end of each file):
@@ -139,7 +134,7 @@ def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, need
     gradient. Returns (y, saved, w8s): saved = (xtq, xts, h1, h3, atq, ats), None where not needed,
     and the FP8 weights this forward used."""
     need_x, need_w1, need_w3, need_w2 = needs
-    w8s = swiglu_weights(weight_of, w1, w3, w2, needs)
+    w8s = tuple(weight_of(w, t) for w, t in zip((w1, w3, w2), swiglu_dgrad_needs(needs)))
     if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
         xq, xs, xtq, xts = ops.act_dual(x2)
     else:
@@ -299,9 +294,9 @@ class FP8Linear(nn.Linear):
 # `small` FP8 step compiled alone ran no faster (63.1k tok/s): the FP8 ops' own host time bounds it.
 # Compiled and then captured (pretrain.cuda_graphs) it ran at 117k, against 85k captured uncompiled.
 # Each op runs the same functions as the autograd Function beside it (same numerics, bit for bit in
-# the emulation); eager runs keep the Functions. Shapes for the compiler come from the fake implementations (`register_fake`). What the backward
-# needs comes back as extra outputs (empty where not needed), the FP8 weights' transposed layouts
-# among them (`dgrad_operands`).
+# the emulation); eager runs keep the Functions. Shapes for the compiler come from the fake
+# implementations (`register_fake`). What the backward needs comes back as extra outputs (empty where
+# not needed), the FP8 weights' transposed layouts among them (`dgrad_operands`).
 
 
 def use_custom_op() -> bool:
@@ -350,7 +345,8 @@ def fake_dgrad_operands(like: torch.Tensor, weights, transposed) -> list[torch.T
             out += [like.new_empty(0), like.new_empty(0)]
             continue
         *lead, n, k = w.shape
-        out += [w.new_empty(*lead, k, n, dtype=FP8), w.new_empty(*lead, -(-k // TILE), -(-n // TILE), dtype=torch.float32)]
+        out += [w.new_empty(*lead, k, n, dtype=FP8),
+                w.new_empty(*lead, -(-k // TILE), -(-n // TILE), dtype=torch.float32)]
     return out
 
 
