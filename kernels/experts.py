@@ -35,8 +35,8 @@ from kernels.fp8_linear import (FP8Products, dgrad_operands, fake_dgrad_operands
                                 swiglu_backward, swiglu_dgrad_needs, swiglu_forward, transposed_weights,
                                 use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
-from kernels.moe import (ALIGN, Routing, combine, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref,
-                         make_routing, padded_rows, permute)
+from kernels.moe import (ALIGN, Routing, combine, combine_backward, grouped_gemm, grouped_gemm_ref,
+                         grouped_wgrad_fp8, grouped_wgrad_ref, make_routing, padded_rows, permute)
 from kernels.weight_cache import quantized_weight
 
 
@@ -144,19 +144,6 @@ def permute_backward(dxp: torch.Tensor, r: Routing) -> torch.Tensor:
     """dx (T, D) of permute: dx[t] = sum_j dxp[row_of[t, j]]."""
     ones = torch.ones((r.num_tokens, r.topk), dtype=torch.float32, device=dxp.device)
     return combine(dxp.contiguous(), ones, r)
-
-
-def combine_backward(dy: torch.Tensor, out_perm: torch.Tensor | None, topk_w: torch.Tensor, r: Routing) -> tuple:
-    """(d out_perm (P, N), d topk_w (T, k)) of combine(out_perm, topk_w, r) for dy (T, N); d topk_w is
-    None when out_perm is (the weights want no gradient)."""
-    rows = r.row_of.reshape(-1)
-    d_out = dy.new_zeros(r.padded_rows, dy.shape[-1])
-    d_out[rows] = (dy[:, None, :].float() * topk_w[..., None].float()).reshape(
-        -1, dy.shape[-1]).to(dy.dtype)  # (T*k, N)
-    if out_perm is None:
-        return d_out, None
-    d_w = (out_perm[r.row_of].float() * dy[:, None, :].float()).sum(-1).to(topk_w.dtype)
-    return d_out, d_w
 
 
 class PermuteFunction(torch.autograd.Function):

@@ -19,7 +19,7 @@ from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
 from kernels.fp8_linear import FP8Linear
 from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_dual_ref, act_quant_ref, weight_dequant,
                                weight_quant_dual_ref, weight_quant_ref)
-from kernels.moe import (combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
+from kernels.moe import (combine_backward_ref, combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
 from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, count_calls, rel
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
@@ -552,6 +552,19 @@ def test_moe_reference_pipeline_matches_dense_definition():
     out8 = grouped_gemm_ref(permute_ref(xq, r), torch.stack(wq), r, permute_ref(xs, r),
                             torch.stack(ws), out_dtype=torch.float32)
     assert rel(combine_ref(out8, tw, r), moe_ref(x, ids, tw, w)) < FP8_BOUND
+
+
+def test_combine_backward_is_the_gradient_of_combine():
+    ids, tw = _routing_inputs()
+    r = make_routing(ids, 7)
+    out = torch.randn(r.padded_rows, 96, dtype=torch.float64, requires_grad=True)
+    tw = tw.double().requires_grad_()
+    dy = torch.randn(50, 96, dtype=torch.float64)
+    combine_ref(out, tw, r).backward(dy)
+    d_out, d_w = combine_backward_ref(dy, out.detach(), tw.detach(), r)
+    assert torch.allclose(d_out, out.grad) and torch.allclose(d_w, tw.grad)
+    assert not d_out[r.src_token < 0].any()  # padding rows get no gradient
+    assert combine_backward_ref(dy, None, tw.detach(), r)[1] is None
 
 
 @pytest.mark.parametrize("fp8", [False, True])

@@ -253,7 +253,8 @@ def _moe_inputs(T, E, k, D, N, fp8):
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("T,E,k,D,N", [(4096, 8, 2, 1024, 512), (333, 16, 4, 384, 200)])
 def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
-    from kernels.moe import combine, combine_ref, grouped_gemm, grouped_gemm_ref, moe_ref
+    from kernels.moe import (combine, combine_backward, combine_backward_ref, combine_ref, grouped_gemm,
+                             grouped_gemm_ref, moe_ref)
     x, w, tw, ids, r, args = _moe_inputs(T, E, k, D, N, fp8)
     out = grouped_gemm(*args, out_dtype=torch.float32, impl=impl)
     ref = grouped_gemm_ref(*args, out_dtype=torch.float32)
@@ -261,6 +262,10 @@ def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
     assert rel(out[rows], ref[rows]) < (5e-4 if fp8 else 1e-4)  # FP8 MMA accumulation, see above
     y = combine(out, tw, r)
     assert rel(y, combine_ref(out, tw, r)) < 1e-5
+    dy, o16 = torch.randn_like(y).bfloat16(), out.bfloat16()
+    (d_out, d_w), (d_out_r, d_w_r) = combine_backward(dy, o16, tw, r), combine_backward_ref(dy, o16, tw, r)
+    assert torch.equal(d_out, d_out_r)  # the same fp32 product, rounded once to bf16; padding rows zero
+    assert rel(d_w, d_w_r) < 1e-5  # summed in another order
     t = slice(0, 512)  # NOTE: moe_ref holds a (T, k, N, D) float64 tensor: check the first 512 tokens
     assert rel(y[t], moe_ref(x[t], ids[t], tw[t], w)) < (FP8_BOUND if fp8 else 1e-2)
 

@@ -36,7 +36,7 @@ from kernels.fp8_quant import (act_dequant, act_quant_dual_ref, act_quant_dual_t
                                act_quant_triton, swiglu_grad_quant_dual_ref, swiglu_grad_quant_dual_triton,
                                swiglu_quant_dual_ref, swiglu_quant_dual_triton, weight_quant_dual_ref,
                                weight_quant_dual_triton, weight_quant_ref, weight_quant_triton)
-from kernels.moe import (combine, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
+from kernels.moe import (combine, combine_backward, combine_backward_ref, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
                          grouped_wgrad_ref, make_routing, permute, permute_ref)
 
 def rel(a, b):
@@ -118,6 +118,11 @@ for impl in ("classic", "tma"):  # tma: 5 row tiles (one per non-empty expert) o
     assert rel(o[rows], grouped_gemm_ref(xp, w, r)[rows]) < 1e-5, f"grouped {impl}"
     assert not o[used:].any(), f"grouped {impl}: rows past the last segment are zeros"
 assert rel(combine(o, tw, r), combine_ref(o, tw, r)) < 1e-6, "combine"
+dy = torch.randn(T, N)  # float32: the interpreter's bf16 rounding differs (see dual_close)
+for o_in in (o, None):
+    (d_out, d_w), (d_out_r, d_w_r) = combine_backward(dy, o_in, tw, r), combine_backward_ref(dy, o_in, tw, r)
+    assert torch.equal(d_out, d_out_r), "combine backward: d out_perm, padding rows zero"
+    assert (d_w is None) == (o_in is None) and (d_w is None or rel(d_w, d_w_r) < 1e-6), "combine backward: d topk_w"
 xq, xs = act_quant_ref(x)
 wq, ws = zip(*(weight_quant_ref(w[e]) for e in range(E)))
 args = (permute(xq, r), torch.stack(wq), r, permute(xs, r), torch.stack(ws))
