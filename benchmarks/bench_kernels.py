@@ -170,6 +170,44 @@ def quant_section() -> list[dict]:
     return rows
 
 
+def act_dual_section() -> list[dict]:
+    """Both layouts of an activation (what act_quant_dual picks among), on the `small` trainer's
+    layouts: 16,384 tokens x its linears' widths, and the experts' 69,632 padded rows x 1,024 / 512.
+    ms, and GB/s counting one read and both writes (what the one-read kernels move)."""
+    from kernels.fp8_quant import act_quant_two_pass_triton
+    rows = []
+    for M, K in [(16384, 1024), (16384, 384), (16384, 288), (16384, 256), (16384, 1536), (16384, 2048),
+                 (16384, 512), (69632, 1024), (69632, 512), (4096, 7168)]:
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        nbytes = M * K * (2 + 1 + 1) + 2 * M * math.ceil(K / 128) * 4
+        ms = {"two_pass": bench(lambda: act_quant_two_pass_triton(x)),
+              "sweeps": bench(lambda: act_quant_dual_triton(x)),
+              "strips": bench(lambda: act_quant_dual_triton(x, kernel="strips"))}
+        rows.append({"shape": f"{M}x{K}", "ms": ms, "GBps": {k: nbytes / v / 1e6 for k, v in ms.items()}})
+        print(f"| {M} x {K} | " + " | ".join(f"{v:.4f} ({nbytes / v / 1e6:,.0f})" for v in ms.values())
+              + f" | {ms['two_pass'] / ms['strips']:.2f} |", flush=True)
+    return rows
+
+
+def combine_backward_section(tokens: int = 16384, topk: int = 4, E: int = 32) -> list[dict]:
+    """The experts' combine backward (d out_perm and d topk_w), `small`'s MoE layer: the eager
+    reference (what the FP8 experts ran before 2026-12-06) against the one-pass Triton kernel, ms."""
+    from kernels.moe import combine_backward, combine_backward_ref
+    rows = []
+    for N in (1024, 4096):
+        ids = torch.stack([torch.randperm(E, device="cuda")[:topk] for _ in range(tokens)])
+        r = make_routing(ids, E)
+        tw = torch.softmax(torch.randn(tokens, topk, device="cuda"), -1)
+        dy = torch.randn(tokens, N, device="cuda", dtype=torch.bfloat16)
+        o = torch.randn(r.padded_rows, N, device="cuda", dtype=torch.bfloat16)
+        ms = {"eager": bench(lambda: combine_backward_ref(dy, o, tw, r)),
+              "triton": bench(lambda: combine_backward(dy, o, tw, r))}
+        rows.append({"N": N, "ms": ms})
+        print(f"| {tokens} x {N}, top {topk} of {E} | {ms['eager']:.3f} | {ms['triton']:.3f} | "
+              f"{ms['eager'] / ms['triton']:.1f} |", flush=True)
+    return rows
+
+
 def previous_fp8_linear_step(x, w, dy):
     """The 2026-11-30 FP8Linear's passes, called in sequence (no autograd): weight quantized every
     call, its FP8 copy transposed for the dgrad, dy and x quantized again along the tokens, the
@@ -433,6 +471,16 @@ def main():
               "weight dual (w and w^T) | act: two passes -> dual, ms | weight: quant + transpose -> dual, ms |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         results["quant"] = quant_section()
+    if "actdual" in sections:
+        print("\n## An activation's two FP8 layouts, ms (GB/s: one read, both writes)")
+        print("| M x K | two single-layout passes | sweep kernel | strip kernel | two passes / strips |")
+        print("| --- | --- | --- | --- | --- |")
+        results["actdual"] = act_dual_section()
+    if "combine" in sections:
+        print("\n## The experts' combine backward (d out_perm, d topk_w), ms")
+        print("| tokens x width | eager (before) | one Triton pass | speedup |")
+        print("| --- | --- | --- | --- |")
+        results["combine"] = combine_backward_section()
     if "grouped" in sections:
         print("\n## Grouped GEMM, 32768 routed rows x N=1536 x K=2048, TFLOP/s of the routed FLOPs")
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "

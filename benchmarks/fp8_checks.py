@@ -255,6 +255,7 @@ def _kernel_checks(res: dict, save) -> None:
     T, T_mtp = SIZES["tokens"], SIZES["mtp_tokens"]
     x = torch.randn(T, 1024, device=DEV, dtype=torch.bfloat16)
     res[f"act_quant {T}x1024"] = compare({"dual": lambda: Q.act_quant_dual_triton(x),
+                                           "strips": lambda: Q.act_quant_dual_triton(x, kernel="strips"),
                                            "two_pass": lambda: Q.act_quant_two_pass_triton(x)})
     w = torch.randn(32, 512, 1024, device=DEV, dtype=torch.bfloat16)
     res["weight_quant_dual 32x512x1024"] = compare({"dual": lambda: Q.weight_quant_dual_triton(w)})

@@ -2,7 +2,7 @@
 each config: registers, stack (spill) bytes, shared memory, and the SASS instructions that matter
 (QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory).
 
-    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad quant]
+    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad quant combine]
 
 Uses the ptxas and cuobjdump that Triton's wheel carries (triton/backends/nvidia/bin), so it costs
 no device time. A config whose shared memory exceeds 227 KB (232,448 bytes) cannot launch on an
@@ -125,6 +125,11 @@ def quant():
                {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "PROLOGUE": prologue},
                triton.Config({}, num_warps=4, num_stages=1),
                f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}{label}")
+        report(fq._act_quant_strips_kernel, {**ptrs, "b_ptr": "*bf16", "c_ptr": "*bf16", **{a: "i32" for a in (
+               "M", "K", "MP", "stride_xm", "stride_xk", "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}},
+               {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "PROLOGUE": prologue},
+               triton.Config({}, num_warps=4, num_stages=1),
+               f"act quant dual, one {fq.DUAL_CHUNK}x128 strip a program{label}")
     wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
     report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
            "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")
@@ -133,8 +138,18 @@ def quant():
            triton.Config({}, num_warps=4, num_stages=1), "act quant 32x128 (single layout)")
 
 
+def combine():
+    """The experts' combine backward (one program a permuted row), with and without d topk_w."""
+    sig = {"dy_ptr": "*bf16", "w_ptr": "*fp32", "rows_ptr": "*i64", "src_ptr": "*i32", "o_ptr": "*bf16",
+           "d_out_ptr": "*bf16", "d_w_ptr": "*fp32", "N": "i32", "stride_dy": "i32", "stride_o": "i32",
+           "stride_d": "i32"}
+    for has_o in (True, False):
+        report(m._combine_backward_kernel, sig, {"TOPK": 4, "BLOCK_N": 1024, "HAS_O": has_o},
+               triton.Config({}, num_warps=4, num_stages=1), f"combine backward, d topk_w {has_o}")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad", "quant"]
+    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad", "quant", "combine"]
     print("| kernel, config | warps, stages | registers | stack bytes | shared memory (fits 227 KB) | "
           + " | ".join(OPS) + " |")
     print("| --- " * (5 + len(OPS)) + "|")

@@ -17,8 +17,10 @@ as w^T (dgrad). `act_quant_dual` and `weight_quant_dual` read the input once and
 (the second layout from a transposed-order read of the same tile, served by the cache), instead of
 a second read of the input from device memory or a transpose kernel on the FP8 copy. Their
 references are the single-layout references applied twice (`*_dual_ref`). Measured on the H200: the
-weight kernel is 2.9x faster than quantize + transpose; the activation kernel is slower than the two
-single-layout kernels except on narrow inputs, so `act_quant_dual` picks per layout.
+weight kernel is 2.9x faster than quantize + transpose; the activation's sweep kernel (one program a
+128x128 tile) is slower than the two single-layout kernels except on narrow inputs, so
+`act_quant_dual` picks per layout among it, the strip kernel (the same reads as one program a strip,
+the programs of a tile side by side) and the two passes.
 
 Why it exists. Dequantization is folded into the GEMM (`kernels/fp8_gemm.py`), which needs the
 scales in exactly these layouts; torch has no op that produces them.
@@ -30,6 +32,8 @@ scale from the values it has.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -271,6 +275,44 @@ if HAS_TRITON:
             tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
 
     @triton.jit
+    def _act_quant_strips_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
+                                 stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
+                                 CHUNK: tl.constexpr, PROLOGUE: tl.constexpr):
+        # _act_quant_dual_kernel's two sweeps as separate programs, 2 x 128/CHUNK per 128x128 tile,
+        # adjacent in launch order (axis 0 runs fastest): the first half take CHUNK-row strips (q, s
+        # along K), the second half CHUNK-column strips read in transposed order (qt, st). They run
+        # at the same time, so device memory still sees one read of the tile (the others hit L2),
+        # and each program holds one strip (the sweep kernel held a tile per program: 236 registers,
+        # two programs an SM, too few loads in flight to fill the memory bus)
+        STRIPS = TILE_ // CHUNK
+        pid_m = tl.program_id(0) // (2 * STRIPS)
+        strip = tl.program_id(0) % (2 * STRIPS)
+        pid_k = tl.program_id(1)
+        # NOTE: the two branches' tensors have other shapes, so other names (Triton merges a name's
+        # type across an if)
+        if strip < STRIPS:
+            offs_m = pid_m * TILE_ + strip * CHUNK + tl.arange(0, CHUNK)
+            offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
+            mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+            x = _load_act(x_ptr, b_ptr, c_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, PROLOGUE)
+            s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
+            q = tl.div_rn(x, s_row[:, None])
+            q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
+            tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+            tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
+        else:
+            offs_c = pid_k * TILE_ + (strip - STRIPS) * CHUNK + tl.arange(0, CHUNK)
+            offs_t = pid_m * TILE_ + tl.arange(0, TILE_)
+            mask_t = (offs_c[:, None] < K) & (offs_t[None, :] < M)
+            xt = _load_act(x_ptr, b_ptr, c_ptr, offs_c, offs_t, stride_xk, stride_xm, mask_t, PROLOGUE)
+            s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
+            qt = tl.div_rn(xt, s_col[:, None])
+            qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
+            tl.store(qt_ptr + offs_c[:, None] * stride_qtk + offs_t[None, :], qt,
+                     mask=(offs_c[:, None] < K) & (offs_t[None, :] < MP))
+            tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
+
+    @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
                                   NT, KT, TILE_: tl.constexpr):
         # two programs per 128x128 block of matrix e, side by side in launch order (the second read
@@ -305,24 +347,32 @@ def _outputs(device, q_shape: tuple, s_shape: tuple) -> tuple[torch.Tensor, torc
     return (torch.empty(q_shape, dtype=FP8, device=device), torch.empty(s_shape, dtype=torch.float32, device=device))
 
 
-def act_quant_dual_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+DUAL_KERNELS = ("sweeps", "strips")  # _act_quant_dual_kernel, _act_quant_strips_kernel: the same outputs
+
+
+def act_quant_dual_triton(x: torch.Tensor, kernel: str = "sweeps"
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton version of act_quant_dual_ref: one read of x (any strides), both layouts written."""
-    return _act_quant_dual_launch(0, x)
+    return _act_quant_dual_launch(0, x, kernel=kernel)
 
 
-def swiglu_quant_dual_triton(gate: torch.Tensor, up: torch.Tensor
+def swiglu_quant_dual_triton(gate: torch.Tensor, up: torch.Tensor, kernel: str = "sweeps"
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton version of swiglu_quant_dual_ref: one read of gate and up, the product never in memory."""
-    return _act_quant_dual_launch(1, gate, up)
+    return _act_quant_dual_launch(1, gate, up, kernel=kernel)
 
 
-def swiglu_grad_quant_dual_triton(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
+def swiglu_grad_quant_dual_triton(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+                                  kernel: str = "sweeps") -> tuple[tuple, tuple]:
     """Triton version of swiglu_grad_quant_dual_ref: the two gradients never in memory (a launch each)."""
-    return _act_quant_dual_launch(2, dact, up, gate), _act_quant_dual_launch(3, dact, dact, gate)
+    return (_act_quant_dual_launch(2, dact, up, gate, kernel=kernel),
+            _act_quant_dual_launch(3, dact, dact, gate, kernel=kernel))
 
 
-def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor):
-    """The dual activation kernel on x, or on what its prologue makes of x and `more` (see _load_act)."""
+def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, kernel: str = "sweeps"):
+    """The dual activation kernel on x, or on what its prologue makes of x and `more` (see _load_act).
+    kernel: one of DUAL_KERNELS."""
+    assert kernel in DUAL_KERNELS, f"act_quant_dual: kernel must be one of {DUAL_KERNELS}, got {kernel!r}"
     what = ("act_quant_dual", "swiglu_quant_dual", "swiglu_grad_quant_dual", "swiglu_grad_quant_dual")[prologue]
     _check_float(x, what)
     require_cuda(x, what=what)
@@ -335,9 +385,10 @@ def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor):
     mt, kt = cdiv(M, TILE), cdiv(K, TILE)
     q, s = _outputs(x.device, (M, K), (M, kt))
     qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
-    _act_quant_dual_kernel[(mt, kt)](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0),
-                                     s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK,
-                                     PROLOGUE=prologue, num_warps=4)
+    grid, fn = ((mt, kt), _act_quant_dual_kernel) if kernel == "sweeps" else (
+        (mt * 2 * (TILE // DUAL_CHUNK), kt), _act_quant_strips_kernel)
+    fn[grid](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0), s.stride(0), qt.stride(0),
+             st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK, PROLOGUE=prologue, num_warps=4)
     return q, s, qt, st
 
 
@@ -427,14 +478,15 @@ def act_quant_dual(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
             return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
                        for (q, sc), r in zip(_pairs(out), ref))
 
-        choose(key, {"dual": lambda: act_quant_dual_triton(probe), "two_pass": lambda: act_quant_two_pass_triton(probe)},
-               error_of, _DUAL_CACHE, what=f"act_quant_dual {tuple(x.shape)}")
-    impl = _DUAL_CACHE[key].name
-    if impl == "dual":
-        return act_quant_dual_triton(x)
-    if impl == "two_pass":
-        return act_quant_two_pass_triton(x)
-    return act_quant_dual_ref(x)
+        choose(key, {name: lambda f=f: f(probe) for name, f in _DUAL_IMPLS.items()}, error_of, _DUAL_CACHE,
+               what=f"act_quant_dual {tuple(x.shape)}")
+    return _DUAL_IMPLS.get(_DUAL_CACHE[key].name, act_quant_dual_ref)(x)
+
+
+# act_quant_dual's candidates: the one-read kernels ("dual" is the sweep kernel, its first name) and
+# the two single-layout passes
+_DUAL_IMPLS = {"dual": act_quant_dual_triton, "strips": lambda x: act_quant_dual_triton(x, kernel="strips"),
+               "two_pass": act_quant_two_pass_triton}
 
 
 _SWIGLU_CACHE: dict[tuple, Choice] = {}  # (which, layout) key -> Choice
@@ -461,10 +513,11 @@ def swiglu_grad_quant_dual(dact: torch.Tensor, gate: torch.Tensor, up: torch.Ten
 
 
 def _fused_or_not(name: str, inputs: tuple, fused, unfused, reference):
-    """Per layout, the faster of the fused kernel (the prologue makes the tensor as it is read) and the
-    eager ops followed by `act_quant_dual`, measured once (kernels/autoselect.py); both must agree
-    with the reference. Returns the chosen function of `inputs`."""
+    """Per layout, the fastest of the fused kernels (the prologue makes the tensor as it is read; the
+    sweep or the strip kernel) and the eager ops followed by `act_quant_dual`, measured once
+    (kernels/autoselect.py); each must agree with the reference. Returns the chosen function of `inputs`."""
     key = (name,) + tensor_key(inputs[0])
+    impls = {"fused": fused, "fused_strips": functools.partial(fused, kernel="strips"), "unfused": unfused}
     if key not in _SWIGLU_CACHE:
         # NOTE: random probes of the layout, as in act_quant_dual: the padded expert rows hold garbage
         probes = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).normal_() for t in inputs]
@@ -474,9 +527,9 @@ def _fused_or_not(name: str, inputs: tuple, fused, unfused, reference):
             return max(((act_dequant(q, sc) - r).norm() / r.norm().clamp_min(1e-30)).item()
                        for (q, sc), r in zip(_quantized_pairs(out), ref))
 
-        choose(key, {"fused": lambda: fused(*probes), "unfused": lambda: unfused(*probes)}, error_of,
-               _SWIGLU_CACHE, what=f"{name} {tuple(inputs[0].shape)}")
-    return {"fused": fused, "unfused": unfused}.get(_SWIGLU_CACHE[key].name, reference)
+        choose(key, {n: lambda f=f: f(*probes) for n, f in impls.items()}, error_of, _SWIGLU_CACHE,
+               what=f"{name} {tuple(inputs[0].shape)}")
+    return impls.get(_SWIGLU_CACHE[key].name, reference)
 
 
 def _quantized_pairs(out) -> list:

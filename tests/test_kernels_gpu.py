@@ -6,6 +6,7 @@ unwritten element shows up as a large error (or NaN, which never passes).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -45,9 +46,11 @@ def test_swiglu_quantizations_match_their_references(shape):
                                    swiglu_quant_dual_triton)
     gate = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
     up, dact = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    strips = functools.partial(swiglu_grad_quant_dual_triton, kernel="strips")
     cases = [(swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up)),
+             (swiglu_quant_dual_triton(gate, up, kernel="strips"), swiglu_quant_dual_ref(gate, up)),
              (swiglu_quant_dual(gate, up), swiglu_quant_dual_ref(gate, up))]
-    for impl in (swiglu_grad_quant_dual_triton, swiglu_grad_quant_dual):
+    for impl in (swiglu_grad_quant_dual_triton, strips, swiglu_grad_quant_dual):
         cases += list(zip(impl(dact, gate, up), swiglu_grad_quant_dual_ref(dact, gate, up)))
     for got, ref in cases:
         assert all(a.shape == b.shape for a, b in zip(got, ref))
@@ -66,15 +69,16 @@ def test_weight_quant_triton_matches_reference(shape):
     assert (q.float() != qr.float()).float().mean() < 1e-3
 
 
+@pytest.mark.parametrize("kernel", ["sweeps", "strips"])
 @pytest.mark.parametrize("shape", [(4096, 7168), (333, 1000), (16376, 1024), (1, 128)])
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_act_quant_dual_matches_reference(shape, strided, dtype):
+def test_act_quant_dual_matches_reference(shape, strided, dtype, kernel):
     # one read of x, both layouts: 1x128 along K (forward, dgrad) and x^T's 1x128 along M (wgrad)
     from kernels.fp8_quant import act_quant_dual_ref, act_quant_dual_triton
     x = torch.randn(shape[::-1] if strided else shape, device="cuda", dtype=dtype) * 3
     x = x.t() if strided else x
-    got, ref = act_quant_dual_triton(x), act_quant_dual_ref(x)
+    got, ref = act_quant_dual_triton(x, kernel=kernel), act_quant_dual_ref(x)
     for a, b in zip(got, ref):
         assert a.shape == b.shape
     assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
@@ -102,7 +106,7 @@ def test_act_quant_dual_auto_choice_is_measured():
     got, ref = act_quant_dual(x), act_quant_dual_ref(x)
     assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3])
     choice = dual_choices()[-1]
-    assert choice["impl"] in ("dual", "two_pass") and set(choice["median_ms"]) == {"dual", "two_pass"}
+    assert choice["impl"] in ("dual", "strips", "two_pass") and set(choice["median_ms"]) == {"dual", "strips", "two_pass"}
 
 
 def test_fp8_linear_requantizes_after_a_fused_adamw_step():

@@ -19,6 +19,8 @@ import pytest
 pytest.importorskip("triton")
 
 SCRIPT = r'''
+import itertools
+
 import numpy as np
 import torch
 import triton.runtime.interpreter as ti
@@ -42,7 +44,7 @@ from kernels.moe import (combine, combine_backward, combine_backward_ref, combin
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
-for M, K in [(50, 200), (3, 130)]:
+for M, K in [(50, 200), (3, 130), (260, 140)]:  # 260: more than one 128-row tile
     x = torch.randn(M, K) * 3
     for xin in (x, torch.randn(K, M).t()):
         q, s = act_quant_triton(xin)
@@ -56,8 +58,9 @@ for M, K in [(50, 200), (3, 130)]:
     qr, sr = act_quant_ref(x.t(), pad_to=128)
     assert torch.equal(s, sr) and q.shape == qr.shape, "padded act scales"
     assert not q[:, M:].float().any(), "padding columns are zero"
-    for xin in (x, torch.randn(K, M).t()):  # both layouts from one read (x strided too)
-        got, ref = act_quant_dual_triton(xin), act_quant_dual_ref(xin)
+    for xin, kernel in itertools.product((x, torch.randn(K, M).t()), ("sweeps", "strips")):
+        # both layouts from one read (x strided too)
+        got, ref = act_quant_dual_triton(xin, kernel=kernel), act_quant_dual_ref(xin)
         assert all(a.shape == b.shape for a, b in zip(got, ref)), "dual act shapes"
         assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3]), "dual act scales"
         assert (got[0].float() != ref[0].float()).float().mean() < 0.05
@@ -83,10 +86,12 @@ def dual_close(got, ref, M, dtype, what):
 # the experts' SwiGLU product and its two gradients, quantized where they are made
 for M, K, dtype in [(50, 200, torch.float32), (3, 130, torch.float32), (50, 200, torch.bfloat16)]:
     gate, up, dact = (torch.randn(M, K) * 3).to(dtype), torch.randn(M, K).to(dtype), torch.randn(M, K).to(dtype)
-    dual_close(swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up), M, dtype, "swiglu")
-    for got, ref, what in zip(swiglu_grad_quant_dual_triton(dact, gate, up),
-                              swiglu_grad_quant_dual_ref(dact, gate, up), ("d gate", "d up")):
-        dual_close(got, ref, M, dtype, what)
+    for kernel in ("sweeps", "strips"):
+        dual_close(swiglu_quant_dual_triton(gate, up, kernel=kernel), swiglu_quant_dual_ref(gate, up), M, dtype,
+                   "swiglu")
+        for got, ref, what in zip(swiglu_grad_quant_dual_triton(dact, gate, up, kernel=kernel),
+                                  swiglu_grad_quant_dual_ref(dact, gate, up), ("d gate", "d up")):
+            dual_close(got, ref, M, dtype, f"{what} ({kernel})")
 
 for w in (torch.randn(300, 200), torch.randn(3, 130, 260), torch.randn(2, 260, 130).transpose(1, 2)):
     got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
