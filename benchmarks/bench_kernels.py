@@ -42,7 +42,8 @@ from kernels.fp8_linear import FP8Linear  # noqa: E402
 from kernels.fp8_quant import (act_quant_dual_triton, act_quant_triton, weight_quant_dual_triton,  # noqa: E402
                                weight_quant_triton)
 from kernels.weight_cache import invalidate_fp8_weights  # noqa: E402
-from kernels.moe import grouped_gemm, grouped_wgrad_fp8, make_routing, permute  # noqa: E402
+from kernels.moe import grouped_gemm, grouped_wgrad_fp8  # noqa: E402
+from kernels.routing import make_routing, permute  # noqa: E402
 
 GEMM_SHAPES = [  # (M, N, K, label)
     (4096, 7168, 16384, "V3 goal"),
@@ -192,7 +193,7 @@ def act_dual_section() -> list[dict]:
 def combine_backward_section(tokens: int = 16384, topk: int = 4, E: int = 32) -> list[dict]:
     """The experts' combine backward (d out_perm and d topk_w), `small`'s MoE layer: the eager
     reference (what the FP8 experts ran before 2026-12-06) against the one-pass Triton kernel, ms."""
-    from kernels.moe import combine_backward, combine_backward_ref
+    from kernels.routing import combine_backward, combine_backward_ref
     rows = []
     for N in (1024, 4096):
         ids = torch.stack([torch.randperm(E, device="cuda")[:topk] for _ in range(tokens)])
@@ -261,7 +262,7 @@ def dispatch_section(tokens: int = 16384, topk: int = 4, E: int = 32) -> list[di
 
     from kernels.experts import CombineFunction, GroupedLinearFunction, PermuteFunction
     from kernels.fp8_quant import swiglu
-    from kernels.moe import make_routing
+    from kernels.routing import make_routing
     from training import distributed
     from training.expert_parallel import ExpertParallelExperts
 

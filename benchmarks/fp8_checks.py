@@ -118,6 +118,7 @@ def workload(big: bool, no_tma_store: bool = False) -> None:
 
     from kernels import fp8_quant as Q
     from kernels import moe as MO
+    from kernels import routing as RT
     from kernels.experts import GroupedExperts
     from kernels.fp8_gemm import fp8_gemm_cublas, fp8_gemm_triton
     from kernels.fp8_linear import FP8Linear
@@ -158,17 +159,17 @@ def workload(big: bool, no_tma_store: bool = False) -> None:
             done(f"fp8_gemm {name} {M}x{N}x{K}")
 
     T, k, E, D, N = 300, 2, 8, 384, 256
-    r = MO.make_routing(_routing_ids(T, k, E, dev), E)
+    r = RT.make_routing(_routing_ids(T, k, E, dev), E)
     x = torch.randn(T, D, device=dev, dtype=bf)
     w = torch.randn(E, N, D, device=dev, dtype=bf) / D**0.5
-    xp = MO.permute(x, r)
+    xp = RT.permute(x, r)
     for impl in impls:
         o = MO.grouped_gemm(xp, w, r, impl=impl, config=0)
-    MO.combine(o, torch.rand(T, k, device=dev), r)
+    RT.combine(o, torch.rand(T, k, device=dev), r)
     xq, xs = Q.act_quant_triton(x)
     wq, ws, _, _ = Q.weight_quant_dual_triton(w)
     for impl in impls:
-        MO.grouped_gemm(MO.permute(xq, r), wq, r, MO.permute(xs, r), ws, impl=impl, config=0)
+        MO.grouped_gemm(RT.permute(xq, r), wq, r, RT.permute(xs, r), ws, impl=impl, config=0)
     dq, ds = Q.act_quant_triton(torch.randn(r.padded_rows, N, device=dev, dtype=bf).t())
     xtq, xts = Q.act_quant_triton(xp.t())
     MO.grouped_wgrad_fp8(dq, ds, xtq, xts, r, config=0, out_dtype=bf)
@@ -249,6 +250,7 @@ def _kernel_checks(res: dict, save) -> None:
 
     from kernels import fp8_quant as Q
     from kernels import moe as MO
+    from kernels import routing as RT
     from kernels.fp8_gemm import fp8_gemm_cublas, fp8_gemm_triton
 
     torch.manual_seed(0)
@@ -270,13 +272,13 @@ def _kernel_checks(res: dict, save) -> None:
             res[f"fp8_gemm {layout} {M}x{N}x{K}"] = compare(fns)
             save()
     k, E, D, N = 4, 32, 1024, 512
-    r = MO.make_routing(_routing_ids(T, k, E, DEV), E)
+    r = RT.make_routing(_routing_ids(T, k, E, DEV), E)
     xt = torch.randn(T, D, device=DEV, dtype=torch.bfloat16)
     wt = torch.randn(E, N, D, device=DEV, dtype=torch.bfloat16) / D**0.5
-    xp = MO.permute(xt, r)
+    xp = RT.permute(xt, r)
     xq, xs = Q.act_quant_triton(xt)
     wq, ws, _, _ = Q.weight_quant_dual_triton(wt)
-    fp8_args = (MO.permute(xq, r), wq, r, MO.permute(xs, r), ws)
+    fp8_args = (RT.permute(xq, r), wq, r, RT.permute(xs, r), ws)
     for fp8, args in ((False, (xp, wt, r)), (True, fp8_args)):
         fns = {f"tma_{i}": (lambda i=i, args=args: MO.grouped_gemm(*args, impl="tma", config=i)) for i in (0, 1, 2)}
         fns.update({f"classic_{i}": (lambda i=i, args=args: MO.grouped_gemm(*args, impl="classic", config=i))
@@ -291,7 +293,7 @@ def _kernel_checks(res: dict, save) -> None:
                                         for i in (0, 1, 2)})
     tw = torch.rand(T, k, device=DEV)
     out = MO.grouped_gemm(xp, wt, r)
-    res["permute + combine"] = compare({"triton": lambda: (MO.permute(xt, r), MO.combine(out, tw, r))})
+    res["permute + combine"] = compare({"triton": lambda: (RT.permute(xt, r), RT.combine(out, tw, r))})
     save()
 
 

@@ -28,6 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 import kernels.fp8_gemm as g  # noqa: E402
 import kernels.fp8_quant as fq  # noqa: E402
 import kernels.moe as m  # noqa: E402
+import kernels.routing as routing  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -144,7 +145,7 @@ def combine():
            "d_out_ptr": "*bf16", "d_w_ptr": "*fp32", "N": "i32", "stride_dy": "i32", "stride_o": "i32",
            "stride_d": "i32"}
     for has_o in (True, False):
-        report(m._combine_backward_kernel, sig, {"TOPK": 4, "BLOCK_N": 1024, "HAS_O": has_o},
+        report(routing._combine_backward_kernel, sig, {"TOPK": 4, "BLOCK_N": 1024, "HAS_O": has_o},
                triton.Config({}, num_warps=4, num_stages=1), f"combine backward, d topk_w {has_o}")
 
 

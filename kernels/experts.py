@@ -35,8 +35,8 @@ from kernels.fp8_linear import (FP8Products, dgrad_operands, fake_dgrad_operands
                                 swiglu_backward, swiglu_dgrad_needs, swiglu_forward, transposed_weights,
                                 use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
-from kernels.moe import (ALIGN, Routing, combine, combine_backward, grouped_gemm, grouped_gemm_ref,
-                         grouped_wgrad_fp8, grouped_wgrad_ref, make_routing, padded_rows, permute)
+from kernels.moe import grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref
+from kernels.routing import ALIGN, Routing, combine, combine_backward, make_routing, padded_rows, permute
 from kernels.weight_cache import quantized_weight
 
 

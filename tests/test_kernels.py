@@ -19,7 +19,8 @@ from kernels.fp8_gemm import fp8_gemm, fp8_gemm_ref
 from kernels.fp8_linear import FP8Linear
 from kernels.fp8_quant import (FP8_MAX, act_dequant, act_quant, act_quant_dual_ref, act_quant_ref, weight_dequant,
                                weight_quant_dual_ref, weight_quant_ref)
-from kernels.moe import (combine_backward_ref, combine_ref, grouped_gemm_ref, make_routing, moe_ref, permute_ref)
+from kernels.moe import grouped_gemm_ref, moe_ref
+from kernels.routing import combine_backward_ref, combine_ref, make_routing, permute_ref
 from tests.kernel_helpers import FP8_BOUND, count_backward_layouts, count_calls, rel
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")

@@ -135,7 +135,8 @@ def test_fp8_linear_requantizes_after_a_fused_adamw_step():
 
 def test_grouped_wgrad_writes_the_weight_dtype_directly():
     from kernels.fp8_quant import act_quant
-    from kernels.moe import grouped_wgrad_fp8, make_routing
+    from kernels.moe import grouped_wgrad_fp8
+    from kernels.routing import make_routing
     E, N, K = 8, 512, 1024
     r = make_routing(torch.randint(0, E, (4096, 2), device="cuda"), E)
     dq, ds = act_quant(torch.randn(r.padded_rows, N, device="cuda", dtype=torch.bfloat16).t())
@@ -233,7 +234,7 @@ def test_cublas_peer_agrees_where_available():
 
 def _moe_inputs(T, E, k, D, N, fp8):
     from kernels.fp8_quant import act_quant, weight_quant
-    from kernels.moe import make_routing, permute, permute_ref
+    from kernels.routing import make_routing, permute, permute_ref
     x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(E, N, D, device="cuda", dtype=torch.bfloat16) / D**0.5
     scores = torch.randn(T, E, device="cuda")
@@ -257,8 +258,8 @@ def _moe_inputs(T, E, k, D, N, fp8):
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("T,E,k,D,N", [(4096, 8, 2, 1024, 512), (333, 16, 4, 384, 200)])
 def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
-    from kernels.moe import (combine, combine_backward, combine_backward_ref, combine_ref, grouped_gemm,
-                             grouped_gemm_ref, moe_ref)
+    from kernels.moe import grouped_gemm, grouped_gemm_ref, moe_ref
+    from kernels.routing import combine, combine_backward, combine_backward_ref, combine_ref
     x, w, tw, ids, r, args = _moe_inputs(T, E, k, D, N, fp8)
     out = grouped_gemm(*args, out_dtype=torch.float32, impl=impl)
     ref = grouped_gemm_ref(*args, out_dtype=torch.float32)
@@ -316,7 +317,8 @@ def test_grouped_gemm_writes_zeros_past_the_routed_rows(impl, fp8):
 @pytest.mark.parametrize("idx", [None, 0, 1, 2])
 def test_grouped_wgrad_fp8_matches_reference(idx):
     from kernels.fp8_quant import act_quant
-    from kernels.moe import grouped_wgrad_fp8, grouped_wgrad_ref, make_routing
+    from kernels.moe import grouped_wgrad_fp8, grouped_wgrad_ref
+    from kernels.routing import make_routing
     E, N, K, T = 16, 384, 200, 3000
     ids = torch.randint(0, E - 1, (T, 2), device="cuda")  # the last expert gets no row
     r = make_routing(ids, E)

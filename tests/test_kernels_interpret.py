@@ -38,8 +38,9 @@ from kernels.fp8_quant import (act_dequant, act_quant_dual_ref, act_quant_dual_t
                                act_quant_triton, swiglu_grad_quant_dual_ref, swiglu_grad_quant_dual_triton,
                                swiglu_quant_dual_ref, swiglu_quant_dual_triton, weight_quant_dual_ref,
                                weight_quant_dual_triton, weight_quant_ref, weight_quant_triton)
-from kernels.moe import (combine, combine_backward, combine_backward_ref, combine_ref, grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8,
-                         grouped_wgrad_ref, make_routing, permute, permute_ref)
+from kernels.moe import grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref
+from kernels.routing import (combine, combine_backward, combine_backward_ref, combine_ref, make_routing, permute,
+                             permute_ref)
 
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()

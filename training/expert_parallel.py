@@ -36,7 +36,7 @@ from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 
 from kernels.experts import grouped_swiglu
-from kernels.moe import expert_counts
+from kernels.routing import expert_counts
 from training.model.moe import Experts, MoE, expert_swiglu
 
 MOE_PREFIX = "deepspeed_moe.experts.deepspeed_experts.0."  # DeepSpeed's per-expert key layout

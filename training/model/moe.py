@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.fp8_linear import FP8Linear, fp8_swiglu
-from kernels.moe import expert_counts
+from kernels.routing import expert_counts
 
 from .config import ModelConfig
 
