@@ -33,6 +33,7 @@ D=/tmp/graphs_runs
 for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
   prec=${spec%%:*}; mode=${spec##*:}; name=${prec}_${mode//+/_}
   run=$D/$name
+  rm -rf $run  # NOTE: each run's final checkpoint is ~1 GB; a few calls on one machine filled its disk
   python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
     pretrain.compile=$([[ $mode == *compile* ]] && echo true || echo false) \
     pretrain.cuda_graphs=$([[ $mode == *graphs* ]] && echo true || echo false) pretrain.precision=$prec \
