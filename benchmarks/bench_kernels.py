@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -171,22 +172,43 @@ def quant_section() -> list[dict]:
     return rows
 
 
+def bench_just_written(fn, x: torch.Tensor, src: torch.Tensor, iters: int = 50) -> float:
+    """Median ms of fn() right after x.copy_(src): x has just been written, as an activation is in a
+    training step by the kernel before its quantization (it may still sit in L2). bench() instead
+    empties L2 before every call (triton.testing.do_bench)."""
+    fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        x.copy_(src)
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in events)
+
+
 def act_dual_section() -> list[dict]:
     """Both layouts of an activation (what act_quant_dual picks among), on the `small` trainer's
     layouts: 16,384 tokens x its linears' widths, and the experts' 69,632 padded rows x 1,024 / 512.
-    ms, and GB/s counting one read and both writes (what the one-read kernels move)."""
+    ms, and GB/s counting one read and both writes (what the one-read kernels move): with L2 emptied
+    before each call, and right after the activation was written (`bench_just_written`)."""
     from kernels.fp8_quant import act_quant_two_pass_triton
     rows = []
     for M, K in [(16384, 1024), (16384, 384), (16384, 288), (16384, 256), (16384, 1536), (16384, 2048),
                  (16384, 512), (69632, 1024), (69632, 512), (4096, 7168)]:
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        src = torch.randn_like(x)
         nbytes = M * K * (2 + 1 + 1) + 2 * M * math.ceil(K / 128) * 4
-        ms = {"two_pass": bench(lambda: act_quant_two_pass_triton(x)),
-              "sweeps": bench(lambda: act_quant_dual_triton(x)),
-              "strips": bench(lambda: act_quant_dual_triton(x, kernel="strips"))}
-        rows.append({"shape": f"{M}x{K}", "ms": ms, "GBps": {k: nbytes / v / 1e6 for k, v in ms.items()}})
+        fns = {"two_pass": lambda: act_quant_two_pass_triton(x), "sweeps": lambda: act_quant_dual_triton(x),
+               "strips": lambda: act_quant_dual_triton(x, kernel="strips")}
+        ms = {k: bench(f) for k, f in fns.items()}
+        warm = {k: bench_just_written(f, x, src) for k, f in fns.items()}
+        rows.append({"shape": f"{M}x{K}", "ms": ms, "GBps": {k: nbytes / v / 1e6 for k, v in ms.items()},
+                     "ms_just_written": warm})
         print(f"| {M} x {K} | " + " | ".join(f"{v:.4f} ({nbytes / v / 1e6:,.0f})" for v in ms.values())
-              + f" | {ms['two_pass'] / ms['strips']:.2f} |", flush=True)
+              + f" | {ms['two_pass'] / ms['strips']:.2f} | "
+              + " | ".join(f"{v:.4f}" for v in warm.values()) + f" | {warm['two_pass'] / warm['strips']:.2f} |",
+              flush=True)
     return rows
 
 
@@ -474,8 +496,9 @@ def main():
         results["quant"] = quant_section()
     if "actdual" in sections:
         print("\n## An activation's two FP8 layouts, ms (GB/s: one read, both writes)")
-        print("| M x K | two single-layout passes | sweep kernel | strip kernel | two passes / strips |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| M x K | two single-layout passes | sweep kernel | strip kernel | two passes / strips | "
+              "just written: two passes | sweeps | strips | two passes / strips |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         results["actdual"] = act_dual_section()
     if "combine" in sections:
         print("\n## The experts' combine backward (d out_perm, d topk_w), ms")
