@@ -235,6 +235,20 @@ if HAS_TRITON:
         return x
 
     @triton.jit
+    def _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_a, offs_b, A, B, B_OUT, stride_a, stride_b, stride_q,
+                     stride_s, s_col, PROLOGUE: tl.constexpr):
+        """Rows offs_a x columns offs_b (one 128-wide tile) of the strided (A, B) tensor that _load_act
+        makes -> q rows in 1x128 tiles (columns B..B_OUT are padding: zeros) and one scale per row,
+        stored at column s_col of s. Both dual kernels' sweeps: along K on x, along M on x^T."""
+        x = _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b,
+                      (offs_a[:, None] < A) & (offs_b[None, :] < B), PROLOGUE)
+        s = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # one per row
+        q = tl.minimum(tl.maximum(tl.div_rn(x, s[:, None]), -448.0), 448.0).to(tl.float8e4nv)
+        tl.store(q_ptr + offs_a[:, None] * stride_q + offs_b[None, :], q,
+                 mask=(offs_a[:, None] < A) & (offs_b[None, :] < B_OUT))
+        tl.store(s_ptr + offs_a * stride_s + s_col, s, mask=offs_a < A)
+
+    @triton.jit
     def _act_quant_dual_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
                                stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
                                CHUNK: tl.constexpr, PROLOGUE: tl.constexpr):
@@ -254,25 +268,14 @@ if HAS_TRITON:
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
         for r0 in tl.static_range(0, TILE_, CHUNK):
             offs_m = pid_m * TILE_ + r0 + tl.arange(0, CHUNK)
-            mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-            x = _load_act(x_ptr, b_ptr, c_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, PROLOGUE)
-            s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
-            q = tl.div_rn(x, s_row[:, None])
-            q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-            tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-            tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
+            _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_m, offs_k, M, K, K, stride_xm, stride_xk, stride_qm,
+                         stride_sm, pid_k, PROLOGUE)
         offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
         for c0 in tl.static_range(0, TILE_, CHUNK):
             # (CHUNK columns, 128 rows) read in transposed order: x^T's rows come out contiguous along m
             offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
-            mask_t = (offs_c[:, None] < K) & (offs_m[None, :] < M)
-            xt = _load_act(x_ptr, b_ptr, c_ptr, offs_c, offs_m, stride_xk, stride_xm, mask_t, PROLOGUE)
-            s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
-            qt = tl.div_rn(xt, s_col[:, None])
-            qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
-            tl.store(qt_ptr + offs_c[:, None] * stride_qtk + offs_m[None, :], qt,
-                     mask=(offs_c[:, None] < K) & (offs_m[None, :] < MP))
-            tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
+            _quant_strip(x_ptr, b_ptr, c_ptr, qt_ptr, st_ptr, offs_c, offs_m, K, M, MP, stride_xk, stride_xm,
+                         stride_qtk, stride_stk, pid_m, PROLOGUE)
 
     @triton.jit
     def _act_quant_strips_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
@@ -289,29 +292,14 @@ if HAS_TRITON:
         pid_m = tl.program_id(0) // (2 * STRIPS)
         strip = tl.program_id(0) % (2 * STRIPS)
         pid_k = tl.program_id(1)
-        # NOTE: the two branches' tensors have other shapes, so other names (Triton merges a name's
-        # type across an if)
         if strip < STRIPS:
             offs_m = pid_m * TILE_ + strip * CHUNK + tl.arange(0, CHUNK)
-            offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
-            mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-            x = _load_act(x_ptr, b_ptr, c_ptr, offs_m, offs_k, stride_xm, stride_xk, mask, PROLOGUE)
-            s_row = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # (CHUNK,) one per row
-            q = tl.div_rn(x, s_row[:, None])
-            q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-            tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-            tl.store(s_ptr + offs_m * stride_sm + pid_k, s_row, mask=offs_m < M)
+            _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_m, pid_k * TILE_ + tl.arange(0, TILE_), M, K, K,
+                         stride_xm, stride_xk, stride_qm, stride_sm, pid_k, PROLOGUE)
         else:
             offs_c = pid_k * TILE_ + (strip - STRIPS) * CHUNK + tl.arange(0, CHUNK)
-            offs_t = pid_m * TILE_ + tl.arange(0, TILE_)
-            mask_t = (offs_c[:, None] < K) & (offs_t[None, :] < M)
-            xt = _load_act(x_ptr, b_ptr, c_ptr, offs_c, offs_t, stride_xk, stride_xm, mask_t, PROLOGUE)
-            s_col = tl.maximum(tl.max(tl.abs(xt), axis=1), 1e-12) / 448.0  # (CHUNK,) one per column of x
-            qt = tl.div_rn(xt, s_col[:, None])
-            qt = tl.minimum(tl.maximum(qt, -448.0), 448.0).to(tl.float8e4nv)
-            tl.store(qt_ptr + offs_c[:, None] * stride_qtk + offs_t[None, :], qt,
-                     mask=(offs_c[:, None] < K) & (offs_t[None, :] < MP))
-            tl.store(st_ptr + offs_c * stride_stk + pid_m, s_col, mask=offs_c < K)
+            _quant_strip(x_ptr, b_ptr, c_ptr, qt_ptr, st_ptr, offs_c, pid_m * TILE_ + tl.arange(0, TILE_), K, M, MP,
+                         stride_xk, stride_xm, stride_qtk, stride_stk, pid_m, PROLOGUE)
 
     @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
