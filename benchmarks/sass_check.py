@@ -133,7 +133,7 @@ def quant():
                f"act quant dual, one {fq.DUAL_CHUNK}x128 strip a program{label}")
     wptrs = {("w_ptr" if k == "x_ptr" else k): v for k, v in ptrs.items()}
     report(fq._weight_quant_dual_kernel, {**wptrs, **{a: "i32" for a in ("N", "K", "stride_we", "stride_wn",
-           "stride_wk", "NT", "KT")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")
+           "stride_wk", "NT", "KT", "N_OUT", "NT_OUT", "ROW_TILE0")}}, {"TILE_": 128}, cfg, "weight quant dual 128x128")
     report(fq._act_quant_kernel, {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", **{a: "i32" for a in (
            "M", "K", "K_OUT", "stride_xm", "stride_xk", "stride_qm", "stride_sm")}}, {"BLOCK_M": 32, "TILE_K": 128},
            triton.Config({}, num_warps=4, num_stages=1), "act quant 32x128 (single layout)")

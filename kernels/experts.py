@@ -21,7 +21,9 @@ input rows and the output gradient are each read once for both of their layouts
 (`act_quant_dual`), and the FP8 x^T is what the forward saves for the wgrad. In FP8 the whole
 expert MLP is one function (`FP8SwiGLUExpertsFunction`): the gate and up projections share one
 quantization of their input, and SwiGLU's product and its two gradients are made inside their
-quantizations, never written in bf16.
+quantizations, never written in bf16. Where I is a multiple of 128, w1 and w3 are one stacked FP8
+weight (E, 2I, D): one grouped GEMM makes [h1 | h3] and one dgrad GEMM makes dx
+(kernels/fp8_linear.py `gate_up_stacked`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_linear import (FP8Products, dgrad_operands, fake_dgrad_operands, fake_swiglu_grads,
+from kernels.fp8_linear import (SWIGLU_SAVED, FP8Products, dgrad_operands, fake_dgrad_operands, fake_swiglu_grads,
                                 fake_swiglu_saved, fp8_ops, grad_products, or_empty, or_none, quantize_grad,
-                                swiglu_backward, swiglu_dgrad_needs, swiglu_forward, transposed_weights,
-                                use_custom_op, wants_grad)
+                                swiglu_backward, swiglu_dgrad_needs, swiglu_forward, swiglu_weights,
+                                transposed_weights, use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref
 from kernels.routing import ALIGN, Routing, combine, combine_backward, make_routing, padded_rows, permute
@@ -226,8 +228,8 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
 # given at the end of kernels/fp8_linear.py. The routing is made inside the op and comes back as
 # outputs, with the tensors the backward reads.
 
-EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * 19]  # y, o, the routing's five, swiglu_forward's six saved,
-# and the stacked weights' six dgrad operands (kernels/fp8_linear.py)
+EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * (7 + SWIGLU_SAVED + 6)]  # y, o, the routing's five, swiglu_forward's
+# saved, and the stacked weights' six dgrad operands (kernels/fp8_linear.py)
 EXPERTS_GRADS = tuple[(torch.Tensor,) * 5]  # dx, d topk_w, dw1, dw3, dw2
 
 
@@ -255,7 +257,7 @@ def _(x, topk_ids, topk_w, w1, w3, w2, emulate, needs):
     swiglu_needs = [needs[0], *needs[2:]]
     return (x.new_empty(T, D), x.new_empty(P, D) if needs[1] else x.new_empty(0), *routing,
             *fake_swiglu_saved(x, P, D, I, swiglu_needs),
-            *fake_dgrad_operands(x, (w1, w3, w2), swiglu_dgrad_needs(swiglu_needs)))
+            *fake_dgrad_operands(x, swiglu_weights(w1, w3, w2), swiglu_dgrad_needs(swiglu_needs)))
 
 
 @torch.library.custom_op("seekflow::fp8_experts_backward", mutates_args=())
@@ -285,7 +287,7 @@ def _experts_setup(ctx, inputs, output):
 
 def _experts_grad(ctx, dy, *_):
     topk_w, o, *rest = ctx.saved_tensors
-    routing, saved, wt, (w1, w3, w2) = rest[:5], rest[5:11], rest[11:17], rest[17:]
+    routing, saved, wt, (w1, w3, w2) = rest[:5], rest[5:5 + SWIGLU_SAVED], rest[5 + SWIGLU_SAVED:-3], rest[-3:]
     dx, d_w, dw1, dw3, dw2 = _experts_backward_op(dy.contiguous(), topk_w, o, routing, saved, wt, w1, w3, w2,
                                                   ctx.emulate, ctx.needs)
     return or_none(dx), None, or_none(d_w), or_none(dw1), or_none(dw3), or_none(dw2), None, None

@@ -126,47 +126,76 @@ def swiglu_dgrad_needs(needs) -> tuple[bool, bool, bool]:
     return needs[0], needs[0], any(needs[:3])
 
 
+def gate_up_stacked(inter: int) -> bool:
+    """Whether a SwiGLU's gate and up projections (width I = inter) run as one stacked weight
+    [w1; w3] (.., 2I, D): one forward GEMM for h = [h1 | h3] and one dgrad GEMM for
+    dx = [d h1 | d h3] [w1; w3], instead of two each and a bf16 add of the two dx. I must be a
+    multiple of 128, so that the stack's 128x128 blocks and the 1x128 tiles of [d h1 | d h3] are each
+    projection's own: the same quantization as two separate weights."""
+    return inter % TILE == 0
+
+
+def swiglu_weights(w1, w3, w2) -> tuple:
+    """What swiglu_forward quantizes: ((w1, w3), None, w2) when gate_up_stacked (one FP8 weight for the
+    stack), else (w1, w3, w2)."""
+    return ((w1, w3), None, w2) if gate_up_stacked(w1.shape[-2]) else (w1, w3, w2)
+
+
 def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, needs) -> tuple:
     """The FP8 SwiGLU's forward, shared by FP8SwiGLUFunction (dense), kernels/experts.py's
     FP8SwiGLUExpertsFunction (grouped) and their torch.compile custom ops (end of each file):
     down(silu(x w1^T) * (x w3^T)), each operand quantized once and where it is made.
-    x2 (M, K); weight_of(w, transposed) -> its QuantizedWeight; needs: which of (x, w1, w3, w2) want a
-    gradient. Returns (y, saved, w8s): saved = (xtq, xts, h1, h3, atq, ats), None where not needed,
-    and the FP8 weights this forward used."""
+    x2 (M, K); weight_of(w, transposed) -> its QuantizedWeight (w may be a stacked pair: see
+    `swiglu_weights`); needs: which of (x, w1, w3, w2) want a gradient. Returns (y, saved, w8s):
+    saved = (xtq, xts, h, atq, ats), h = [h1 | h3] (M, 2I), None where not needed, and the FP8 weights
+    this forward used (as `swiglu_weights` lists them)."""
     need_x, need_w1, need_w3, need_w2 = needs
-    w8s = tuple(weight_of(w, t) for w, t in zip((w1, w3, w2), swiglu_dgrad_needs(needs)))
+    w8s = tuple(weight_of(w, t) if w is not None else None
+                for w, t in zip(swiglu_weights(w1, w3, w2), swiglu_dgrad_needs(needs)))
     if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
         xq, xs, xtq, xts = ops.act_dual(x2)
     else:
         (xq, xs), xtq, xts = ops.act(x2), None, None
-    h1, h3 = (mm.forward(xq, xs, w8, x2.dtype) for w8 in w8s[:2])
+    if w8s[1] is None:  # [w1; w3]: one GEMM
+        h = mm.forward(xq, xs, w8s[0], x2.dtype)
+    else:  # NOTE: a copy, for widths that are not multiples of 128 (small test models)
+        h = torch.cat([mm.forward(xq, xs, w8, x2.dtype) for w8 in w8s[:2]], dim=1)
+    h1, h3 = gate_and_up(h)
     if need_w2:  # the product made inside its quantization, both layouts
         aq, as_, atq, ats = ops.swiglu_dual(h1, h3)
     else:
         (aq, as_), atq, ats = ops.act(swiglu(h1, h3)), None, None
     need_h = need_x or need_w1 or need_w3  # the gradients of h1 = x w1^T and h3 = x w3^T
-    saved = (xtq, xts, *((h1, h3) if need_h else (None, None)), atq, ats)
+    saved = (xtq, xts, h if need_h else None, atq, ats)
     return mm.forward(aq, as_, w8s[2], x2.dtype), saved, w8s
+
+
+def gate_and_up(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h1, h3 (M, I): views of swiglu_forward's h = [h1 | h3] (M, 2I)."""
+    inter = h.shape[1] // 2
+    return h[:, :inter], h[:, inter:]
 
 
 def swiglu_backward(ops: FP8Ops, mm: FP8Products, w8s, w_dtype, needs, saved, do2: torch.Tensor) -> tuple:
     """(dx, dw1, dw3, dw2) of swiglu_forward from do2 (M, D) and its (saved, w8s): d h1 and d h3 made
-    inside their quantizations (`swiglu_grad_dual`), dx = dx1 + dx3 as autograd summed it (two terms:
-    any order)."""
-    xtq, xts, h1, h3, atq, ats = saved
+    inside their quantizations (`swiglu_grad_dual`); dx in one dgrad GEMM over [d h1 | d h3] and the
+    stacked [w1; w3] when gate_up_stacked (the two FP8 operands side by side: a copy of FP8 bytes
+    instead of a second GEMM's bf16 output and an add), else dx1 + dx3 as autograd summed it."""
+    xtq, xts, h, atq, ats = saved
     w18, w38, w28 = w8s
     need_x, need_w1, need_w3, need_w2 = needs
     need_h = need_x or need_w1 or need_w3
     da, dw2 = grad_products(mm, quantize_grad(ops, do2, need_h, need_w2), atq, ats, w28, w_dtype, do2.dtype)
     dx = dw1 = dw3 = None
     if need_h:
-        def wanted(g8, need_w):  # the dgrad's half of a quantized gradient if dx is needed, the wgrad's if dw is
-            return (*(g8[:2] if need_x else (None, None)), *(g8[2:] if need_w else (None, None)))
-
+        h1, h3 = gate_and_up(h)
         dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
-        dx1, dw1 = grad_products(mm, wanted(dh1, need_w1), xtq, xts, w18, w_dtype, do2.dtype)
-        dx3, dw3 = grad_products(mm, wanted(dh3, need_w3), xtq, xts, w38, w_dtype, do2.dtype)
-        dx = dx1 + dx3 if need_x else None
+        if need_x and gate_up_stacked(h1.shape[1]):
+            dx = mm.dgrad(torch.cat((dh1[0], dh3[0]), dim=1), torch.cat((dh1[1], dh3[1]), dim=1), w18, do2.dtype)
+        elif need_x:
+            dx = mm.dgrad(*dh1[:2], w18, do2.dtype) + mm.dgrad(*dh3[:2], w38, do2.dtype)
+        dw1 = mm.wgrad(*dh1[2:], xtq, xts, w_dtype) if need_w1 else None
+        dw3 = mm.wgrad(*dh3[2:], xtq, xts, w_dtype) if need_w3 else None
     return dx, dw1, dw3, dw2
 
 
@@ -327,7 +356,7 @@ def dgrad_operands(w8s, transposed, like: torch.Tensor) -> list[torch.Tensor]:
     (kernels/weight_cache.py), and a second fetch quantized every weight twice per micro-step
     (BENCHMARKS.md, 2026-12-05, thirteenth session)."""
     return [t for w8, need in zip(w8s, transposed)
-            for t in ((w8.qt, w8.st) if need else (like.new_empty(0), like.new_empty(0)))]
+            for t in ((w8.qt, w8.st) if need and w8 is not None else (like.new_empty(0), like.new_empty(0)))]
 
 
 def transposed_weights(operands: list[torch.Tensor]) -> list[QuantizedWeight | None]:
@@ -338,15 +367,18 @@ def transposed_weights(operands: list[torch.Tensor]) -> list[QuantizedWeight | N
 
 
 def fake_dgrad_operands(like: torch.Tensor, weights, transposed) -> list[torch.Tensor]:
-    """The shapes of dgrad_operands for weights (.., N, K): qt (.., K, N) FP8, st (.., K/128, N/128)."""
+    """The shapes of dgrad_operands for weights (.., N, K): qt (.., K, N) FP8, st (.., K/128, N/128).
+    An entry may be a tuple stacked along N, or None (as `swiglu_weights` lists them)."""
     out = []
     for w, need in zip(weights, transposed):
-        if not need:
+        if not need or w is None:
             out += [like.new_empty(0), like.new_empty(0)]
             continue
-        *lead, n, k = w.shape
-        out += [w.new_empty(*lead, k, n, dtype=FP8),
-                w.new_empty(*lead, -(-k // TILE), -(-n // TILE), dtype=torch.float32)]
+        ws = w if isinstance(w, tuple) else (w,)
+        *lead, _, k = ws[0].shape
+        n = sum(t.shape[-2] for t in ws)
+        out += [ws[0].new_empty(*lead, k, n, dtype=FP8),
+                ws[0].new_empty(*lead, -(-k // TILE), -(-n // TILE), dtype=torch.float32)]
     return out
 
 
@@ -403,7 +435,7 @@ _linear_op.register_autograd(_linear_grad, setup_context=_linear_setup)
 
 
 def fake_swiglu_saved(like: torch.Tensor, rows: int, dim: int, inter: int, needs) -> list[torch.Tensor]:
-    """The shapes of swiglu_forward's saved (xtq, xts, h1, h3, atq, ats) for `rows` rows of width `dim`
+    """The shapes of swiglu_forward's saved (xtq, xts, h, atq, ats) for `rows` rows of width `dim`
     through experts of width `inter`, empty where `needs` (x, w1, w3, w2) does not want them."""
     need_x, need_w1, need_w3, need_w2 = needs
 
@@ -411,7 +443,7 @@ def fake_swiglu_saved(like: torch.Tensor, rows: int, dim: int, inter: int, needs
         return like.new_empty(0), like.new_empty(0)
 
     return [*(fake_quantized_t(like, rows, dim) if need_w1 or need_w3 else empty()),
-            *((like.new_empty(rows, inter), like.new_empty(rows, inter)) if need_x or need_w1 or need_w3 else empty()),
+            like.new_empty(rows, 2 * inter) if need_x or need_w1 or need_w3 else like.new_empty(0),
             *(fake_quantized_t(like, rows, inter) if need_w2 else empty())]
 
 
@@ -421,14 +453,15 @@ def fake_swiglu_grads(like: torch.Tensor, rows: int, w1, w3, w2, needs) -> list[
             *(w.new_empty(w.shape) if need else like.new_empty(0) for w, need in zip((w1, w3, w2), needs[1:]))]
 
 
-SWIGLU_OUTPUTS = tuple[(torch.Tensor,) * 13]  # y, the six tensors swiglu_backward reads, dgrad_operands' six
+SWIGLU_SAVED = 5  # swiglu_forward's saved: xtq, xts, h, atq, ats
+SWIGLU_OUTPUTS = tuple[(torch.Tensor,) * (1 + SWIGLU_SAVED + 6)]  # y, saved, dgrad_operands' six
 SWIGLU_GRADS = tuple[(torch.Tensor,) * 4]  # dx, dw1, dw3, dw2
 
 
 @torch.library.custom_op("seekflow::fp8_swiglu", mutates_args=())
 def _swiglu_op(x2: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, backend: str, emulate: bool,
                needs: list[bool]) -> SWIGLU_OUTPUTS:
-    """(y, xtq, xts, h1, h3, atq, ats, and the weights' dgrad operands): FP8SwiGLUFunction's forward and
+    """(y, xtq, xts, h, atq, ats, and the weights' dgrad operands): FP8SwiGLUFunction's forward and
     what its backward keeps."""
     ops = fp8_ops(emulate)
     y, saved, w8s = swiglu_forward(ops, dense_products(ops, backend), x2, w1, w3, w2, ops.weight_of, needs)
@@ -438,7 +471,7 @@ def _swiglu_op(x2: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.T
 @_swiglu_op.register_fake
 def _(x2, w1, w3, w2, backend, emulate, needs):
     return (x2.new_empty(x2.shape[0], w2.shape[0]), *fake_swiglu_saved(x2, x2.shape[0], *w2.shape, needs),
-            *fake_dgrad_operands(x2, (w1, w3, w2), swiglu_dgrad_needs(needs)))
+            *fake_dgrad_operands(x2, swiglu_weights(w1, w3, w2), swiglu_dgrad_needs(needs)))
 
 
 @torch.library.custom_op("seekflow::fp8_swiglu_backward", mutates_args=())
@@ -463,7 +496,8 @@ def _swiglu_setup(ctx, inputs, output):
 
 def _swiglu_grad(ctx, do2, *_):
     *rest, w1, w3, w2 = ctx.saved_tensors
-    grads = _swiglu_backward_op(do2.contiguous(), rest[:6], rest[6:], w1, w3, w2, ctx.backend, ctx.emulate, ctx.needs)
+    grads = _swiglu_backward_op(do2.contiguous(), rest[:SWIGLU_SAVED], rest[SWIGLU_SAVED:], w1, w3, w2, ctx.backend,
+                                ctx.emulate, ctx.needs)
     return *(or_none(g) for g in grads), None, None, None
 
 

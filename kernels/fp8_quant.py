@@ -117,10 +117,14 @@ def swiglu_grad_quant_dual_ref(dact: torch.Tensor, gate: torch.Tensor, up: torch
     return tuple(act_quant_dual_ref(g) for g in swiglu_grad(dact, gate, up))
 
 
-def weight_quant_dual_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w (N, K) or stacked (E, N, K) -> q, s as weight_quant_ref (per matrix), and the transposed layout
+def weight_quant_dual_ref(w: torch.Tensor | tuple[torch.Tensor, ...]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) or stacked (E, N, K), or a tuple of them stacked along N (`stacked_rows`)
+    -> q, s as weight_quant_ref (per matrix), and the transposed layout
     qt (.., K, N) = q^T, st (.., ceil(K/128), ceil(N/128)) = s^T: 128x128 blocks transpose with the
     matrix, so w^T's quantization is q^T with the same scales (the dgrad's operand)."""
+    if isinstance(w, tuple):  # stacked along N (see stacked_rows): blocks never straddle two weights
+        w = torch.cat(stacked_rows(w, "weight_quant_dual_ref"), dim=-2)
     assert w.dim() in (2, 3), f"weight_quant_dual_ref: expected (N, K) or (E, N, K), got {tuple(w.shape)}"
     if w.dim() == 2:
         q, s = weight_quant_ref(w)
@@ -303,10 +307,12 @@ if HAS_TRITON:
 
     @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
-                                  NT, KT, TILE_: tl.constexpr):
+                                  NT, KT, N_OUT, NT_OUT, ROW_TILE0, TILE_: tl.constexpr):
         # two programs per 128x128 block of matrix e, side by side in launch order (the second read
-        # of the block comes from L2): the even one writes the block to q (E, N, K) and its scale to
-        # s (E, NT, KT), the odd one reads it in transposed order and writes qt (E, K, N), st (E, KT, NT).
+        # of the block comes from L2): the even one writes the block to q (E, N_OUT, K) and its scale to
+        # s (E, NT_OUT, KT), the odd one reads it in transposed order and writes qt (E, K, N_OUT),
+        # st (E, KT, NT_OUT). w's rows land at rows ROW_TILE0 * 128.. of the outputs (a weight stacked
+        # with others along N: `weight_quant_dual_triton`'s tuple form; else 0, N_OUT = N).
         # NOTE: no tl.trans of an FP8 tile: on the H200 (Triton 3.6) a transposed FP8 store from one
         # program holding the block came out wrong for fp32 inputs and left bytes unwritten (NaN in
         # the FP8 experts' dgrad), while the interpreter got it right; reading the block twice in one
@@ -317,18 +323,19 @@ if HAS_TRITON:
         e = tl.program_id(2).to(tl.int64)
         offs_n = pid_n * TILE_ + tl.arange(0, TILE_)
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
+        out_n = ROW_TILE0 * TILE_ + offs_n  # the rows' place in the outputs
         if transposed == 0:
             w = _load_tile(w_ptr + e * stride_we, offs_n, offs_k, N, K, stride_wn, stride_wk)  # (n, k)
             s = tl.maximum(tl.max(tl.abs(w)), 1e-12) / 448.0
-            tl.store(q_ptr + e * N * K + offs_n[:, None] * K + offs_k[None, :], _to_fp8(w, s),
+            tl.store(q_ptr + e * N_OUT * K + out_n[:, None] * K + offs_k[None, :], _to_fp8(w, s),
                      mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
-            tl.store(s_ptr + e * NT * KT + pid_n * KT + pid_k, s)
+            tl.store(s_ptr + e * NT_OUT * KT + (ROW_TILE0 + pid_n) * KT + pid_k, s)
         else:
             wt = _load_tile(w_ptr + e * stride_we, offs_k, offs_n, K, N, stride_wk, stride_wn)  # (k, n)
             s = tl.maximum(tl.max(tl.abs(wt)), 1e-12) / 448.0
-            tl.store(qt_ptr + e * N * K + offs_k[:, None] * N + offs_n[None, :], _to_fp8(wt, s),
+            tl.store(qt_ptr + e * N_OUT * K + offs_k[:, None] * N_OUT + out_n[None, :], _to_fp8(wt, s),
                      mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
-            tl.store(st_ptr + e * NT * KT + pid_k * NT + pid_n, s)
+            tl.store(st_ptr + e * KT * NT_OUT + pid_k * NT_OUT + ROW_TILE0 + pid_n, s)
 
 
 def _outputs(device, q_shape: tuple, s_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,21 +388,45 @@ def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, 
     return q, s, qt, st
 
 
-def weight_quant_dual_triton(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton version of weight_quant_dual_ref, (N, K) or stacked (E, N, K): one launch, one read."""
-    assert w.dim() in (2, 3), f"weight_quant_dual_triton: expected (N, K) or (E, N, K), got {tuple(w.shape)}"
-    _check_float(w.reshape(-1, w.shape[-1]), "weight_quant_dual_triton")
-    require_cuda(w, what="weight_quant_dual_triton")
-    w3 = w if w.dim() == 3 else w[None]
-    E, N, K = w3.shape
-    nt, kt = cdiv(N, TILE), cdiv(K, TILE)
-    q, s = _outputs(w.device, (E, N, K), (E, nt, kt))
-    qt, st = _outputs(w.device, (E, K, N), (E, kt, nt))
-    _weight_quant_dual_kernel[(2 * nt, kt, E)](w3, q, s, qt, st, N, K, w3.stride(0), w3.stride(1), w3.stride(2),
-                                           nt, kt, TILE_=TILE, num_warps=DUAL_WARPS)
-    if w.dim() == 2:
+def weight_quant_dual_triton(w: torch.Tensor | tuple[torch.Tensor, ...]
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton version of weight_quant_dual_ref, (N, K) or stacked (E, N, K), or a tuple of such weights
+    stacked along N: a launch per weight, each writing its rows of the shared outputs (no copy of the
+    stacked weight is made)."""
+    ws = stacked_rows(w, "weight_quant_dual_triton")
+    for t in ws:
+        _check_float(t.reshape(-1, t.shape[-1]), "weight_quant_dual_triton")
+        require_cuda(t, what="weight_quant_dual_triton")
+    *lead, _, K = ws[0].shape
+    E, n_out = (lead or [1])[0], sum(t.shape[-2] for t in ws)
+    nt_out, kt = cdiv(n_out, TILE), cdiv(K, TILE)
+    q, s = _outputs(ws[0].device, (E, n_out, K), (E, nt_out, kt))
+    qt, st = _outputs(ws[0].device, (E, K, n_out), (E, kt, nt_out))
+    row_tile = 0
+    for t in ws:
+        w3 = t if t.dim() == 3 else t[None]
+        N, nt = w3.shape[1], cdiv(w3.shape[1], TILE)
+        _weight_quant_dual_kernel[(2 * nt, kt, E)](w3, q, s, qt, st, N, K, w3.stride(0), w3.stride(1), w3.stride(2),
+                                               nt, kt, n_out, nt_out, row_tile, TILE_=TILE, num_warps=DUAL_WARPS)
+        row_tile += nt
+    if not lead:
         return q[0], s[0], qt[0], st[0]
     return q, s, qt, st
+
+
+def stacked_rows(w: torch.Tensor | tuple[torch.Tensor, ...], what: str) -> tuple[torch.Tensor, ...]:
+    """The weights a weight quantizer stacks along N (rows): w itself, or each of a tuple, which must
+    agree on every dimension but N, with every N but the last a multiple of 128 (no 128x128 block may
+    straddle two of them: then the stack's blocks are each weight's own). A SwiGLU's gate and up
+    projections are quantized as one [w1; w3] this way (kernels/fp8_linear.py)."""
+    ws = w if isinstance(w, tuple) else (w,)
+    for t in ws:
+        if t.dim() not in (2, 3):
+            raise ValueError(f"{what}: expected weights (N, K) or (E, N, K), got {tuple(t.shape)}")
+    if len({(t.shape[:-2], t.shape[-1], t.dtype) for t in ws}) != 1 or any(t.shape[-2] % TILE for t in ws[:-1]):
+        raise ValueError(f"{what}: weights stacked along N must agree on every other dimension and dtype, with "
+                         f"each N but the last a multiple of {TILE}; got {[tuple(t.shape) for t in ws]}")
+    return ws
 
 
 def act_quant_triton(x: torch.Tensor, block_m: int = 32, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -531,5 +562,6 @@ def _pairs(out):
     return (q, s), (qt, st)
 
 
-def weight_quant_dual(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return weight_quant_dual_triton(w) if use_triton(w) else weight_quant_dual_ref(w)
+def weight_quant_dual(w: torch.Tensor | tuple[torch.Tensor, ...]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return weight_quant_dual_triton(w) if use_triton(w if torch.is_tensor(w) else w[0]) else weight_quant_dual_ref(w)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from kernels.fp8_quant import stacked_rows
+
 _generation = 0
 _hook = None
 
@@ -61,25 +63,34 @@ def weight_key(w: torch.Tensor, mode: str) -> tuple:
     return (w.data_ptr(), w._version, tuple(w.shape), w.dtype, mode, _generation)
 
 
-def quantized_weight(w: torch.Tensor, transposed: bool, quant, quant_dual, mode: str,
+def quantized_weight(w: torch.Tensor | tuple[torch.Tensor, ...], transposed: bool, quant, quant_dual, mode: str,
                      cache: bool = True) -> QuantizedWeight:
     """w's FP8 copy (and its transposed layout when `transposed`), from the cache while w is unchanged.
 
     quant(w) -> (q, s) and quant_dual(w) -> (q, s, qt, st) are the quantizers (Triton or reference);
-    `mode` names them in the key, so an emulated and a GPU copy are never mixed up."""
+    `mode` names them in the key, so an emulated and a GPU copy are never mixed up. w may be a tuple
+    of weights stacked along N (rows) into one FP8 weight (kernels/fp8_quant.py `stacked_rows`: a
+    SwiGLU's [w1; w3]); it is kept on the first, under its own attribute, stale when any of them
+    changes."""
     _install_hook()
-    if cache and w.is_cuda and torch.cuda.is_current_stream_capturing():
+    ws = stacked_rows(w, "quantized_weight")
+    if cache and ws[0].is_cuda and torch.cuda.is_current_stream_capturing():
         # NOTE: under CUDA-graph capture the hit-or-miss decision would be frozen into the graph; a
         # frozen hit replays stale weights after the next optimizer step. Captured, w is quantized at
         # every replay, into the graph's own memory, and the cache is left alone (training/graphs.py)
         cache = False
-    key = weight_key(w, mode)
-    hit = getattr(w, "_fp8_cached", None) if cache else None
+    key = tuple(weight_key(t, mode) for t in ws)
+    slot = "_fp8_cached" if len(ws) == 1 else "_fp8_cached_stacked"
+    hit = getattr(ws[0], slot, None) if cache else None
     if hit is not None and hit.key == key and (hit.qt is not None or not transposed):
         return hit
     with torch.no_grad():
-        entry = QuantizedWeight(key, *(quant_dual(w) if transposed else quant(w)))
+        if transposed:
+            entry = QuantizedWeight(key, *quant_dual(w))
+        else:  # one layout: each weight's blocks, stacked (a tuple's N are multiples of 128 but the last)
+            qs = [quant(t) for t in ws]
+            entry = QuantizedWeight(key, *(torch.cat(parts, dim=-2) if len(ws) > 1 else parts[0]
+                                           for parts in zip(*qs)))
     if cache:
-        w._fp8_cached = entry
+        setattr(ws[0], slot, entry)
     return entry
-

@@ -87,11 +87,16 @@ def test_act_quant_dual_matches_reference(shape, strided, dtype, kernel):
     assert not got[2][:, shape[0]:].float().any()  # x^T's padding columns (tokens) are zeros
 
 
-@pytest.mark.parametrize("shape", [(7168, 2048), (300, 200), (32, 512, 1024), (4, 200, 136), (8, 256, 512)])
+# a list: weights stacked along N into one FP8 weight (a SwiGLU's [w1; w3]: kernels/fp8_linear.py
+# gate_up_stacked), each launch writing its rows of the shared outputs
+@pytest.mark.parametrize("shape", [(7168, 2048), (300, 200), (32, 512, 1024), (4, 200, 136), (8, 256, 512),
+                                   [(32, 512, 1024), (32, 512, 1024)], [(512, 1024), (512, 1024)],
+                                   [(4, 256, 136), (4, 200, 136)]])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_weight_quant_dual_matches_reference(shape, dtype):
     from kernels.fp8_quant import weight_quant_dual_ref, weight_quant_dual_triton
-    w = torch.randn(shape, device="cuda", dtype=dtype)
+    w = (tuple(torch.randn(s, device="cuda", dtype=dtype) for s in shape) if isinstance(shape, list)
+         else torch.randn(shape, device="cuda", dtype=dtype))
     got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
     for a, b in zip(got, ref):
         assert a.shape == b.shape

@@ -94,7 +94,10 @@ for M, K, dtype in [(50, 200, torch.float32), (3, 130, torch.float32), (50, 200,
                                   swiglu_grad_quant_dual_ref(dact, gate, up), ("d gate", "d up")):
             dual_close(got, ref, M, dtype, f"{what} ({kernel})")
 
-for w in (torch.randn(300, 200), torch.randn(3, 130, 260), torch.randn(2, 260, 130).transpose(1, 2)):
+# a weight, stacked experts, a transposed view, and weights stacked along N (a SwiGLU's [w1; w3]: each
+# written at its rows of the shared outputs; the last one's N need not be a multiple of 128)
+for w in (torch.randn(300, 200), torch.randn(3, 130, 260), torch.randn(2, 260, 130).transpose(1, 2),
+          (torch.randn(2, 256, 200), torch.randn(2, 130, 200)), (torch.randn(128, 260), torch.randn(384, 260))):
     got, ref = weight_quant_dual_triton(w), weight_quant_dual_ref(w)
     assert all(a.shape == b.shape for a, b in zip(got, ref)), "dual weight shapes"
     assert torch.equal(got[1], ref[1]) and torch.equal(got[3], ref[3]), "dual weight scales"
