@@ -41,7 +41,7 @@ for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
     pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
     pretrain.checkpoint_every=100000 > /dev/null
   timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_$name.log 2>&1
-  echo "$prec $mode rc=$?"; grep -E "Error|error:" $OUT/run_$name.log | grep -v -i warn | tail -3 | cut -c1-300
+  echo "$prec $mode rc=$? (${SECONDS} s into the call)"; grep -E "Error|error:" $OUT/run_$name.log | grep -v -i warn | tail -3 | cut -c1-300
   find $run -name "profile_rank0.txt" -exec cp {} $OUT/profile_$name.txt \; 2>/dev/null
   find $run -name "profile_rank0.json" -exec cp {} $OUT/profile_$name.json \; 2>/dev/null  # every kernel, not the top 60
   cp $run/checkpoints/kernel_choices.json $OUT/kernel_choices_$name.json 2>/dev/null
