@@ -122,12 +122,14 @@ def quant():
     # PROLOGUE: the tensor made in the loads (1: SwiGLU's product, 2 and 3: its gate and up gradients)
     for prologue, label in ((0, ""), (1, ", SwiGLU"), (2, ", d gate"), (3, ", d up")):
         report(fq._act_quant_dual_kernel, {**ptrs, "b_ptr": "*bf16", "c_ptr": "*bf16", **{a: "i32" for a in (
-               "M", "K", "MP", "stride_xm", "stride_xk", "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}},
+               "M", "K", "MP", "stride_xm", "stride_xk", "stride_bm", "stride_bk", "stride_qm", "stride_sm", "stride_qtk",
+               "stride_stk")}},
                {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "PROLOGUE": prologue},
                triton.Config({}, num_warps=4, num_stages=1),
                f"act quant dual 128x128, strips of {fq.DUAL_CHUNK}{label}")
         report(fq._act_quant_strips_kernel, {**ptrs, "b_ptr": "*bf16", "c_ptr": "*bf16", **{a: "i32" for a in (
-               "M", "K", "MP", "stride_xm", "stride_xk", "stride_qm", "stride_sm", "stride_qtk", "stride_stk")}},
+               "M", "K", "MP", "stride_xm", "stride_xk", "stride_bm", "stride_bk", "stride_qm", "stride_sm", "stride_qtk",
+               "stride_stk")}},
                {"TILE_": 128, "CHUNK": fq.DUAL_CHUNK, "PROLOGUE": prologue},
                triton.Config({}, num_warps=4, num_stages=1),
                f"act quant dual, one {fq.DUAL_CHUNK}x128 strip a program{label}")

@@ -212,15 +212,17 @@ if HAS_TRITON:
         return g / (1.0 + e), 1.0 / (1.0 + e)
 
     @triton.jit
-    def _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b, mask, PROLOGUE: tl.constexpr):
-        """A strip of the tensor to quantize, in fp32, made from up to three inputs of the same strides
-        (rounded to the inputs' dtype wherever the eager ops round):
+    def _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b, bc_stride_a, bc_stride_b, mask,
+                  PROLOGUE: tl.constexpr):
+        """A strip of the tensor to quantize, in fp32, made from up to three inputs of one shape, b and c
+        with strides of their own (rounded to the inputs' dtype wherever the eager ops round):
           PROLOGUE 0: x itself;
           1: silu(x) * b            (x the gate, b the up activation: SwiGLU's product);
           2: silu_backward(x * b, c)  (x the product's gradient, b up, c the gate: the gate's gradient);
           3: x * silu(c)            (x the product's gradient, c the gate: the up activation's gradient)."""
         offs = offs_a[:, None] * stride_a + offs_b[None, :] * stride_b
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        offs = offs_a[:, None] * bc_stride_a + offs_b[None, :] * bc_stride_b  # b and c's
         dt = x_ptr.dtype.element_ty
         if PROLOGUE == 1:
             up = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -239,12 +241,12 @@ if HAS_TRITON:
         return x
 
     @triton.jit
-    def _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_a, offs_b, A, B, B_OUT, stride_a, stride_b, stride_q,
-                     stride_s, s_col, PROLOGUE: tl.constexpr):
+    def _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_a, offs_b, A, B, B_OUT, stride_a, stride_b, bc_stride_a,
+                     bc_stride_b, stride_q, stride_s, s_col, PROLOGUE: tl.constexpr):
         """Rows offs_a x columns offs_b (one 128-wide tile) of the strided (A, B) tensor that _load_act
         makes -> q rows in 1x128 tiles (columns B..B_OUT are padding: zeros) and one scale per row,
         stored at column s_col of s. Both dual kernels' sweeps: along K on x, along M on x^T."""
-        x = _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b,
+        x = _load_act(x_ptr, b_ptr, c_ptr, offs_a, offs_b, stride_a, stride_b, bc_stride_a, bc_stride_b,
                       (offs_a[:, None] < A) & (offs_b[None, :] < B), PROLOGUE)
         s = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0  # one per row
         q = tl.minimum(tl.maximum(tl.div_rn(x, s[:, None]), -448.0), 448.0).to(tl.float8e4nv)
@@ -254,7 +256,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _act_quant_dual_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
-                               stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
+                               stride_bm, stride_bk, stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
                                CHUNK: tl.constexpr, PROLOGUE: tl.constexpr):
         # one program: one 128x128 tile of x, in two sweeps of CHUNK-wide strips. Sweep 1, strips of
         # CHUNK rows: row scales (amax over the tile's 128 columns) give q / s (1x128 along K). Sweep 2,
@@ -272,18 +274,18 @@ if HAS_TRITON:
         offs_k = pid_k * TILE_ + tl.arange(0, TILE_)
         for r0 in tl.static_range(0, TILE_, CHUNK):
             offs_m = pid_m * TILE_ + r0 + tl.arange(0, CHUNK)
-            _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_m, offs_k, M, K, K, stride_xm, stride_xk, stride_qm,
-                         stride_sm, pid_k, PROLOGUE)
+            _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_m, offs_k, M, K, K, stride_xm, stride_xk, stride_bm,
+                         stride_bk, stride_qm, stride_sm, pid_k, PROLOGUE)
         offs_m = pid_m * TILE_ + tl.arange(0, TILE_)
         for c0 in tl.static_range(0, TILE_, CHUNK):
             # (CHUNK columns, 128 rows) read in transposed order: x^T's rows come out contiguous along m
             offs_c = pid_k * TILE_ + c0 + tl.arange(0, CHUNK)
             _quant_strip(x_ptr, b_ptr, c_ptr, qt_ptr, st_ptr, offs_c, offs_m, K, M, MP, stride_xk, stride_xm,
-                         stride_qtk, stride_stk, pid_m, PROLOGUE)
+                         stride_bk, stride_bm, stride_qtk, stride_stk, pid_m, PROLOGUE)
 
     @triton.jit
     def _act_quant_strips_kernel(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, MP, stride_xm, stride_xk,
-                                 stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
+                                 stride_bm, stride_bk, stride_qm, stride_sm, stride_qtk, stride_stk, TILE_: tl.constexpr,
                                  CHUNK: tl.constexpr, PROLOGUE: tl.constexpr):
         # _act_quant_dual_kernel's two sweeps as separate programs, 2 x 128/CHUNK per 128x128 tile,
         # adjacent in launch order (axis 0 runs fastest): the first half take CHUNK-row strips (q, s
@@ -299,11 +301,11 @@ if HAS_TRITON:
         if strip < STRIPS:
             offs_m = pid_m * TILE_ + strip * CHUNK + tl.arange(0, CHUNK)
             _quant_strip(x_ptr, b_ptr, c_ptr, q_ptr, s_ptr, offs_m, pid_k * TILE_ + tl.arange(0, TILE_), M, K, K,
-                         stride_xm, stride_xk, stride_qm, stride_sm, pid_k, PROLOGUE)
+                         stride_xm, stride_xk, stride_bm, stride_bk, stride_qm, stride_sm, pid_k, PROLOGUE)
         else:
             offs_c = pid_k * TILE_ + (strip - STRIPS) * CHUNK + tl.arange(0, CHUNK)
             _quant_strip(x_ptr, b_ptr, c_ptr, qt_ptr, st_ptr, offs_c, pid_m * TILE_ + tl.arange(0, TILE_), K, M, MP,
-                         stride_xk, stride_xm, stride_qtk, stride_stk, pid_m, PROLOGUE)
+                         stride_xk, stride_xm, stride_bk, stride_bm, stride_qtk, stride_stk, pid_m, PROLOGUE)
 
     @triton.jit
     def _weight_quant_dual_kernel(w_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, N, K, stride_we, stride_wn, stride_wk,
@@ -362,7 +364,7 @@ def swiglu_grad_quant_dual_triton(dact: torch.Tensor, gate: torch.Tensor, up: to
                                   kernel: str = "sweeps") -> tuple[tuple, tuple]:
     """Triton version of swiglu_grad_quant_dual_ref: the two gradients never in memory (a launch each)."""
     return (_act_quant_dual_launch(2, dact, up, gate, kernel=kernel),
-            _act_quant_dual_launch(3, dact, dact, gate, kernel=kernel))
+            _act_quant_dual_launch(3, dact, gate, gate, kernel=kernel))  # b unused: c is the gate
 
 
 def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, kernel: str = "sweeps"):
@@ -372,10 +374,10 @@ def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, 
     what = ("act_quant_dual", "swiglu_quant_dual", "swiglu_grad_quant_dual", "swiglu_grad_quant_dual")[prologue]
     _check_float(x, what)
     require_cuda(x, what=what)
-    for t in more:
-        if t.shape != x.shape or t.stride() != x.stride() or t.dtype != x.dtype:
-            raise ValueError(f"{what}: its inputs must share shape, strides and dtype; got {tuple(x.shape)} "
-                             f"{x.stride()} {x.dtype} and {tuple(t.shape)} {t.stride()} {t.dtype}")
+    for t in more:  # NOTE: x may have strides of its own (a GEMM's output beside views of [h1 | h3])
+        if t.shape != x.shape or t.stride() != more[0].stride() or t.dtype != x.dtype:
+            raise ValueError(f"{what}: its inputs must share shape and dtype, and all but the first their strides; "
+                             f"got {[(tuple(t.shape), t.stride(), t.dtype) for t in (x, *more)]}")
     b, c = (list(more) + [x, x])[:2]
     M, K = x.shape
     mt, kt = cdiv(M, TILE), cdiv(K, TILE)
@@ -383,8 +385,8 @@ def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, 
     qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
     grid, fn = ((mt, kt), _act_quant_dual_kernel) if kernel == "sweeps" else (
         (mt * 2 * (TILE // DUAL_CHUNK), kt), _act_quant_strips_kernel)
-    fn[grid](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), q.stride(0), s.stride(0), qt.stride(0),
-             st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK, PROLOGUE=prologue, num_warps=4)
+    fn[grid](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), b.stride(0), b.stride(1), q.stride(0),
+             s.stride(0), qt.stride(0), st.stride(0), TILE_=TILE, CHUNK=DUAL_CHUNK, PROLOGUE=prologue, num_warps=4)
     return q, s, qt, st
 
 
@@ -536,7 +538,7 @@ def _fused_or_not(name: str, inputs: tuple, fused, unfused, reference):
     """Per layout, the fastest of the fused kernels (the prologue makes the tensor as it is read; the
     sweep or the strip kernel) and the eager ops followed by `act_quant_dual`, measured once
     (kernels/autoselect.py); each must agree with the reference. Returns the chosen function of `inputs`."""
-    key = (name,) + tensor_key(inputs[0])
+    key = (name,) + tensor_key(*inputs)  # every input's strides: h1, h3 may be views of [h1 | h3]
     impls = {"fused": fused, "fused_strips": functools.partial(fused, kernel="strips"), "unfused": unfused}
     if key not in _SWIGLU_CACHE:
         # NOTE: random probes of the layout, as in act_quant_dual: the padded expert rows hold garbage

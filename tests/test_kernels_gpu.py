@@ -36,16 +36,26 @@ def test_act_quant_triton_matches_reference(shape, transposed, pad_to):
     assert (q.float() != qr.float()).float().mean() < 1e-3  # division rounding at ties only
 
 
+@pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("shape", [(65536, 512), (333, 1000)])
-def test_swiglu_quantizations_match_their_references(shape):
+def test_swiglu_quantizations_match_their_references(shape, stacked):
     # the experts' SwiGLU product and its two gradients, made inside the dual quantization kernel:
     # silu in fp32, rounded to bf16 where eager rounds; the fast exp may move a value by one bf16
-    # step now and then, hence the bounds. Each through its dispatch too (fused or not, by measurement)
-    from kernels.fp8_quant import (act_dequant, swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref,
+    # step now and then, hence the bounds. Each through its dispatch too (fused or not, by measurement).
+    # stacked: gate and up are the halves of one GEMM output [h1 | h3] (kernels/fp8_linear.py
+    # gate_up_stacked), the gradient a tensor of its own: every fused kernel must take those strides
+    from kernels.fp8_quant import (_SWIGLU_CACHE, act_dequant, swiglu_grad_quant_dual, swiglu_grad_quant_dual_ref,
                                    swiglu_grad_quant_dual_triton, swiglu_quant_dual, swiglu_quant_dual_ref,
                                    swiglu_quant_dual_triton)
-    gate = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
-    up, dact = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    M, K = shape
+    if stacked:
+        h = torch.randn(M, 2 * K, device="cuda", dtype=torch.bfloat16)
+        h[:, :K] *= 3
+        gate, up = h[:, :K], h[:, K:]  # views, rows 2K apart
+    else:
+        gate, up = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3, torch.randn(shape, device="cuda",
+                                                                                          dtype=torch.bfloat16)
+    dact = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
     strips = functools.partial(swiglu_grad_quant_dual_triton, kernel="strips")
     cases = [(swiglu_quant_dual_triton(gate, up), swiglu_quant_dual_ref(gate, up)),
              (swiglu_quant_dual_triton(gate, up, kernel="strips"), swiglu_quant_dual_ref(gate, up)),
@@ -57,6 +67,8 @@ def test_swiglu_quantizations_match_their_references(shape):
         assert rel(got[1], ref[1]) < 1e-3 and rel(got[3], ref[3]) < 1e-3
         for (q, s), (qr, sr) in (((got[0], got[1]), (ref[0], ref[1])), ((got[2], got[3]), (ref[2], ref[3]))):
             assert rel(act_dequant(q, s), act_dequant(qr, sr)) < 1e-2
+    for key, choice in _SWIGLU_CACHE.items():  # no fused kernel was dropped for these layouts
+        assert not choice.refused, (key, choice.refused)
 
 
 @pytest.mark.parametrize("shape", [(7168, 2048), (300, 200)])

@@ -84,9 +84,13 @@ def dual_close(got, ref, M, dtype, what):
             assert rel(act_dequant(q, sc), act_dequant(qr, scr)) < 0.1, f"{what} values (bf16)"
     assert not got[2][:, M:].float().any(), f"{what}: padding columns are zero"
 
-# the experts' SwiGLU product and its two gradients, quantized where they are made
-for M, K, dtype in [(50, 200, torch.float32), (3, 130, torch.float32), (50, 200, torch.bfloat16)]:
-    gate, up, dact = (torch.randn(M, K) * 3).to(dtype), torch.randn(M, K).to(dtype), torch.randn(M, K).to(dtype)
+# the experts' SwiGLU product and its two gradients, quantized where they are made; stacked: gate and
+# up as the halves of one [h1 | h3] (rows 2K apart), the gradient a tensor of its own
+for M, K, dtype, stacked in [(50, 200, torch.float32, False), (3, 130, torch.float32, False),
+                             (50, 200, torch.bfloat16, False), (50, 256, torch.bfloat16, True)]:
+    h = torch.cat([torch.randn(M, K) * 3, torch.randn(M, K)], dim=1).to(dtype)
+    gate, up = (h[:, :K], h[:, K:]) if stacked else (h[:, :K].contiguous(), h[:, K:].contiguous())
+    dact = torch.randn(M, K).to(dtype)
     for kernel in ("sweeps", "strips"):
         dual_close(swiglu_quant_dual_triton(gate, up, kernel=kernel), swiglu_quant_dual_ref(gate, up), M, dtype,
                    "swiglu")
