@@ -179,3 +179,36 @@ def test_no_gradient_accumulator_stays_alive_before_a_capture(zero, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "step ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
     assert "kept alive 0" in res.stdout, res.stdout[-2000:]
+
+
+def test_replayed_gradients_accumulate_in_memory_of_their_own():
+    # training/graphs.py: a captured backward hands each parameter's gradient over in the graph's static
+    # buffer, which the next replay overwrites. The hook clones it while .grad is None (autograd would
+    # make the buffer .grad itself) and lets later micro-steps add into .grad in place: the sum of the
+    # micro-steps, with one clone per accumulation instead of one per micro-step
+    import functools
+
+    import torch
+
+    from training.graphs import _own_memory_if_stolen
+
+    static = torch.zeros(3)  # the graph's gradient buffer
+
+    class Replay(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            return w * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            static.copy_(g)
+            return static.detach()  # as a graphed callable returns it: a fresh tensor on the buffer
+
+    clones = []
+    w = torch.zeros(3, requires_grad=True)
+    w.register_hook(lambda g: clones.append(w.grad is None) or functools.partial(_own_memory_if_stolen, w)(g))
+    for scale in (1.0, 10.0, 100.0):
+        (Replay.apply(w) * torch.tensor([1.0, 2.0, 3.0])).sum().mul(scale).backward()
+    assert torch.equal(w.grad, torch.tensor([111.0, 222.0, 333.0]))
+    assert w.grad.data_ptr() != static.data_ptr()
+    assert clones == [True, False, False]
