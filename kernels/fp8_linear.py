@@ -58,7 +58,8 @@ class FP8Ops:
     weight_dual: Callable  # w (N, K) or (E, N, K) -> q, s, qt, st
     gemm: Callable  # fp8_gemm's signature
     swiglu_dual: Callable  # gate, up (M, K) -> act_dual of silu(gate) * up, the product never in memory
-    swiglu_grad_dual: Callable  # d product, gate, up -> (act_dual of d gate, act_dual of d up)
+    swiglu_grad_dual: Callable  # d product, gate, up -> (act_dual of d gate, act_dual of d up); stacked=True:
+    # act_dual of [d gate | d up]
 
     def weight_of(self, w: torch.Tensor, transposed: bool) -> QuantizedWeight:
         """w's FP8 copy, once per optimizer step (kernels/weight_cache.py)."""
@@ -178,9 +179,9 @@ def gate_and_up(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def swiglu_backward(ops: FP8Ops, mm: FP8Products, w8s, w_dtype, needs, saved, do2: torch.Tensor) -> tuple:
     """(dx, dw1, dw3, dw2) of swiglu_forward from do2 (M, D) and its (saved, w8s): d h1 and d h3 made
-    inside their quantizations (`swiglu_grad_dual`); dx in one dgrad GEMM over [d h1 | d h3] and the
-    stacked [w1; w3] when gate_up_stacked (the two FP8 operands side by side: a copy of FP8 bytes
-    instead of a second GEMM's bf16 output and an add), else dx1 + dx3 as autograd summed it."""
+    inside their quantizations (`swiglu_grad_dual`). When gate_up_stacked, they are quantized side by
+    side as [d h1 | d h3] (M, 2I), both layouts, and dx is one dgrad GEMM over it and the stacked
+    [w1; w3]; else dx = dx1 + dx3 as autograd summed it."""
     xtq, xts, h, atq, ats = saved
     w18, w38, w28 = w8s
     need_x, need_w1, need_w3, need_w2 = needs
@@ -189,13 +190,17 @@ def swiglu_backward(ops: FP8Ops, mm: FP8Products, w8s, w_dtype, needs, saved, do
     dx = dw1 = dw3 = None
     if need_h:
         h1, h3 = gate_and_up(h)
-        dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
-        if need_x and gate_up_stacked(h1.shape[1]):
-            dx = mm.dgrad(torch.cat((dh1[0], dh3[0]), dim=1), torch.cat((dh1[1], dh3[1]), dim=1), w18, do2.dtype)
-        elif need_x:
-            dx = mm.dgrad(*dh1[:2], w18, do2.dtype) + mm.dgrad(*dh3[:2], w38, do2.dtype)
-        dw1 = mm.wgrad(*dh1[2:], xtq, xts, w_dtype) if need_w1 else None
-        dw3 = mm.wgrad(*dh3[2:], xtq, xts, w_dtype) if need_w3 else None
+        inter = h1.shape[1]
+        if gate_up_stacked(inter):  # the transposed layout's rows: d h1^T, then d h3^T
+            q, s, qt, st = ops.swiglu_grad_dual(da, h1, h3, stacked=True)
+            dx = mm.dgrad(q, s, w18, do2.dtype) if need_x else None
+            dh1t, dh3t = (qt[:inter], st[:inter]), (qt[inter:], st[inter:])
+        else:
+            dh1, dh3 = ops.swiglu_grad_dual(da, h1, h3)  # each (q, s, qt, st)
+            dx = mm.dgrad(*dh1[:2], w18, do2.dtype) + mm.dgrad(*dh3[:2], w38, do2.dtype) if need_x else None
+            dh1t, dh3t = dh1[2:], dh3[2:]
+        dw1 = mm.wgrad(*dh1t, xtq, xts, w_dtype) if need_w1 else None
+        dw3 = mm.wgrad(*dh3t, xtq, xts, w_dtype) if need_w3 else None
     return dx, dw1, dw3, dw2
 
 

@@ -111,10 +111,23 @@ def swiglu_quant_dual_ref(gate: torch.Tensor, up: torch.Tensor
     return act_quant_dual_ref(swiglu(gate, up))
 
 
-def swiglu_grad_quant_dual_ref(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
+def swiglu_grad_quant_dual_ref(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+                               stacked: bool = False) -> tuple:
     """act_quant_dual_ref of each of swiglu_grad's two gradients: the FP8 operands of the gate and up
-    projections' dgrad and wgrad."""
-    return tuple(act_quant_dual_ref(g) for g in swiglu_grad(dact, gate, up))
+    projections' dgrad and wgrad. stacked: of [d gate | d up] (M, 2I) instead, one 4-tuple (the
+    operands of a stacked [w1; w3]: kernels/fp8_linear.py gate_up_stacked); I a multiple of 128, so
+    every tile is one gradient's own and the values are the same."""
+    grads = swiglu_grad(dact, gate, up)
+    if stacked:
+        _check_stackable(dact)
+        return act_quant_dual_ref(torch.cat(grads, dim=1))
+    return tuple(act_quant_dual_ref(g) for g in grads)
+
+
+def _check_stackable(dact: torch.Tensor) -> None:
+    if dact.shape[1] % TILE:
+        raise ValueError(f"swiglu_grad_quant_dual(stacked=True): the width must be a multiple of {TILE} so that "
+                         f"no tile straddles the two gradients; got {tuple(dact.shape)}")
 
 
 def weight_quant_dual_ref(w: torch.Tensor | tuple[torch.Tensor, ...]
@@ -361,15 +374,26 @@ def swiglu_quant_dual_triton(gate: torch.Tensor, up: torch.Tensor, kernel: str =
 
 
 def swiglu_grad_quant_dual_triton(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
-                                  kernel: str = "sweeps") -> tuple[tuple, tuple]:
-    """Triton version of swiglu_grad_quant_dual_ref: the two gradients never in memory (a launch each)."""
-    return (_act_quant_dual_launch(2, dact, up, gate, kernel=kernel),
-            _act_quant_dual_launch(3, dact, gate, gate, kernel=kernel))  # b unused: c is the gate
+                                  kernel: str = "sweeps", stacked: bool = False) -> tuple:
+    """Triton version of swiglu_grad_quant_dual_ref: the two gradients never in memory (a launch each).
+    stacked: each launch writes its half of the shared outputs (no copy to put them side by side)."""
+    halves = (None, None)
+    if stacked:
+        _check_stackable(dact)
+        (M, inter), mt = dact.shape, cdiv(dact.shape[0], TILE)
+        q, s = _outputs(dact.device, (M, 2 * inter), (M, 2 * inter // TILE))
+        qt, st = _outputs(dact.device, (2 * inter, mt * TILE), (2 * inter, mt))
+        halves = [(q[:, lo:lo + inter], s[:, lo // TILE:(lo + inter) // TILE], qt[lo:lo + inter], st[lo:lo + inter])
+                  for lo in (0, inter)]
+    grads = (_act_quant_dual_launch(2, dact, up, gate, kernel=kernel, out=halves[0]),
+             _act_quant_dual_launch(3, dact, gate, gate, kernel=kernel, out=halves[1]))  # b unused: c is the gate
+    return (q, s, qt, st) if stacked else grads
 
 
-def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, kernel: str = "sweeps"):
+def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, kernel: str = "sweeps", out=None):
     """The dual activation kernel on x, or on what its prologue makes of x and `more` (see _load_act).
-    kernel: one of DUAL_KERNELS."""
+    kernel: one of DUAL_KERNELS. out: (q, s, qt, st) to write into (views with unit column strides,
+    e.g. one half of a stacked output), else new tensors."""
     assert kernel in DUAL_KERNELS, f"act_quant_dual: kernel must be one of {DUAL_KERNELS}, got {kernel!r}"
     what = ("act_quant_dual", "swiglu_quant_dual", "swiglu_grad_quant_dual", "swiglu_grad_quant_dual")[prologue]
     _check_float(x, what)
@@ -381,8 +405,13 @@ def _act_quant_dual_launch(prologue: int, x: torch.Tensor, *more: torch.Tensor, 
     b, c = (list(more) + [x, x])[:2]
     M, K = x.shape
     mt, kt = cdiv(M, TILE), cdiv(K, TILE)
-    q, s = _outputs(x.device, (M, K), (M, kt))
-    qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
+    if out is None:
+        q, s = _outputs(x.device, (M, K), (M, kt))
+        qt, st = _outputs(x.device, (K, mt * TILE), (K, mt))
+    else:
+        q, s, qt, st = out
+        assert (q.shape, s.shape, qt.shape, st.shape) == ((M, K), (M, kt), (K, mt * TILE), (K, mt)) and all(
+            t.stride(1) == 1 for t in out), f"{what}: out has the wrong shapes or strides"
     grid, fn = ((mt, kt), _act_quant_dual_kernel) if kernel == "sweeps" else (
         (mt * 2 * (TILE // DUAL_CHUNK), kt), _act_quant_strips_kernel)
     fn[grid](x, b, c, q, s, qt, st, M, K, mt * TILE, x.stride(0), x.stride(1), b.stride(0), b.stride(1), q.stride(0),
@@ -524,14 +553,21 @@ def swiglu_quant_dual(gate: torch.Tensor, up: torch.Tensor
     return impl(gate, up)
 
 
-def swiglu_grad_quant_dual(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[tuple, tuple]:
-    """Both FP8 layouts of each of swiglu_grad's gradients (d gate, d up); see `_fused_or_not`."""
+def swiglu_grad_quant_dual(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, stacked: bool = False) -> tuple:
+    """Both FP8 layouts of each of swiglu_grad's gradients (d gate, d up), or of [d gate | d up] when
+    stacked (see swiglu_grad_quant_dual_ref); see `_fused_or_not`."""
     if not use_triton(dact):
-        return swiglu_grad_quant_dual_ref(dact, gate, up)
-    impl = _fused_or_not("swiglu_grad_quant_dual", (dact, gate, up), swiglu_grad_quant_dual_triton,
-                         lambda d, g, u: tuple(act_quant_dual(t) for t in swiglu_grad(d, g, u)),
-                         swiglu_grad_quant_dual_ref)
+        return swiglu_grad_quant_dual_ref(dact, gate, up, stacked=stacked)
+    impl = _fused_or_not("swiglu_grad_quant_dual" + (" stacked" if stacked else ""), (dact, gate, up),
+                         *(functools.partial(f, stacked=stacked) for f in (
+                             swiglu_grad_quant_dual_triton, _swiglu_grad_unfused, swiglu_grad_quant_dual_ref)))
     return impl(dact, gate, up)
+
+
+def _swiglu_grad_unfused(dact: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, stacked: bool = False) -> tuple:
+    """The eager gradients, then `act_quant_dual` of each, or of [d gate | d up] when stacked."""
+    grads = swiglu_grad(dact, gate, up)
+    return act_quant_dual(torch.cat(grads, dim=1)) if stacked else tuple(act_quant_dual(g) for g in grads)
 
 
 def _fused_or_not(name: str, inputs: tuple, fused, unfused, reference):

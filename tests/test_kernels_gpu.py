@@ -62,6 +62,8 @@ def test_swiglu_quantizations_match_their_references(shape, stacked):
              (swiglu_quant_dual(gate, up), swiglu_quant_dual_ref(gate, up))]
     for impl in (swiglu_grad_quant_dual_triton, strips, swiglu_grad_quant_dual):
         cases += list(zip(impl(dact, gate, up), swiglu_grad_quant_dual_ref(dact, gate, up)))
+        if K % 128 == 0:  # [d gate | d up] side by side, as a stacked [w1; w3]'s backward takes them
+            cases.append((impl(dact, gate, up, stacked=True), swiglu_grad_quant_dual_ref(dact, gate, up, stacked=True)))
     for got, ref in cases:
         assert all(a.shape == b.shape for a, b in zip(got, ref))
         assert rel(got[1], ref[1]) < 1e-3 and rel(got[3], ref[3]) < 1e-3

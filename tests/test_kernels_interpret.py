@@ -87,7 +87,8 @@ def dual_close(got, ref, M, dtype, what):
 # the experts' SwiGLU product and its two gradients, quantized where they are made; stacked: gate and
 # up as the halves of one [h1 | h3] (rows 2K apart), the gradient a tensor of its own
 for M, K, dtype, stacked in [(50, 200, torch.float32, False), (3, 130, torch.float32, False),
-                             (50, 200, torch.bfloat16, False), (50, 256, torch.bfloat16, True)]:
+                             (50, 200, torch.bfloat16, False), (50, 256, torch.bfloat16, True),
+                             (150, 128, torch.float32, True)]:
     h = torch.cat([torch.randn(M, K) * 3, torch.randn(M, K)], dim=1).to(dtype)
     gate, up = (h[:, :K], h[:, K:]) if stacked else (h[:, :K].contiguous(), h[:, K:].contiguous())
     dact = torch.randn(M, K).to(dtype)
@@ -97,6 +98,9 @@ for M, K, dtype, stacked in [(50, 200, torch.float32, False), (3, 130, torch.flo
         for got, ref, what in zip(swiglu_grad_quant_dual_triton(dact, gate, up, kernel=kernel),
                                   swiglu_grad_quant_dual_ref(dact, gate, up), ("d gate", "d up")):
             dual_close(got, ref, M, dtype, f"{what} ({kernel})")
+        if stacked:  # [d gate | d up]: each launch writes its half of the shared outputs
+            dual_close(swiglu_grad_quant_dual_triton(dact, gate, up, kernel=kernel, stacked=True),
+                       swiglu_grad_quant_dual_ref(dact, gate, up, stacked=True), M, dtype, f"stacked ({kernel})")
 
 # a weight, stacked experts, a transposed view, and weights stacked along N (a SwiGLU's [w1; w3]: each
 # written at its rows of the shared outputs; the last one's N need not be a multiple of 128)
