@@ -124,7 +124,8 @@ class FP8SwiGLUExpertsFunction(torch.autograd.Function):
     grouped GEMMs in FP8: kernels/fp8_linear.py's shared `swiglu_forward` / `swiglu_backward` on the
     grouped products. Against three GroupedLinearFunctions around an eager SwiGLU: the rows are
     quantized once for w1 and w3, SwiGLU's product and its two gradients are made inside their
-    quantizations (never in bf16), silu(h1) is not kept for the backward. Same numerics."""
+    quantizations (never in bf16), silu(h1) is not kept for the backward. Same numerics, but for dx
+    where gate and up are stacked (`gate_up_stacked`: one GEMM, rounded once)."""
 
     @staticmethod
     def forward(ctx, xp, w1, w3, w2, r: Routing, emulate: bool):

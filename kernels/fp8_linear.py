@@ -18,6 +18,10 @@ Passes, per training step of one linear (2026-11-30 version in brackets):
     with the two single-layout kernels, whichever measured faster for the layout: on the H200 the
     one-read kernel won only on narrow activations (BENCHMARKS.md, 2026-11-30 second session);
   - dw: written in bf16 by the GEMM [FP32, then a cast kernel].
+A SwiGLU MLP (gate, up, down) is one function (`swiglu_forward` / `swiglu_backward`, dense and
+grouped over experts): x quantized once for gate and up, SwiGLU's product and its gradients made
+inside their quantizations, and gate and up one stacked FP8 weight [w1; w3] where their width is a
+multiple of 128: one GEMM each for [h1 | h3] and for dx (BENCHMARKS.md, 2026-12-06 fifteenth session).
 
 Why it exists. FP8 doubles the tensor-core rate over bf16 on Hopper; the fine-grained scales keep
 the loss within the paper's 0.25% of BF16.
@@ -251,7 +255,8 @@ class FP8SwiGLUFunction(torch.autograd.Function):
     """y = down(silu(gate(x)) * up(x)) with the three products in FP8 (`swiglu_forward`): against three
     FP8LinearFunctions around an eager SwiGLU, x is quantized once for gate and up, SwiGLU's product
     and its two gradients are made inside their quantizations (never in bf16), and silu(gate(x)) is
-    not kept for the backward. Same numerics, bit for bit in the emulation."""
+    not kept for the backward. Same numerics, bit for bit in the emulation, but for dx where gate and
+    up are stacked (`gate_up_stacked`: one dgrad GEMM, rounded once instead of two rounded and summed)."""
 
     @staticmethod
     def forward(ctx, x, w1, w3, w2, backend: str, emulate: bool):

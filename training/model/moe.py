@@ -47,7 +47,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if all(isinstance(m, FP8Linear) for m in (self.gate_proj, self.up_proj, self.down_proj)):
             # converted to FP8 (kernels/convert.py): one function, x quantized once for gate and up,
-            # SwiGLU's product made inside its quantization (the same numerics)
+            # SwiGLU's product made inside its quantization, gate and up one stacked FP8 weight where
+            # their width is a multiple of 128 (kernels/fp8_linear.py gate_up_stacked)
             return fp8_swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
