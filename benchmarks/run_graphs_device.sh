@@ -8,7 +8,8 @@
 #      composition before).
 # Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [RUNS="fp8:compile+graphs fp8:graphs"] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
-# the benchmarks; SECTIONS="gemm,dispatch".
+# the benchmarks; SECTIONS="gemm,dispatch". EVAL_EVERY=N: validation every N steps (default: only at the end),
+# for a loss comparison (one long run a call: STEPS=2000 RUN_S=590 RUNS=fp8:compile+graphs, then bf16:compile).
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -38,7 +39,7 @@ for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
     pretrain.compile=$([[ $mode == *compile* ]] && echo true || echo false) \
     pretrain.cuda_graphs=$([[ $mode == *graphs* ]] && echo true || echo false) pretrain.precision=$prec \
     pretrain.profile_step=${PROFILE:-0} \
-    pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=100000 pretrain.eval_batches=2 \
+    pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=${EVAL_EVERY:-100000} pretrain.eval_batches=2 \
     pretrain.checkpoint_every=100000 > /dev/null
   timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_$name.log 2>&1
   echo "$prec $mode rc=$? (${SECONDS} s into the call)"; grep -E "Error|error:" $OUT/run_$name.log | grep -v -i warn | tail -3 | cut -c1-300
@@ -57,10 +58,13 @@ for log in sorted(Path(sys.argv[1]).glob("run_*.log")):
     if not steps:
         continue
     steady = [t for _, _, t in steps[1:]] or [steps[0][2]]  # the first window holds the warm-up
+    # the validation losses (pretrain.eval_every, and the final one): what a BF16-FP8 loss gap compares
+    validation = [(int(m[1]), float(m[2])) for m in re.finditer(r"step (\d+) validation loss ([\d.]+)",
+                                                                log.read_text())]
     runs[log.stem] = {"tokens_per_s": statistics.median(steady), "losses": [(s, l) for s, l, _ in steps],
-                      "windows": [t for _, _, t in steps]}
+                      "windows": [t for _, _, t in steps], "validation": validation}
     print(f"{log.stem}: {statistics.median(steady):,.0f} tok/s (median of {len(steady)} windows), "
-          f"losses {[round(l, 4) for _, l, _ in steps]}")
+          f"losses {[round(l, 4) for _, l, _ in steps]}, validation {validation}")
 (out / "runs.json").write_text(json.dumps(runs, indent=1))
 EOF
 if [ "${BENCH_S:-100}" != 0 ]; then
