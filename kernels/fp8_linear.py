@@ -155,13 +155,14 @@ def swiglu_forward(ops: FP8Ops, mm: FP8Products, x2, w1, w3, w2, weight_of, need
     saved = (xtq, xts, h, atq, ats), h = [h1 | h3] (M, 2I), None where not needed, and the FP8 weights
     this forward used (as `swiglu_weights` lists them)."""
     need_x, need_w1, need_w3, need_w2 = needs
+    stacked = gate_up_stacked(w1.shape[-2])
     w8s = tuple(weight_of(w, t) if w is not None else None
                 for w, t in zip(swiglu_weights(w1, w3, w2), swiglu_dgrad_needs(needs)))
     if need_w1 or need_w3:  # x^T in 1x128 tiles along the tokens, for both wgrads
         xq, xs, xtq, xts = ops.act_dual(x2)
     else:
         (xq, xs), xtq, xts = ops.act(x2), None, None
-    if w8s[1] is None:  # [w1; w3]: one GEMM
+    if stacked:  # [w1; w3]: one GEMM
         h = mm.forward(xq, xs, w8s[0], x2.dtype)
     else:  # NOTE: a copy, for widths that are not multiples of 128 (small test models)
         h = torch.cat([mm.forward(xq, xs, w8, x2.dtype) for w8 in w8s[:2]], dim=1)

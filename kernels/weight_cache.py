@@ -73,7 +73,7 @@ def quantized_weight(w: torch.Tensor | tuple[torch.Tensor, ...], transposed: boo
     SwiGLU's [w1; w3]); it is kept on the first, under its own attribute, stale when any of them
     changes."""
     _install_hook()
-    ws = stacked_rows(w, "quantized_weight")
+    ws = w if isinstance(w, tuple) else (w,)  # NOTE: checked on a miss only (this runs every layer call)
     if cache and ws[0].is_cuda and torch.cuda.is_current_stream_capturing():
         # NOTE: under CUDA-graph capture the hit-or-miss decision would be frozen into the graph; a
         # frozen hit replays stale weights after the next optimizer step. Captured, w is quantized at
@@ -88,7 +88,7 @@ def quantized_weight(w: torch.Tensor | tuple[torch.Tensor, ...], transposed: boo
         if transposed:
             entry = QuantizedWeight(key, *quant_dual(w))
         else:  # one layout: each weight's blocks, stacked (a tuple's N are multiples of 128 but the last)
-            qs = [quant(t) for t in ws]
+            qs = [quant(t) for t in stacked_rows(w, "quantized_weight")]
             entry = QuantizedWeight(key, *(torch.cat(parts, dim=-2) if len(ws) > 1 else parts[0]
                                            for parts in zip(*qs)))
     if cache:

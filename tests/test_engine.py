@@ -204,9 +204,16 @@ def test_replayed_gradients_accumulate_in_memory_of_their_own():
             static.copy_(g)
             return static.detach()  # as a graphed callable returns it: a fresh tensor on the buffer
 
-    clones = []
+    clones = []  # per micro-step: whether the hook handed autograd a copy
     w = torch.zeros(3, requires_grad=True)
-    w.register_hook(lambda g: clones.append(w.grad is None) or functools.partial(_own_memory_if_stolen, w)(g))
+    own_memory = functools.partial(_own_memory_if_stolen, w)
+
+    def hook(g):
+        out = own_memory(g)
+        clones.append(out is not g)
+        return out
+
+    w.register_hook(hook)
     for scale in (1.0, 10.0, 100.0):
         (Replay.apply(w) * torch.tensor([1.0, 2.0, 3.0])).sum().mul(scale).backward()
     assert torch.equal(w.grad, torch.tensor([111.0, 222.0, 333.0]))
