@@ -9,7 +9,8 @@
 # Logs and JSON under $OUT.   STEPS=30 RUN_S=110 [RUNS="fp8:compile+graphs fp8:graphs"] [BENCH_S=0] bash benchmarks/run_graphs_device.sh
 # TESTS: extra pytest -k terms (e.g. "fp8_gemm"); TEST_S=0 skips the tests, STEPS=0 the trainer runs, BENCH_S=0
 # the benchmarks; SECTIONS="gemm,dispatch". EVAL_EVERY=N: validation every N steps (default: only at the end),
-# for a loss comparison (one long run a call: STEPS=2000 RUN_S=590 RUNS=fp8:compile+graphs, then bf16:compile).
+# for a loss comparison (one long run a call: STEPS=1200 RUN_S=590 WARMUP=200 VALIDATION=64 EVAL_EVERY=250
+# RUNS=fp8:compile+graphs, then bf16:compile; WARMUP: the profile's own warm-up, VALIDATION: sequences, 8 a batch).
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -27,7 +28,7 @@ if [ "${TEST_S:-150}" != 0 ]; then
 fi
 D=/tmp/graphs_runs
 [ "$STEPS" = 0 ] && RUNS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
-  --validation 16 > /dev/null 2>&1
+  --validation ${VALIDATION:-16} > /dev/null 2>&1
 # RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs), compile (pretrain.compile) or
 # compile+graphs (both: the compiled blocks captured). PROFILE=N: torch.profiler over steps N, N+1 of each
 # run (pretrain.profile_step) -> $OUT/profile_<prec>_<mode>.txt
@@ -39,7 +40,8 @@ for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
     pretrain.compile=$([[ $mode == *compile* ]] && echo true || echo false) \
     pretrain.cuda_graphs=$([[ $mode == *graphs* ]] && echo true || echo false) pretrain.precision=$prec \
     pretrain.profile_step=${PROFILE:-0} \
-    pretrain.log_every=5 pretrain.warmup_steps=5 pretrain.eval_every=${EVAL_EVERY:-100000} pretrain.eval_batches=2 \
+    pretrain.log_every=5 pretrain.warmup_steps=${WARMUP:-5} pretrain.eval_every=${EVAL_EVERY:-100000} \
+    pretrain.eval_batches=$(( ${VALIDATION:-16} / 8 )) \
     pretrain.checkpoint_every=100000 > /dev/null
   timeout ${RUN_S:-110} python3 -m training.pretrain --config $run/stage.json > $OUT/run_$name.log 2>&1
   echo "$prec $mode rc=$? (${SECONDS} s into the call)"; grep -E "Error|error:" $OUT/run_$name.log | grep -v -i warn | tail -3 | cut -c1-300
