@@ -4,6 +4,7 @@
     python benchmarks/bench_pretrain.py config DIR/NAME.json DATA_DIR OUT_DIR key=value ...
     python benchmarks/bench_pretrain.py checks OUT.json [--which ...]  (GPU: fast paths against references)
     python benchmarks/bench_pretrain.py summary RUNS_DIR LOGS_DIR OUT.json
+    python benchmarks/bench_pretrain.py gap RUNS.json ... [--ref bf16]  (loss gaps of same-data runs, step by step)
     python benchmarks/bench_pretrain.py breakdown RUN/profile_rank0.json ...   (GPU time per step, by kind)
     python benchmarks/bench_pretrain.py widths OUT.json [--scales 1 2 4 --layers 4]  (GPU: FP8 vs BF16 by width)
 
@@ -368,6 +369,55 @@ def precision_comparison(runs: dict, ref: str = "bf16", other: str = "fp8") -> d
     return out
 
 
+def load_runs(files: list[Path]) -> dict[str, dict]:
+    """run_graphs_device.sh's runs.json files (one a call): run name -> its logged losses, validation
+    losses and windows. A name seen before gets its folder's name added (two calls of one run); keys
+    starting with "_" describe the file (hardware, command), not a run."""
+    runs = {}
+    for f in files:
+        for name, run in json.loads(f.read_text()).items():
+            if name.startswith("_"):
+                continue
+            runs[name if name not in runs else f"{name}@{f.parent.name}"] = run
+    return runs
+
+
+def relative_gaps(a: dict, b: dict) -> dict[int, float]:
+    """(a - b) / b at every step both logged: same data order and seed, so the same batch."""
+    b = {int(s): v for s, v in b}
+    return {int(s): (v - b[int(s)]) / b[int(s)] for s, v in a if int(s) in b}
+
+
+def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
+    """Each run against each reference run (names containing `ref`), and the references against each
+    other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
+    Validation losses step by step, and the mean absolute gap of the training losses per phase."""
+    refs = [n for n in runs if ref in n]
+    if not refs:
+        raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
+    pairs = [(n, r) for r in refs for n in runs if n != r and not (n in refs and refs.index(n) < refs.index(r))]
+    print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
+    print("| --- " * (1 + len(runs) + len(pairs)) + "|")
+    val = {n: dict(map(tuple, r.get("validation", []))) for n, r in runs.items()}
+    steps = sorted(set.intersection(*(set(v) for v in val.values())))
+    table = {"validation": {}, "phases": {}}
+    for s in steps:
+        gaps = [(val[n][s] - val[r][s]) / val[r][s] for n, r in pairs]
+        table["validation"][s] = {"loss": {n: val[n][s] for n in runs}, "gaps": gaps}
+        print(f"| {s} | " + " | ".join(f"{val[n][s]:.4f}" for n in runs) + " | "
+              + " | ".join(f"{g:+.3%}" for g in gaps) + " |")
+    print("\nTraining loss, mean absolute relative gap on the same batches:\n")
+    print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
+    print("| --- " * (1 + len(pairs)) + "|")
+    gaps = [relative_gaps(runs[n]["losses"], runs[r]["losses"]) for n, r in pairs]
+    for lo, hi in zip([0] + phases, phases):
+        means = [statistics.mean([abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan]) for g in gaps]
+        table["phases"][f"{lo + 1}-{hi}"] = means
+        print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%}" for m in means) + " |")
+    table["pairs"] = pairs
+    return table
+
+
 # ---------------------------------------------------------------------------------------------
 # FP8 against BF16 by width, on the real model (one process, no DeepSpeed engine)
 
@@ -587,6 +637,10 @@ def main() -> None:
     s.add_argument("runs", type=Path)
     s.add_argument("logs", type=Path)
     s.add_argument("out", type=Path)
+    g = sub.add_parser("gap")
+    g.add_argument("runs", type=Path, nargs="+", help="run_graphs_device.sh's runs.json, one a call")
+    g.add_argument("--ref", default="bf16", help="runs whose name contains this are the references")
+    g.add_argument("--phases", type=int, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200])
     b = sub.add_parser("breakdown")
     b.add_argument("profiles", type=Path, nargs="+")
     w = sub.add_parser("widths")
@@ -604,6 +658,8 @@ def main() -> None:
         print(write_config(a.path, a.data, a.out, a.overrides))
     elif a.cmd == "checks":
         run_checks(a.out, a.which)
+    elif a.cmd == "gap":
+        loss_gap(load_runs(a.runs), a.ref, a.phases)
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)
