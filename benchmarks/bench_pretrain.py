@@ -391,7 +391,8 @@ def relative_gaps(a: dict, b: dict) -> dict[int, float]:
 def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
-    Validation losses step by step, and the mean absolute gap of the training losses per phase."""
+    Validation losses step by step, and the mean absolute gap of the training losses per phase (the
+    phases end at `phases` and at the last step both runs of a pair logged)."""
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
@@ -410,7 +411,9 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")
     gaps = [relative_gaps(runs[n]["losses"], runs[r]["losses"]) for n, r in pairs]
-    for lo, hi in zip([0] + phases, phases):
+    last = max((s for g in gaps for s in g), default=0)
+    bounds = [p for p in sorted(phases) if p < last] + [last]  # the last phase ends at the last step
+    for lo, hi in zip([0] + bounds, bounds):
         means = [statistics.mean([abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan]) for g in gaps]
         table["phases"][f"{lo + 1}-{hi}"] = means
         print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%}" for m in means) + " |")

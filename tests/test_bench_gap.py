@@ -35,13 +35,14 @@ def test_gap_pairs_every_run_with_each_reference_and_the_references_with_each_ot
                         {"run_bf16": {**bf16, "losses": [[5, 4.2], [10, 1.8]], "validation": [[10, 1.9]]}})]
     runs = bench.load_runs(files)
     assert list(runs) == ["run_fp8", "run_bf16", "run_bf16@call2"]  # "_about" is not a run
-    table = bench.loss_gap(runs, "bf16", [5, 10])
+    table = bench.loss_gap(runs, "bf16", [5, 100])  # a bound past the last step ends at the last step
     # FP8 against each BF16 run; the second BF16 against the first once (the noise), not both ways
     assert table["pairs"] == [("run_fp8", "run_bf16"), ("run_bf16@call2", "run_bf16"), ("run_fp8", "run_bf16@call2")]
     assert table["validation"][10]["gaps"] == pytest.approx([0.01, -0.05, 0.12 / 1.9])
     # training losses compare the same step's batch; step 15, logged by FP8 only, is left out
     assert table["phases"]["1-5"] == pytest.approx([0.1, 0.05, 0.2 / 4.2])
     assert table["phases"]["6-10"] == pytest.approx([0.05, 0.1, 0.3 / 1.8])
+    assert list(table["phases"]) == ["1-5", "6-10"]
 
 
 def test_gap_names_the_runs_when_no_reference_matches(bench):
