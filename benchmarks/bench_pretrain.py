@@ -396,7 +396,7 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
-    pairs = [(n, r) for r in refs for n in runs if n != r and not (n in refs and refs.index(n) < refs.index(r))]
+    pairs = [(n, r) for i, r in enumerate(refs) for n in runs if n not in refs[:i + 1]]  # ref pairs once
     print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(runs) + len(pairs)) + "|")
     val = {n: dict(map(tuple, r.get("validation", []))) for n, r in runs.items()}

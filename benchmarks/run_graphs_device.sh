@@ -27,6 +27,7 @@ if [ "${TEST_S:-150}" != 0 ]; then
   grep -E "^E |Error" "$OUT/tests.log" | head -20 | cut -c1-300
 fi
 D=/tmp/graphs_runs
+if (( ${VALIDATION:-16} % 8 )); then echo "VALIDATION=${VALIDATION}: a multiple of 8 (the micro-batch)"; exit 1; fi
 [ "$STEPS" = 0 ] && RUNS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
   --validation ${VALIDATION:-16} > /dev/null 2>&1
 # RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs), compile (pretrain.compile) or
