@@ -11,6 +11,9 @@
 benchmarks/run_pretrain_device.sh runs all of it in one device call. The trainer itself is the real
 one (`python -m training.pretrain --config FILE`, or torchrun for expert parallelism).
 
+    python benchmarks/bench_pretrain.py code DIR --source ROOT ... [--train 19240 --validation 64]
+        (real text: the Python sources under ROOT, tokenized with the pipeline's own BPE trainer)
+
 SYNTHETIC DATA: the token shards are generated here, not tokenized text, so the figures are
 throughput (and an FP8-vs-BF16 loss gap on one learnable stream), not a language model's quality.
 The stream: tokens drawn from a Zipf-like unigram, and every odd position is a fixed permutation of
@@ -19,11 +22,20 @@ ln(32768) = 10.4 nats towards about half the unigram entropy). It is written in 
 training/corpus/shards.py (datatrove's DocumentTokenizer: `<split>/*.ds` uint16 tokens, `.ds.index`
 uint64 document ends, `index.json`), with a word-level tokenizer.json of the same vocabulary, so the
 trainer's input checks and loader run unchanged.
+
+CODE DATA (`code`): the synthetic stream saturates (its floor is half the unigram entropy, reached in
+~1,000 steps), so a loss gap much above 0.1% could not show on it. Real source code keeps the loss
+well above any floor for as long as a device call runs. The text is every `*.py` file under the given
+roots (a Python installation: the standard library and site-packages), exact duplicates dropped and
+counted; documents are ordered by their content hash (a stable shuffle), the BPE is trained with
+training/corpus/tokenizer.py on the first `--tokenizer-mb` of text, and the shards are written in the
+same layout as the synthetic ones: validation from the front of the order, train after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -50,18 +62,25 @@ def synthetic_stream(n_tokens: int, vocab: int, rng: np.random.Generator) -> np.
     return tokens
 
 
-def write_split(out: Path, split: str, sequences: int, seq: int, vocab: int, seed: int) -> dict:
-    n = sequences * (seq + 1)
-    tokens = synthetic_stream(n, vocab, np.random.default_rng(seed))
+def write_tokens(out: Path, split: str, tokens: np.ndarray, ends: np.ndarray, vocab: int, seq: int,
+                 source: str) -> dict:
+    """One split's `.ds` (tokens), `.ds.index` (document ends) and `.ds.metadata`, as DocumentTokenizer writes them."""
     folder = out / split
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{split}_00000_00000_doc_shuffled.ds"
     dtype = "<u2" if vocab < 2**16 else "<u4"
     tokens.astype(dtype).tofile(folder / name)
-    np.array([n], dtype="<u8").tofile(folder / f"{name}.index")  # one "document": the whole stream
-    (folder / f"{name}.metadata").write_text(f"synthetic|{np.dtype(dtype).itemsize}\n{n}\n")
-    return {"files": [name], "documents": 1, "tokens": n, "sequences": sequences,
-            "tokens_per_source": {"synthetic": n}, "documents_per_source": {"synthetic": 1}}
+    ends.astype("<u8").tofile(folder / f"{name}.index")
+    (folder / f"{name}.metadata").write_text(f"{source}|{np.dtype(dtype).itemsize}\n{len(tokens)}\n")
+    return {"files": [name], "documents": len(ends), "tokens": len(tokens), "sequences": len(tokens) // (seq + 1),
+            "tokens_per_source": {source: len(tokens)}, "documents_per_source": {source: len(ends)}}
+
+
+def write_split(out: Path, split: str, sequences: int, seq: int, vocab: int, seed: int) -> dict:
+    n = sequences * (seq + 1)
+    tokens = synthetic_stream(n, vocab, np.random.default_rng(seed))
+    # one "document": the whole stream
+    return write_tokens(out, split, tokens, np.array([n]), vocab, seq, "synthetic")
 
 
 def make_data(out: Path, vocab: int, seq: int, train: int, validation: int) -> Path:
@@ -78,6 +97,105 @@ def make_data(out: Path, vocab: int, seq: int, train: int, validation: int) -> P
              "synthetic": "benchmarks/bench_pretrain.py: Zipf tokens, odd positions a permutation of the previous",
              "splits": {"train": write_split(shards, "train", train, seq, vocab, 1),
                         "validation": write_split(shards, "validation", validation, seq, vocab, 2)}}
+    (shards / "index.json").write_text(json.dumps(index, indent=2))
+    return shards
+
+
+def source_documents(roots: list[Path]) -> tuple[list[str], dict]:
+    """The text of every `*.py` file under `roots`, exact duplicates dropped, in content-hash order.
+
+    Returns the texts and what was read and dropped: files, bytes, and the duplicate, empty and
+    unreadable (not UTF-8) files, each counted.
+    """
+    by_hash: dict[str, str] = {}
+    counts = {"files": 0, "duplicates": 0, "empty": 0, "unreadable": 0}
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"--source {root}: not a folder (give folders of Python sources, "
+                                    f"e.g. the standard library's and site-packages')")
+    # a root inside another (site-packages inside the standard library's folder) is read once
+    roots = [r for r in roots if not any(o != r and r.resolve().is_relative_to(o.resolve()) for o in roots)]
+    for root in dict.fromkeys(r.resolve() for r in roots):
+        for path in sorted(root.rglob("*.py")):
+            counts["files"] += 1
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                counts["unreadable"] += 1
+                continue
+            if not text.strip():
+                counts["empty"] += 1
+                continue
+            digest = hashlib.sha1(text.encode()).hexdigest()
+            if digest in by_hash:
+                counts["duplicates"] += 1
+                continue
+            by_hash[digest] = text
+    texts = [by_hash[d] for d in sorted(by_hash)]
+    counts["documents"], counts["bytes"] = len(texts), sum(len(t.encode()) for t in texts)
+    return texts, counts
+
+
+def encode_until(tokenizer, texts: list[str], start: int, wanted: int, eos: int,
+                 chunk: int = 2000) -> tuple[np.ndarray, np.ndarray, int]:
+    """Tokenize texts[start:] (each followed by EOS) until at least `wanted` tokens; the tokens, the
+    document ends and the index of the first text not used."""
+    parts, total, i = [], 0, start
+    while total < wanted and i < len(texts):
+        # NOTE: encode_batch runs on every core (tokenizers' own thread pool)
+        for enc in tokenizer.encode_batch(texts[i:i + chunk], add_special_tokens=False):
+            if total >= wanted:
+                break
+            parts.append(np.array(enc.ids + [eos], dtype=np.int64))
+            total += len(parts[-1])
+            i += 1
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return tokens, np.cumsum([len(p) for p in parts], dtype=np.int64), i
+
+
+def make_code_data(out: Path, roots: list[Path], vocab: int, seq: int, train: int, validation: int,
+                   tokenizer_mb: float = 32.0) -> Path:
+    """Token shards of real source code (module docstring: CODE DATA), with the pipeline's BPE tokenizer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    from training.corpus.tokenizer import EOS, train_tokenizer
+    from training.settings import TokenizerConfig
+
+    request = {"roots": [str(r) for r in roots], "vocab": vocab, "seq": seq, "train": train,
+               "validation": validation, "tokenizer_mb": tokenizer_mb}
+    shards = out / "pretraining_shards"
+    if (shards / "index.json").exists() and json.loads((shards / "index.json").read_text()).get("request") == request:
+        return shards  # made by an earlier call on this machine: the same request gives the same shards
+    texts, counts = source_documents(roots)
+    # the tokenizer's training text: documents from the front of the order up to tokenizer_mb
+    budget, sample = tokenizer_mb * 2**20, []
+    for text in texts:
+        if budget <= 0:
+            break
+        sample.append(text)
+        budget -= len(text.encode())
+    corpus = out / "tokenizer_corpus"
+    (corpus / "documents").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(sample))], "text": sample}),
+                   corpus / "documents" / "sample.parquet")
+    tok_json = train_tokenizer(corpus, out / "tokenizer", TokenizerConfig(vocab_size=vocab))
+    tokenizer = Tokenizer.from_file(str(tok_json))
+    eos, size = tokenizer.token_to_id(EOS), tokenizer.get_vocab_size()
+    splits, start = {}, 0
+    for split, sequences in (("validation", validation), ("train", train)):
+        tokens, ends, start = encode_until(tokenizer, texts, start, sequences * (seq + 1), eos)
+        if len(tokens) < sequences * (seq + 1):
+            raise ValueError(f"--source {' '.join(map(str, roots))}: {counts['documents']} documents, "
+                             f"{counts['bytes']:,} bytes, ran out at {split} ({len(tokens):,} of the "
+                             f"{sequences * (seq + 1):,} tokens {sequences} sequences need); give more "
+                             f"folders or fewer sequences")
+        splits[split] = write_tokens(shards, split, tokens, ends, size, seq, "python_sources")
+    index = {"sequence_length": seq, "tokenizer": str(tok_json), "vocab_size": size,
+             "token_bytes": 2 if size < 2**16 else 4, "eos_token": EOS, "request": request,
+             "source": {**counts, "tokenizer_documents": len(sample), "documents_used": start},
+             "splits": splits}
     (shards / "index.json").write_text(json.dumps(index, indent=2))
     return shards
 
@@ -628,6 +746,14 @@ def main() -> None:
     d.add_argument("--seq", type=int, default=2048)
     d.add_argument("--train", type=int, default=1536)
     d.add_argument("--validation", type=int, default=64)
+    t = sub.add_parser("code")
+    t.add_argument("out", type=Path)
+    t.add_argument("--source", type=Path, nargs="+", required=True, help="folders of Python sources")
+    t.add_argument("--vocab", type=int, default=32768)
+    t.add_argument("--seq", type=int, default=2048)
+    t.add_argument("--train", type=int, default=1536)
+    t.add_argument("--validation", type=int, default=64)
+    t.add_argument("--tokenizer-mb", type=float, default=32.0, help="text the BPE is trained on")
     c = sub.add_parser("config")
     c.add_argument("path", type=Path)
     c.add_argument("data", type=Path)
@@ -657,6 +783,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "data":
         print(make_data(a.out, a.vocab, a.seq, a.train, a.validation))
+    elif a.cmd == "code":
+        print(make_code_data(a.out, a.source, a.vocab, a.seq, a.train, a.validation, a.tokenizer_mb))
     elif a.cmd == "config":
         print(write_config(a.path, a.data, a.out, a.overrides))
     elif a.cmd == "checks":

@@ -11,6 +11,7 @@
 # the benchmarks; SECTIONS="gemm,dispatch". EVAL_EVERY=N: validation every N steps (default: only at the end),
 # for a loss comparison (one long run a call: STEPS=1200 RUN_S=590 WARMUP=200 VALIDATION=64 EVAL_EVERY=250
 # RUNS=fp8:compile+graphs, then bf16:compile; WARMUP: the profile's own warm-up, VALIDATION: sequences, 8 a batch).
+# DATA=code: real text instead of the synthetic stream (bench_pretrain.py `code`: the image's Python sources).
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -28,8 +29,21 @@ if [ "${TEST_S:-150}" != 0 ]; then
 fi
 D=/tmp/graphs_runs
 if (( ${VALIDATION:-16} % 8 )); then echo "VALIDATION=${VALIDATION}: a multiple of 8 (the micro-batch)"; exit 1; fi
-[ "$STEPS" = 0 ] && RUNS=" " || python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
-  --validation ${VALIDATION:-16} > /dev/null 2>&1
+if [ "$STEPS" = 0 ]; then RUNS=" "
+elif [ "${DATA:-synthetic}" = code ]; then
+  # real text: the image's own Python sources (standard library and site-packages), the pipeline's BPE;
+  # kept on the machine between calls (bench_pretrain.py reuses shards made for the same request)
+  D=/tmp/graphs_runs_code
+  python3 benchmarks/bench_pretrain.py code $D/data --train $(( STEPS * 16 + 40 )) --validation ${VALIDATION:-16} \
+    --source $(python3 -c "import sysconfig as s; print(s.get_path('stdlib'), s.get_path('purelib'))") \
+    > $OUT/data.log 2>&1 || { echo "code data failed:"; tail -5 $OUT/data.log; exit 1; }
+  cp $D/data/pretraining_shards/index.json $OUT/data_index.json
+  python3 -c "import json; i = json.load(open('$OUT/data_index.json')); print('code data:', i['source'], \
+    {k: v['tokens'] for k, v in i['splits'].items()}, '(${SECONDS} s into the call)')"
+else
+  python3 benchmarks/bench_pretrain.py data $D/data --train $(( STEPS * 16 + 40 )) \
+    --validation ${VALIDATION:-16} > /dev/null 2>&1
+fi
 # RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs), compile (pretrain.compile) or
 # compile+graphs (both: the compiled blocks captured). PROFILE=N: torch.profiler over steps N, N+1 of each
 # run (pretrain.profile_step) -> $OUT/profile_<prec>_<mode>.txt

@@ -45,3 +45,16 @@ def fresh_seed():
     seed = random.SystemRandom().randrange(2**31)
     torch.manual_seed(seed)
     print(f"seed={seed}")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/bench_pretrain.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pretrain.py"
+    spec = importlib.util.spec_from_file_location("bench_pretrain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
