@@ -525,6 +525,19 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
         table["validation"][s] = {"loss": {n: val[n][s] for n in runs}, "gaps": gaps}
         print(f"| {s} | " + " | ".join(f"{val[n][s]:.4f}" for n in runs) + " | "
               + " | ".join(f"{g:+.3%}" for g in gaps) + " |")
+    # with repeats of a precision, one pair's gap is mostly run-to-run noise: compare the means, with
+    # each side's spread (max - min over the mean) as the scale the gap reads against
+    others = [n for n in runs if n not in refs]
+    print(f"\nValidation loss, the mean of each side's runs ({len(others)} not {ref}, {len(refs)} {ref}):\n")
+    print(f"| step | mean, not {ref} | mean, {ref} | gap | spread, not {ref} | spread, {ref} |")
+    print("| --- " * 6 + "|")
+    table["means"] = {}
+    for s in steps if others else []:
+        o, r = [val[n][s] for n in others], [val[n][s] for n in refs]
+        mo, mr = statistics.mean(o), statistics.mean(r)
+        row = table["means"][s] = {"others": mo, "refs": mr, "gap": (mo - mr) / mr,
+                                   "spread_others": (max(o) - min(o)) / mo, "spread_refs": (max(r) - min(r)) / mr}
+        print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
     print("\nTraining loss, mean absolute relative gap on the same batches:\n")
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")
