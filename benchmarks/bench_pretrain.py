@@ -526,18 +526,23 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
         print(f"| {s} | " + " | ".join(f"{val[n][s]:.4f}" for n in runs) + " | "
               + " | ".join(f"{g:+.3%}" for g in gaps) + " |")
     # with repeats of a precision, one pair's gap is mostly run-to-run noise: compare the means, with
-    # each side's spread (max - min over the mean) as the scale the gap reads against
+    # each side's spread (max - min over the mean) and the gap's resolution: twice the standard error
+    # of the difference of the means, from the repeats' pooled variance (two-sample t, equal variances)
     others = [n for n in runs if n not in refs]
     print(f"\nValidation loss, the mean of each side's runs ({len(others)} not {ref}, {len(refs)} {ref}):\n")
-    print(f"| step | mean, not {ref} | mean, {ref} | gap | spread, not {ref} | spread, {ref} |")
-    print("| --- " * 6 + "|")
+    print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} |")
+    print("| --- " * 7 + "|")
     table["means"] = {}
     for s in steps if others else []:
         o, r = [val[n][s] for n in others], [val[n][s] for n in refs]
         mo, mr = statistics.mean(o), statistics.mean(r)
+        dof = len(o) + len(r) - 2
+        pooled = (sum((v - mo) ** 2 for v in o) + sum((v - mr) ** 2 for v in r)) / dof if dof else math.nan
         row = table["means"][s] = {"others": mo, "refs": mr, "gap": (mo - mr) / mr,
+                                   "two_se": 2 * math.sqrt(pooled * (1 / len(o) + 1 / len(r))) / mr,
                                    "spread_others": (max(o) - min(o)) / mo, "spread_refs": (max(r) - min(r)) / mr}
-        print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
+        print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['two_se']:.3%} | "
+              f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
     print("\nTraining loss, mean absolute relative gap on the same batches:\n")
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")

@@ -28,8 +28,11 @@ def test_gap_pairs_every_run_with_each_reference_and_the_references_with_each_ot
     # FP8 against each BF16 run; the second BF16 against the first once (the noise), not both ways
     assert table["pairs"] == [("run_fp8", "run_bf16"), ("run_bf16@call2", "run_bf16"), ("run_fp8", "run_bf16@call2")]
     assert table["validation"][10]["gaps"] == pytest.approx([0.01, -0.05, 0.12 / 1.9])
-    # the means of each side, with each side's spread: FP8 2.02 against the BF16 runs' 1.95 (2.0 and 1.9)
+    # the means of each side, with each side's spread: FP8 2.02 against the BF16 runs' 1.95 (2.0 and 1.9);
+    # the pooled variance over 3 - 2 degrees of freedom is 0.05^2 * 2, the standard error of the
+    # difference of the means sqrt(0.005 * (1 + 1/2))
     assert table["means"][10] == pytest.approx({"others": 2.02, "refs": 1.95, "gap": 0.07 / 1.95,
+                                                "two_se": 2 * (0.005 * 1.5) ** 0.5 / 1.95,
                                                 "spread_others": 0.0, "spread_refs": 0.1 / 1.95})
     # training losses compare the same step's batch; step 15, logged by FP8 only, is left out
     assert table["phases"]["1-5"] == pytest.approx([0.1, 0.05, 0.2 / 4.2])
