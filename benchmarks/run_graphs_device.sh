@@ -11,6 +11,7 @@
 # the benchmarks; SECTIONS="gemm,dispatch". EVAL_EVERY=N: validation every N steps (default: only at the end),
 # for a loss comparison (one long run a call: STEPS=1200 RUN_S=590 WARMUP=200 VALIDATION=64 EVAL_EVERY=250
 # RUNS=fp8:compile+graphs, then bf16:compile; WARMUP: the profile's own warm-up, VALIDATION: sequences, 8 a batch).
+# A spec named twice in RUNS runs twice (repeats: the second is <name>_2), e.g. RUNS="fp8:x bf16:x bf16:x fp8:x".
 # DATA=code: real text instead of the synthetic stream (bench_pretrain.py `code`: the image's Python sources).
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -47,8 +48,10 @@ fi
 # RUNS: precision:mode pairs, mode eager, graphs (pretrain.cuda_graphs), compile (pretrain.compile) or
 # compile+graphs (both: the compiled blocks captured). PROFILE=N: torch.profiler over steps N, N+1 of each
 # run (pretrain.profile_step) -> $OUT/profile_<prec>_<mode>.txt
+declare -A seen  # a spec given again is a repeat: its run gets _2, _3, ... (logs and runs.json keep both)
 for spec in ${RUNS:-bf16:eager bf16:graphs fp8:eager fp8:graphs}; do
   prec=${spec%%:*}; mode=${spec##*:}; name=${prec}_${mode//+/_}
+  seen[$name]=$(( ${seen[$name]:-0} + 1 )); (( ${seen[$name]} > 1 )) && name=${name}_${seen[$name]}
   run=$D/$name
   rm -rf $run  # NOTE: each run's final checkpoint is ~1 GB; a few calls on one machine filled its disk
   python3 benchmarks/bench_pretrain.py config $run/stage.json $D/data $run pretrain.steps=$STEPS \
