@@ -101,14 +101,16 @@ def make_data(out: Path, vocab: int, seq: int, train: int, validation: int) -> P
     return shards
 
 
-def source_documents(roots: list[Path]) -> tuple[list[str], dict]:
+def source_documents(roots: list[Path]) -> tuple[list[str], dict, list[dict]]:
     """The text of every `*.py` file under `roots`, exact duplicates dropped, in content-hash order.
 
-    Returns the texts and what was read and dropped: files, bytes, and the duplicate, empty and
-    unreadable (not UTF-8) files, each counted.
+    Returns the texts, the counts (files, bytes, and the duplicate, empty and unreadable (not UTF-8)
+    files) and every dropped file with its reason.
     """
     by_hash: dict[str, str] = {}
+    first: dict[str, Path] = {}
     counts = {"files": 0, "duplicates": 0, "empty": 0, "unreadable": 0}
+    dropped: list[dict] = []
     for root in roots:
         if not root.is_dir():
             raise FileNotFoundError(f"--source {root}: not a folder (give folders of Python sources, "
@@ -120,20 +122,23 @@ def source_documents(roots: list[Path]) -> tuple[list[str], dict]:
             counts["files"] += 1
             try:
                 text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
+            except (UnicodeDecodeError, OSError) as e:
                 counts["unreadable"] += 1
+                dropped.append({"path": str(path), "reason": f"unreadable: {e}"})
                 continue
             if not text.strip():
                 counts["empty"] += 1
+                dropped.append({"path": str(path), "reason": "empty"})
                 continue
             digest = hashlib.sha1(text.encode()).hexdigest()
             if digest in by_hash:
                 counts["duplicates"] += 1
+                dropped.append({"path": str(path), "reason": f"duplicate of {first[digest]}"})
                 continue
-            by_hash[digest] = text
+            by_hash[digest], first[digest] = text, path
     texts = [by_hash[d] for d in sorted(by_hash)]
     counts["documents"], counts["bytes"] = len(texts), sum(len(t.encode()) for t in texts)
-    return texts, counts
+    return texts, counts, dropped
 
 
 def encode_until(tokenizer, texts: list[str], start: int, wanted: int, eos: int,
@@ -168,7 +173,7 @@ def make_code_data(out: Path, roots: list[Path], vocab: int, seq: int, train: in
     shards = out / "pretraining_shards"
     if (shards / "index.json").exists() and json.loads((shards / "index.json").read_text()).get("request") == request:
         return shards  # made by an earlier call on this machine: the same request gives the same shards
-    texts, counts = source_documents(roots)
+    texts, counts, dropped = source_documents(roots)
     # the tokenizer's training text: documents from the front of the order up to tokenizer_mb
     budget, sample = tokenizer_mb * 2**20, []
     for text in texts:
@@ -197,6 +202,8 @@ def make_code_data(out: Path, roots: list[Path], vocab: int, seq: int, train: in
              "source": {**counts, "tokenizer_documents": len(sample), "documents_used": start},
              "splits": splits}
     (shards / "index.json").write_text(json.dumps(index, indent=2))
+    # every file left out, with its reason (index.json counts them)
+    (shards / "dropped.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dropped))
     return shards
 
 

@@ -44,6 +44,13 @@ def test_code_shards_hold_every_source_once_split_without_overlap_and_count_what
     # 23 files: 20 kept, the vendored copy a duplicate, one empty, one unreadable; pkg/ inside src/ read once
     assert {k: index["source"][k] for k in ("files", "documents", "duplicates", "empty", "unreadable")} == \
         {"files": 23, "documents": 20, "duplicates": 1, "empty": 1, "unreadable": 1}
+    # and each one dropped is listed with its reason
+    src = (tmp_path / "src").resolve()  # the paths are the resolved roots'
+    dropped = {Path(d["path"]).relative_to(src).as_posix(): d["reason"]
+               for d in map(json.loads, (shards / "dropped.jsonl").read_text().splitlines())}
+    assert dropped.keys() == {"vendored/mod3.py", "pkg/__init__.py", "pkg/latin1.py"}
+    assert dropped["vendored/mod3.py"].endswith("duplicate of " + str(src / "pkg" / "mod3.py"))
+    assert dropped["pkg/__init__.py"] == "empty" and dropped["pkg/latin1.py"].startswith("unreadable: ")
     tokenizer = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer" / "tokenizer.json"))
     validation, train = (split_documents(shards, s, tokenizer) for s in ("validation", "train"))
     assert not set(validation) & set(train)
