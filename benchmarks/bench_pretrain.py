@@ -104,40 +104,38 @@ def make_data(out: Path, vocab: int, seq: int, train: int, validation: int) -> P
 def source_documents(roots: list[Path]) -> tuple[list[str], dict, list[dict]]:
     """The text of every `*.py` file under `roots`, exact duplicates dropped, in content-hash order.
 
-    Returns the texts, the counts (files, bytes, and the duplicate, empty and unreadable (not UTF-8)
-    files) and every dropped file with its reason.
+    Returns the texts, the counts (files, documents, bytes, and the files dropped by reason:
+    duplicates, empty, unreadable (not UTF-8)) and every dropped file with its reason.
     """
-    by_hash: dict[str, str] = {}
-    first: dict[str, Path] = {}
-    counts = {"files": 0, "duplicates": 0, "empty": 0, "unreadable": 0}
-    dropped: list[dict] = []
     for root in roots:
         if not root.is_dir():
             raise FileNotFoundError(f"--source {root}: not a folder (give folders of Python sources, "
                                     f"e.g. the standard library's and site-packages')")
     # a root inside another (site-packages inside the standard library's folder) is read once
-    roots = [r for r in roots if not any(o != r and r.resolve().is_relative_to(o.resolve()) for o in roots)]
-    for root in dict.fromkeys(r.resolve() for r in roots):
-        for path in sorted(root.rglob("*.py")):
-            counts["files"] += 1
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError) as e:
-                counts["unreadable"] += 1
-                dropped.append({"path": str(path), "reason": f"unreadable: {e}"})
-                continue
-            if not text.strip():
-                counts["empty"] += 1
-                dropped.append({"path": str(path), "reason": "empty"})
-                continue
-            digest = hashlib.sha1(text.encode()).hexdigest()
-            if digest in by_hash:
-                counts["duplicates"] += 1
-                dropped.append({"path": str(path), "reason": f"duplicate of {first[digest]}"})
-                continue
-            by_hash[digest], first[digest] = text, path
-    texts = [by_hash[d] for d in sorted(by_hash)]
-    counts["documents"], counts["bytes"] = len(texts), sum(len(t.encode()) for t in texts)
+    resolved = list(dict.fromkeys(r.resolve() for r in roots))
+    resolved = [r for r in resolved if not any(o != r and r.is_relative_to(o) for o in resolved)]
+    by_hash: dict[str, tuple[str, Path]] = {}
+    dropped: list[dict] = []
+    files = 0
+    for path in (p for root in resolved for p in sorted(root.rglob("*.py"))):
+        files += 1
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as e:
+            dropped.append({"path": str(path), "reason": "unreadable", "detail": str(e)})
+            continue
+        if not text.strip():
+            dropped.append({"path": str(path), "reason": "empty"})
+            continue
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        if digest in by_hash:
+            dropped.append({"path": str(path), "reason": "duplicate", "detail": f"of {by_hash[digest][1]}"})
+            continue
+        by_hash[digest] = (text, path)
+    texts = [by_hash[d][0] for d in sorted(by_hash)]
+    reasons = {"duplicate": "duplicates", "empty": "empty", "unreadable": "unreadable"}
+    counts = {"files": files, **{key: sum(d["reason"] == r for d in dropped) for r, key in reasons.items()},
+              "documents": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
     return texts, counts, dropped
 
 
@@ -145,10 +143,12 @@ def encode_until(tokenizer, texts: list[str], start: int, wanted: int, eos: int,
                  chunk: int = 2000) -> tuple[np.ndarray, np.ndarray, int]:
     """Tokenize texts[start:] (each followed by EOS) until at least `wanted` tokens; the tokens, the
     document ends and the index of the first text not used."""
-    parts, total, i = [], 0, start
+    parts, total, i, batch = [], 0, start, 64
     while total < wanted and i < len(texts):
-        # NOTE: encode_batch runs on every core (tokenizers' own thread pool)
-        for enc in tokenizer.encode_batch(texts[i:i + chunk], add_special_tokens=False):
+        # NOTE: encode_batch runs on every core (tokenizers' own thread pool); the batches grow from
+        # 64 documents, so a small split (validation) does not encode thousands that the next re-encodes
+        batch = min(batch * 2, chunk)
+        for enc in tokenizer.encode_batch(texts[i:i + batch], add_special_tokens=False):
             if total >= wanted:
                 break
             parts.append(np.array(enc.ids + [eos], dtype=np.int64))
@@ -160,7 +160,12 @@ def encode_until(tokenizer, texts: list[str], start: int, wanted: int, eos: int,
 
 def make_code_data(out: Path, roots: list[Path], vocab: int, seq: int, train: int, validation: int,
                    tokenizer_mb: float = 32.0) -> Path:
-    """Token shards of real source code (module docstring: CODE DATA), with the pipeline's BPE tokenizer."""
+    """Token shards of real source code (module docstring: CODE DATA), with the pipeline's BPE tokenizer.
+
+    NOTE: not training/corpus/shards.py's `make_shards`, which splits documents by a hash fraction and
+    tokenizes every document (twice: TokensCounter, then DocumentTokenizer). A same-data comparison wants
+    exact split sizes and only the tokens it trains on; the files are written in the same layout.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tokenizers import Tokenizer
