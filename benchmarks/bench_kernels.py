@@ -328,15 +328,17 @@ def hbm_bandwidth() -> float:
     return 2 * 2**32 / (ms * 1e-3)
 
 
-def grouped_bounds(E, rows_total, used_rows, N, K, flop, dense_ms, bw, elt=2) -> dict:
+def grouped_bounds(E, rows_total, used_rows, rows_64, N, K, flop, dense_ms, bw, elt=2) -> dict:
     """Two ceilings on a grouped GEMM, as fractions of the dense GEMM of the same FLOPs:
     - padding: every computed row ran at the dense GEMM's speed, padding rows (segments rounded up
-      to 128) included: rows_total / used_rows;
+      to 128) included: rows_total / used_rows; with 64-row tiles, which skip those of padding
+      alone (rows_64 rows computed): rows_total / rows_64;
     - memory: E weight matrices (the dense GEMM reads one), the routed rows and the output, each
       moved once at the copy's bandwidth: no faster than those bytes take."""
     weights, rows_in, rows_out = E * N * K * elt, used_rows * K * elt, used_rows * N * 2
     memory_ms = (weights + rows_in + rows_out) / bw * 1e3
-    return {"used_rows": used_rows, "padding_bound": rows_total / used_rows,
+    return {"used_rows": used_rows, "padding_bound": rows_total / used_rows, "rows_64": rows_64,
+            "padding_bound_64": rows_total / rows_64,
             "memory_ms": memory_ms, "memory_bound": dense_ms / memory_ms,
             "memory_bound_tflops": tflops(flop, memory_ms)}
 
@@ -356,7 +358,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
         res = {"experts": E, "hbm_TBps": bw / 1e12}
         res["dense_ms"] = bench(lambda: x_tok @ dense_w.t())  # again for every row: it drifts 5-10%
-        res["bounds_bf16"] = grouped_bounds(E, rows_total, int(r.offsets[E]), N, K, flop, res["dense_ms"], bw)
+        res["bounds_bf16"] = grouped_bounds(E, rows_total, int(r.offsets[E]), 64 * int(r.live_row_tiles), N, K,
+                                            flop, res["dense_ms"], bw)
         res["classic_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="classic"))
         res["tma_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma"))
         xq, xs = act_quant_triton(xp)
@@ -364,7 +367,11 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         wq, ws = wq.view(E, N, K), ws.view(E, N // 128, K // 128)
         res["classic_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="classic"))
         res["tma_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="tma"))
-        if E == expert_counts[0] or E == 8:
+        # the dense FP8 GEMM of the same FLOPs, as the training path runs it (fp8_gemm's `auto`)
+        dxq, dxs = act_quant_triton(x_tok)
+        dwq, dws = weight_quant_triton(dense_w)
+        res["dense_fp8_ms"] = try_bench(lambda: fp8_gemm(dxq, dxs, dwq, dws, 128, out_dtype=torch.bfloat16))
+        if E in (expert_counts[0], 8, 64):  # the autotuner's key holds E: each count tunes its own
             res["tma_bf16_configs"] = config_timings(moe._gg_tma_tuned[False])
             res["tma_fp8_configs"] = config_timings(moe._gg_tma_tuned[True])
         grouped_gemm(xp, w, r)  # impl="auto": measured once per (E, N, K, dtype)
@@ -387,6 +394,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
                 res[k.replace("_ms", "_tflops")] = tflops(flop, res[k])
         best = min(v for k, v in res.items() if k in ("classic_bf16_ms", "tma_bf16_ms") and isinstance(v, float))
         res["best_bf16_vs_dense"] = res["dense_ms"] / best
+        if isinstance(res["tma_fp8_ms"], float) and isinstance(res["dense_fp8_ms"], float):
+            res["tma_fp8_vs_dense_fp8"] = res["dense_fp8_ms"] / res["tma_fp8_ms"]
         out.append(res)
         g = lambda k: fmt(res.get(k))  # noqa: E731
         b = res["bounds_bf16"]
@@ -394,6 +403,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
               f"{g('classic_fp8_tflops')} | {g('tma_fp8_tflops')} | {g('loop_bf16_tflops')} | "
               f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | "
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
+              f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | {res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | "
               f"{res['auto_bf16']['impl']} |", flush=True)
     return out
 
@@ -509,8 +519,9 @@ def main():
         print("\n## Grouped GEMM, 32768 routed rows x N=1536 x K=2048, TFLOP/s of the routed FLOPs")
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "
               "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | "
-              "bf16 ceiling / dense (padding, memory) | auto |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "bf16 ceiling / dense (padding, memory) | padding ceiling, 64-row tiles | dense FP8 GEMM | "
+              "ours TMA FP8 / dense FP8 | auto |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")

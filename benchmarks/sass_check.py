@@ -92,7 +92,8 @@ def grouped_tma():
             sig = {"a_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "b_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
                    "c_desc": f"tensordesc<bf16[{bm}, {bn}]>", "c_ptr": "*bf16", "sa_ptr": "*fp32" if fp8 else "*bf16",
                    "sb_ptr": "*fp32" if fp8 else "*bf16", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
-                   **{a: "i32" for a in ("P", "N", "K", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn",
+                   "row_tiles_ptr": "*i32", "live_tiles_ptr": "*i32",
+                   **{a: "i32" for a in ("P", "N", "K", "E", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn",
                                          "OUT_BYTES")}}
             consts = {"IS_FP8": fp8, "ALIGN_M": 128, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}

@@ -38,7 +38,8 @@ from kernels.fp8_linear import (SWIGLU_SAVED, FP8Products, dgrad_operands, fake_
                                 transposed_weights, use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref
-from kernels.routing import ALIGN, Routing, combine, combine_backward, make_routing, padded_rows, permute
+from kernels.routing import (Routing, combine, combine_backward, fake_routing_tensors, make_routing, padded_rows,
+                             permute)
 from kernels.weight_cache import quantized_weight
 
 
@@ -229,7 +230,8 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
 # given at the end of kernels/fp8_linear.py. The routing is made inside the op and comes back as
 # outputs, with the tensors the backward reads.
 
-EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * (7 + SWIGLU_SAVED + 6)]  # y, o, the routing's five, swiglu_forward's
+ROUTING_TENSORS = 7  # Routing.tensors()
+EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * (2 + ROUTING_TENSORS + SWIGLU_SAVED + 6)]  # y, o, the routing's, swiglu_forward's
 # saved, and the stacked weights' six dgrad operands (kernels/fp8_linear.py)
 EXPERTS_GRADS = tuple[(torch.Tensor,) * 5]  # dx, d topk_w, dw1, dw3, dw2
 
@@ -244,17 +246,15 @@ def _experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_w: torch.Tensor, w
     swiglu_needs = [needs[0], *needs[2:]]
     o, saved, w8s = swiglu_forward(ops, grouped_products(r, emulate), permute(x, r), w1, w3, w2,
                                    stacked_weight_of(ops), swiglu_needs)
-    return (combine(o, topk_w, r), o if needs[1] else x.new_empty(0), r.src_token, r.row_of, r.offsets, r.counts,
-            r.tile_expert, *(or_empty(t, x) for t in saved), *dgrad_operands(w8s, swiglu_dgrad_needs(swiglu_needs), x))
+    return (combine(o, topk_w, r), o if needs[1] else x.new_empty(0), *r.tensors(),
+            *(or_empty(t, x) for t in saved), *dgrad_operands(w8s, swiglu_dgrad_needs(swiglu_needs), x))
 
 
 @_experts_op.register_fake
 def _(x, topk_ids, topk_w, w1, w3, w2, emulate, needs):
     (T, D), k, (E, I) = x.shape, topk_ids.shape[1], w1.shape[:2]
     P = padded_rows(T, k, E)
-    routing = (x.new_empty(P, dtype=torch.int32), x.new_empty(T, k, dtype=torch.long),
-               x.new_empty(E + 1, dtype=torch.long), x.new_empty(E, dtype=torch.long),
-               x.new_empty(P // ALIGN, dtype=torch.int32))
+    routing = fake_routing_tensors(x, T, k, E)
     swiglu_needs = [needs[0], *needs[2:]]
     return (x.new_empty(T, D), x.new_empty(P, D) if needs[1] else x.new_empty(0), *routing,
             *fake_swiglu_saved(x, P, D, I, swiglu_needs),
@@ -288,7 +288,8 @@ def _experts_setup(ctx, inputs, output):
 
 def _experts_grad(ctx, dy, *_):
     topk_w, o, *rest = ctx.saved_tensors
-    routing, saved, wt, (w1, w3, w2) = rest[:5], rest[5:5 + SWIGLU_SAVED], rest[5 + SWIGLU_SAVED:-3], rest[-3:]
+    n = ROUTING_TENSORS
+    routing, saved, wt, (w1, w3, w2) = rest[:n], rest[n:n + SWIGLU_SAVED], rest[n + SWIGLU_SAVED:-3], rest[-3:]
     dx, d_w, dw1, dw3, dw2 = _experts_backward_op(dy.contiguous(), topk_w, o, routing, saved, wt, w1, w3, w2,
                                                   ctx.emulate, ctx.needs)
     return or_none(dx), None, or_none(d_w), or_none(dw1), or_none(dw3), or_none(dw2), None, None

@@ -165,20 +165,31 @@ if HAS_TRITON:
     ]
 
     @triton.jit
-    def _grouped_gemm_tma_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, P, N, K,
+    def _grouped_gemm_tma_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                                 row_tiles_ptr, live_tiles_ptr, P, N, K, E,
                                  stride_cm, stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
                                  IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                                  FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
-        # device, so tiles of the static padding bound past the last segment cost nothing
-        used = tl.load(used_ptr).to(tl.int32)
-        num_m = tl.cdiv(used, BLOCK_M)
+        # device, so tiles of the static padding bound past the last segment cost nothing.
+        # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them instead, which skips the
+        # ones of padding alone too: a 64-row tile wastes 32 rows per expert on average where a
+        # 128-row one wastes 64 (at 64 experts of 512 rows, 0.94 of the dense rate instead of 0.89)
+        SMALL_M: tl.constexpr = BLOCK_M < ALIGN_M
+        if SMALL_M:
+            tl.static_assert(BLOCK_M == 64, "the routing lists 64-row tiles")
+            num_m = tl.load(live_tiles_ptr)
+        else:
+            num_m = tl.cdiv(tl.load(used_ptr).to(tl.int32), BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)
         k_steps = tl.cdiv(K, BLOCK_K)
         for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN):
             pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
-            off_m = pid_m * BLOCK_M
+            if SMALL_M:
+                off_m = tl.load(row_tiles_ptr + pid_m) * BLOCK_M
+            else:
+                off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
             e = tl.load(tile_expert_ptr + off_m // ALIGN_M)
             # b_desc views the stacked weights as (E*N, K): expert e's rows start at e*N. NOTE: when
@@ -204,17 +215,21 @@ if HAS_TRITON:
                 else:
                     acc = tl.dot(a, b.T, acc)
             c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
-        # rows [used, P), the static bound's slack: zeros (see grouped_gemm's NOTE), through plain
-        # stores (a TMA store would want a staging buffer in shared memory beside the pipeline's)
+        # the row tiles not computed (past the last segment, or 64-row tiles of padding alone): zeros
+        # (see grouped_gemm's NOTE), through plain stores (a TMA store would want a staging buffer in
+        # shared memory beside the pipeline's)
         zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
         for tile in tl.range(tl.program_id(0), (tl.cdiv(P, BLOCK_M) - num_m) * num_n, NUM_SMS):
-            offs_m = (num_m + tile // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_tile = num_m + tile // num_n
+            if SMALL_M:
+                m_tile = tl.load(row_tiles_ptr + m_tile)
+            offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
             offs_n = (tile % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
             tl.store(c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :], zero,
                      mask=offs_n[None, :] < N)
 
     _gg_tma_tuned = {  # one autotuner per precision: their config lists differ
-        fp8: autotuned(_grouped_gemm_tma_kernel, cfgs, key=["N", "K", "IS_FP8", "OUT_BYTES"])
+        fp8: autotuned(_grouped_gemm_tma_kernel, cfgs, key=["N", "K", "E", "IS_FP8", "OUT_BYTES"])
         for fp8, cfgs in ((False, _GG_TMA_CONFIGS), (True, _GG_TMA_FP8_CONFIGS))}
 
     _WG_CONFIGS = [  # tiles whose per-column B scales did not make ptxas spill (fp8_gemm.py)
@@ -356,8 +371,8 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     def grid(meta):  # NOTE: P is the static bound; the kernel stops at the routed rows itself
         return (min(sms, cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
-    args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], P, N, K, c.stride(0), sa.stride(0),
-            sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0, c.element_size())  # OUT_BYTES: a key
+    args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], r.row_tiles, r.live_row_tiles, P, N, K, E,
+            c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0, c.element_size())  # OUT_BYTES: a key
     if cfg is None:
         _gg_tma_tuned[is_fp8][grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms)
     else:

@@ -40,10 +40,26 @@ class Routing:
     offsets: torch.Tensor  # (E + 1,) int64: first padded row of each expert; offsets[E] = rows used
     counts: torch.Tensor  # (E,) int64: real rows (routed pairs) per expert
     tile_expert: torch.Tensor  # (P / ALIGN,) int32: expert of each 128-row tile, -1 past the end
+    row_tiles: torch.Tensor  # (P / 64,) int32: the 64-row tiles, those holding routed rows first (in row order)
+    live_row_tiles: torch.Tensor  # (1,) int32: how many 64-row tiles hold routed rows (the rest: padding only)
 
     @property
     def padded_rows(self) -> int:
         return self.src_token.shape[0]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensor fields in order: Routing(T, k, E, *r.tensors()) rebuilds r (custom ops pass these)."""
+        return (self.src_token, self.row_of, self.offsets, self.counts, self.tile_expert, self.row_tiles,
+                self.live_row_tiles)
+
+
+def fake_routing_tensors(like: torch.Tensor, tokens: int, topk: int, experts: int) -> tuple[torch.Tensor, ...]:
+    """Empty tensors of the shapes of Routing.tensors(), for a custom op's fake implementation."""
+    P = padded_rows(tokens, topk, experts)
+    return (like.new_empty(P, dtype=torch.int32), like.new_empty(tokens, topk, dtype=torch.long),
+            like.new_empty(experts + 1, dtype=torch.long), like.new_empty(experts, dtype=torch.long),
+            like.new_empty(P // ALIGN, dtype=torch.int32), like.new_empty(P // 64, dtype=torch.int32),
+            like.new_empty(1, dtype=torch.int32))
 
 
 def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -85,7 +101,21 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     tile_start = torch.arange(0, P, align, device=dev)
     tile_expert = torch.searchsorted(offsets[1:], tile_start, right=True).int()
     tile_expert = torch.where(tile_expert >= E, -1, tile_expert)  # not a masked store: that may read the mask on the host
-    return Routing(T, k, E, src_token, row_of.view(T, k), offsets, counts, tile_expert)
+    return Routing(T, k, E, src_token, row_of.view(T, k), offsets, counts, tile_expert, *row_tiles_of(src_token))
+
+
+def row_tiles_of(src_token: torch.Tensor, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The permuted matrix's `rows`-row tiles, those that hold routed rows first, in row order, then
+    those of padding alone; and how many hold routed rows. A grouped GEMM with row tiles smaller than
+    the segments' alignment computes only the first ones (kernels/moe.py). A segment's routed rows
+    come first, so a tile holds some exactly when its first row is routed. On the device, no host read."""
+    live = (src_token[::rows] >= 0).int()
+    n_live = live.sum(dtype=torch.int32).reshape(1)
+    at = torch.where(live.bool(), live.cumsum(0, dtype=torch.int32) - 1,
+                     n_live + (1 - live).cumsum(0, dtype=torch.int32) - 1)
+    tiles = torch.empty_like(live)
+    tiles[at.long()] = torch.arange(live.shape[0], dtype=torch.int32, device=live.device)
+    return tiles, n_live
 
 
 # ---------------------------------------------------------------------------------------------

@@ -558,6 +558,20 @@ def test_make_routing_segments_are_aligned_and_complete():
     assert (r.src_token >= 0).sum() == rows.numel()
 
 
+def test_make_routing_lists_the_64_row_tiles_that_hold_routed_rows_first():
+    # what a grouped GEMM with 64-row tiles computes (the rest it writes as zeros): every tile with a
+    # routed row, in row order, and no tile of padding alone
+    ids, _ = _routing_inputs()
+    r = make_routing(ids, 7)
+    live = int(r.live_row_tiles)
+    tiles = r.row_tiles.long()
+    assert torch.equal(tiles.sort().values, torch.arange(r.padded_rows // 64))  # each tile once
+    routed_tiles = (r.row_of.flatten() // 64).unique()  # sorted
+    assert torch.equal(tiles[:live], routed_tiles)
+    assert (r.src_token.view(-1, 64)[tiles[live:]] < 0).all()  # the rest: padding rows only
+    assert live < r.padded_rows // 128 * 2 - 1  # some segment's second half is padding alone here
+
+
 def test_moe_reference_pipeline_matches_dense_definition():
     ids, tw = _routing_inputs()
     x, w = torch.randn(50, 192), torch.randn(7, 160, 192) / 14

@@ -33,6 +33,7 @@ def _patched(tensor, scope):
     scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
 ti._patch_lang_tensor = _patched
 
+from kernels import moe
 from kernels.fp8_gemm import fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_quant import (act_dequant, act_quant_dual_ref, act_quant_dual_triton, act_quant_ref,
                                act_quant_triton, swiglu_grad_quant_dual_ref, swiglu_grad_quant_dual_triton,
@@ -134,6 +135,12 @@ for impl in ("classic", "tma"):  # tma: 5 row tiles (one per non-empty expert) o
     o = grouped_gemm(xp, w, r, impl=impl)
     assert rel(o[rows], grouped_gemm_ref(xp, w, r)[rows]) < 1e-5, f"grouped {impl}"
     assert not o[used:].any(), f"grouped {impl}: rows past the last segment are zeros"
+# a 64-row tile config: half of each expert's last 128 rows here is padding alone, whose product the
+# kernel skips; the output still holds zeros there, as the reference has
+cfg64 = next(i for i, c in enumerate(moe._GG_TMA_CONFIGS) if c.kwargs["BLOCK_M"] == 64)
+o64 = grouped_gemm(xp, w, r, impl="tma", config=cfg64)
+assert rel(o64[:used], grouped_gemm_ref(xp, w, r)[:used]) < 1e-5, "grouped tma, 64-row tiles"
+assert not o64[used:].any() and not o64[r.src_token < 0].any(), "grouped tma, 64-row tiles: padding rows zero"
 assert rel(combine(o, tw, r), combine_ref(o, tw, r)) < 1e-6, "combine"
 dy = torch.randn(T, N)  # float32: the interpreter's bf16 rounding differs (see dual_close)
 for o_in in (o, None):
@@ -147,6 +154,10 @@ for impl in ("classic", "tma"):
     o8 = grouped_gemm(*args, out_dtype=torch.float32, impl=impl)
     assert rel(o8[rows], grouped_gemm_ref(*args, out_dtype=torch.float32)[rows]) < 1e-5, f"grouped fp8 {impl}"
     assert not o8[used:].any(), f"grouped fp8 {impl}: rows past the last segment are zeros"
+cfg64 = next(i for i, c in enumerate(moe._GG_TMA_FP8_CONFIGS) if c.kwargs["BLOCK_M"] == 64)
+o8 = grouped_gemm(*args, out_dtype=torch.float32, impl="tma", config=cfg64)
+assert rel(o8[:used], grouped_gemm_ref(*args, out_dtype=torch.float32)[:used]) < 1e-5, "grouped fp8, 64-row tiles"
+assert not o8[r.src_token < 0].any(), "grouped fp8 tma, 64-row tiles: padding rows zero"
 dq, ds = act_quant_ref(torch.randn(r.padded_rows, N).t())  # (N, P): dout quantized along rows
 xtq, xts = act_quant_ref(torch.randn(r.padded_rows, D).t())
 dw = grouped_wgrad_fp8(dq, ds, xtq, xts, r)
