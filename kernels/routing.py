@@ -4,10 +4,11 @@ What it computes. A router sends each of T tokens to k of E experts (topk_ids (T
 topk_w (T, k)). `make_routing` sorts the T*k (token, expert) pairs by expert into one permuted
 matrix whose rows for expert e form one contiguous segment, padded to a multiple of 128 rows
 (DeepGEMM's "contiguous layout": no 128-row GEMM tile and no 128-token FP8 quantization tile spans
-two experts). `permute` gathers the tokens' rows into it; `combine` undoes the permutation and sums
-each token's k expert outputs with its router weights, y[t] = sum_j topk_w[t, j] * out[row_of[t, j]];
-`combine_backward` is combine's gradient for both of its inputs. The grouped GEMM over the permuted
-rows is kernels/moe.py.
+two experts), and lists the 64-row tiles that hold routed rows (a grouped GEMM with 64-row tiles
+computes only those: on average half a tile less padding per expert). `permute` gathers the tokens'
+rows into it; `combine` undoes the permutation and sums each token's k expert outputs with its router
+weights, y[t] = sum_j topk_w[t, j] * out[row_of[t, j]]; `combine_backward` is combine's gradient for
+both of its inputs. The grouped GEMM over the permuted rows is kernels/moe.py.
 
 Why it exists. Everything here runs on the device with sizes bounded statically (`padded_rows`), so
 neither a training step nor a CUDA-graph capture waits on the host for the routing.
