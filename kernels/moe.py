@@ -104,7 +104,7 @@ if HAS_TRITON:
     ]
 
     @triton.jit
-    def _grouped_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, P, N, K,
+    def _grouped_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, src_token_ptr, P, N, K,
                              stride_am, stride_be, stride_bn, stride_cm,
                              stride_sam, stride_sbe, stride_sbn,
                              IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -115,7 +115,9 @@ if HAS_TRITON:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-        if e < 0:  # a tile past the last expert's segment: zeros (see grouped_gemm's NOTE)
+        # a tile past the last expert's segment, or (tiles under 128 rows) of an expert's padding alone:
+        # zeros (see grouped_gemm's NOTE). A segment's routed rows come first: the tile's first row tells
+        if tl.load(src_token_ptr + pid_m * BLOCK_M) < 0:
             tl.store(c_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty), mask=offs_n[None, :] < N)
         else:
             rn = offs_n % N
@@ -392,7 +394,7 @@ def _grouped_classic(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     def grid(meta):
         return (cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
-    args = (x_perm, w, c, sa, sb, r.tile_expert, P, N, K, x_perm.stride(0), w.stride(0), w.stride(1),
+    args = (x_perm, w, c, sa, sb, r.tile_expert, r.src_token, P, N, K, x_perm.stride(0), w.stride(0), w.stride(1),
             c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0)
     if cfg is None:
         _grouped_gemm_tuned[grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN)
@@ -408,7 +410,7 @@ def _grouped_fp8(x_perm, w, c, sa, sb, r, P, N, K):
     # fixed tile for FP8 (BLOCK_K must be the 128 of the scales); 128x128, 8 warps, 4 stages
     bm, bn = 128, 128
     _grouped_gemm_kernel[(cdiv(P, bm) * cdiv(N, bn),)](
-        x_perm, w, c, sa, sb, r.tile_expert, P, N, K, x_perm.stride(0), w.stride(0), w.stride(1),
+        x_perm, w, c, sa, sb, r.tile_expert, r.src_token, P, N, K, x_perm.stride(0), w.stride(0), w.stride(1),
         c.stride(0), sa.stride(0), sb.stride(0), sb.stride(1), IS_FP8=True, ALIGN_M=ALIGN,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=TILE, GROUP_M=8, num_warps=8, num_stages=4)
     return c

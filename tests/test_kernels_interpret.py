@@ -137,10 +137,11 @@ for impl in ("classic", "tma"):  # tma: 5 row tiles (one per non-empty expert) o
     assert not o[used:].any(), f"grouped {impl}: rows past the last segment are zeros"
 # a 64-row tile config: half of each expert's last 128 rows here is padding alone, whose product the
 # kernel skips; the output still holds zeros there, as the reference has
-cfg64 = next(i for i, c in enumerate(moe._GG_TMA_CONFIGS) if c.kwargs["BLOCK_M"] == 64)
-o64 = grouped_gemm(xp, w, r, impl="tma", config=cfg64)
-assert rel(o64[:used], grouped_gemm_ref(xp, w, r)[:used]) < 1e-5, "grouped tma, 64-row tiles"
-assert not o64[used:].any() and not o64[r.src_token < 0].any(), "grouped tma, 64-row tiles: padding rows zero"
+for impl, cfgs in (("tma", moe._GG_TMA_CONFIGS), ("classic", moe._GG_CONFIGS)):
+    cfg64 = next(i for i, c in enumerate(cfgs) if c.kwargs["BLOCK_M"] == 64)
+    o64 = grouped_gemm(xp, w, r, impl=impl, config=cfg64)
+    assert rel(o64[:used], grouped_gemm_ref(xp, w, r)[:used]) < 1e-5, f"grouped {impl}, 64-row tiles"
+    assert not o64[used:].any() and not o64[r.src_token < 0].any(), f"grouped {impl}, 64-row tiles: padding zero"
 assert rel(combine(o, tw, r), combine_ref(o, tw, r)) < 1e-6, "combine"
 dy = torch.randn(T, N)  # float32: the interpreter's bf16 rounding differs (see dual_close)
 for o_in in (o, None):
