@@ -158,8 +158,6 @@ if HAS_TRITON:
         _gg_tma_config(128, 128, 64, 4, 4),
         _gg_tma_config(64, 256, 64, 4, 4),
         _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
-        _gg_tma_config(64, 256, 64, 8, 4),  # two warpgroups side by side along N: padding-skipping 64-row tiles
-        _gg_tma_config(64, 128, 64, 4, 6),
     ]
     _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
         _gg_tma_config(128, 128, 128, 8, 4),
