@@ -371,9 +371,10 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         dxq, dxs = act_quant_triton(x_tok)
         dwq, dws = weight_quant_triton(dense_w)
         res["dense_fp8_ms"] = try_bench(lambda: fp8_gemm(dxq, dxs, dwq, dws, 128, out_dtype=torch.bfloat16))
-        if E in (expert_counts[0], 8, 64):  # the autotuner's key holds E: each count tunes its own
-            res["tma_bf16_configs"] = config_timings(moe._gg_tma_tuned[False])
-            res["tma_fp8_configs"] = config_timings(moe._gg_tma_tuned[True])
+        # the autotuner's key holds E: each count tunes its own, and its timings compare the 128-row
+        # tiles with the 64-row ones that skip tiles of padding alone, on the same routing
+        res["tma_bf16_configs"] = config_timings(moe._gg_tma_tuned[False])
+        res["tma_fp8_configs"] = config_timings(moe._gg_tma_tuned[True])
         grouped_gemm(xp, w, r)  # impl="auto": measured once per (E, N, K, dtype)
         res["auto_bf16"] = moe.impl_choices()[-1]
         offs, counts = r.offsets.tolist(), r.counts.tolist()
@@ -405,6 +406,18 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
               f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | {res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | "
               f"{res['auto_bf16']['impl']} |", flush=True)
+    print("\nBest TMA config by row-tile height (autotuner timings, ms): 128-row tiles compute every expert's "
+          "padding, 64-row tiles skip the tiles of padding alone")
+    print("| experts | bf16 128-row | bf16 64-row | 128 / 64 | FP8 128-row | FP8 64-row | 128 / 64 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for res in out:
+        cells = []
+        for key in ("tma_bf16_configs", "tma_fp8_configs"):
+            best = {h: min((t for c, t in res[key].items() if f"'BLOCK_M': {h}," in c), default=float("nan"))
+                    for h in (128, 64)}
+            res[key.replace("configs", "best_by_height")] = best
+            cells += [f"{best[128]:.4f}", f"{best[64]:.4f}", f"{best[128] / best[64]:.3f}"]
+        print(f"| {res['experts']} | " + " | ".join(cells) + " |")
     return out
 
 
