@@ -404,7 +404,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
               f"{g('classic_fp8_tflops')} | {g('tma_fp8_tflops')} | {g('loop_bf16_tflops')} | "
               f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | "
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
-              f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | {res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | "
+              f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | "
+              f"{res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | "
               f"{res['auto_bf16']['impl']} |", flush=True)
     print("\nBest TMA config by row-tile height (autotuner timings, ms): 128-row tiles compute every expert's "
           "padding, 64-row tiles skip the tiles of padding alone")

@@ -38,8 +38,8 @@ from kernels.fp8_linear import (SWIGLU_SAVED, FP8Products, dgrad_operands, fake_
                                 transposed_weights, use_custom_op, wants_grad)
 from kernels.fp8_quant import FP8, TILE, swiglu
 from kernels.moe import grouped_gemm, grouped_gemm_ref, grouped_wgrad_fp8, grouped_wgrad_ref
-from kernels.routing import (Routing, combine, combine_backward, fake_routing_tensors, make_routing, padded_rows,
-                             permute)
+from kernels.routing import (ROUTING_TENSORS, Routing, combine, combine_backward, fake_routing_tensors, make_routing,
+                             padded_rows, permute)
 from kernels.weight_cache import quantized_weight
 
 
@@ -230,9 +230,9 @@ def experts_ref(x, topk_ids, topk_w, w1, w2, w3) -> torch.Tensor:
 # given at the end of kernels/fp8_linear.py. The routing is made inside the op and comes back as
 # outputs, with the tensors the backward reads.
 
-ROUTING_TENSORS = 7  # Routing.tensors()
-EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * (2 + ROUTING_TENSORS + SWIGLU_SAVED + 6)]  # y, o, the routing's, swiglu_forward's
-# saved, and the stacked weights' six dgrad operands (kernels/fp8_linear.py)
+# y, o, the routing's tensors, swiglu_forward's saved, and the stacked weights' six dgrad operands
+# (kernels/fp8_linear.py)
+EXPERTS_OUTPUTS = tuple[(torch.Tensor,) * (2 + ROUTING_TENSORS + SWIGLU_SAVED + 6)]
 EXPERTS_GRADS = tuple[(torch.Tensor,) * 5]  # dx, d topk_w, dw1, dw3, dw2
 
 

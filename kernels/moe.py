@@ -177,7 +177,9 @@ if HAS_TRITON:
         # device, so tiles of the static padding bound past the last segment cost nothing.
         # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them instead, which skips the
         # ones of padding alone too: a 64-row tile wastes 32 rows per expert on average where a
-        # 128-row one wastes 64 (at 64 experts of 512 rows, 0.94 of the dense rate instead of 0.89)
+        # 128-row one wastes 64. It also runs 5-10% slower per FLOP, so it pays only where padding
+        # is a large share: on the H100, FP8 at 16-64 experts gained 1-4%, bf16 nothing (the autotuner
+        # picks; BENCHMARKS.md, 2026-12-06 eighteenth session)
         SMALL_M: tl.constexpr = BLOCK_M < ALIGN_M
         if SMALL_M:
             tl.static_assert(BLOCK_M == 64, "the routing lists 64-row tiles")
@@ -374,7 +376,8 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
         return (min(sms, cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
     args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], r.row_tiles, r.live_row_tiles, P, N, K, E,
-            c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0, c.element_size())  # OUT_BYTES: a key
+            c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0,
+            c.element_size())  # OUT_BYTES: a key
     if cfg is None:
         _gg_tma_tuned[is_fp8][grid](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms)
     else:

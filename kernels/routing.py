@@ -27,6 +27,7 @@ from kernels._triton import HAS_TRITON, INTERPRET, tl, triton, use_triton
 from kernels.fp8_quant import cdiv
 
 ALIGN = 128  # rows per expert segment are padded to this; a GEMM row tile must divide it
+ROUTING_TENSORS = 7  # len(Routing.tensors()): what a custom op hands on for the routing
 
 
 @dataclass
