@@ -350,6 +350,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
     x_tok = torch.randn(rows_total, K, device="cuda", dtype=torch.bfloat16)
     dense_w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     flop = 2.0 * rows_total * N * K
+    (dxq, dxs), (dwq, dws) = act_quant_triton(x_tok), weight_quant_triton(dense_w)  # the dense FP8 GEMM's operands
     for E in expert_counts:
         # rows_total (token, expert) pairs, top-1 routing of rows_total tokens, uniform experts
         ids = torch.randint(0, E, (rows_total, 1), device="cuda")
@@ -358,7 +359,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
         res = {"experts": E, "hbm_TBps": bw / 1e12}
         res["dense_ms"] = bench(lambda: x_tok @ dense_w.t())  # again for every row: it drifts 5-10%
-        res["bounds_bf16"] = grouped_bounds(E, rows_total, int(r.offsets[E]), 64 * int(r.live_row_tiles), N, K,
+        res["bounds_bf16"] = grouped_bounds(E, rows_total, int(r.offsets[E]), 64 * int(r.row_tiles[1]), N, K,
                                             flop, res["dense_ms"], bw)
         res["classic_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="classic"))
         res["tma_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma"))
@@ -368,8 +369,6 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         res["classic_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="classic"))
         res["tma_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="tma"))
         # the dense FP8 GEMM of the same FLOPs, as the training path runs it (fp8_gemm's `auto`)
-        dxq, dxs = act_quant_triton(x_tok)
-        dwq, dws = weight_quant_triton(dense_w)
         res["dense_fp8_ms"] = try_bench(lambda: fp8_gemm(dxq, dxs, dwq, dws, 128, out_dtype=torch.bfloat16))
         # the autotuner's key holds E: each count tunes its own, and its timings compare the 128-row
         # tiles with the 64-row ones that skip tiles of padding alone, on the same routing

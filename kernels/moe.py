@@ -173,10 +173,11 @@ if HAS_TRITON:
                                  IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                                  FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
+        # E: the autotuner's key only (each expert count tunes its own config).
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
         # device, so tiles of the static padding bound past the last segment cost nothing.
-        # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them instead, which skips the
-        # ones of padding alone too: a 64-row tile wastes 32 rows per expert on average where a
+        # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them (`Routing.row_tiles`)
+        # instead, which skips the ones of padding alone too: a 64-row tile wastes 32 rows per expert on average where a
         # 128-row one wastes 64. It also runs 5-10% slower per FLOP, so it pays only where padding
         # is a large share: on the H100, FP8 at 16-64 experts gained 1-4%, bf16 nothing (the autotuner
         # picks; BENCHMARKS.md, 2026-12-06 eighteenth session)
@@ -375,7 +376,7 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     def grid(meta):  # NOTE: P is the static bound; the kernel stops at the routed rows itself
         return (min(sms, cdiv(P, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"])),)
 
-    args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], r.row_tiles, r.live_row_tiles, P, N, K, E,
+    args = (a_d, b_d, c_d, c, sa, sb, r.tile_expert, r.offsets[E:], *r.row_tiles, P, N, K, E,
             c.stride(0), sa.stride(0), sb.stride(0) if is_fp8 else 0, sb.stride(1) if is_fp8 else 0,
             c.element_size())  # OUT_BYTES: a key
     if cfg is None:

@@ -4,8 +4,8 @@ What it computes. A router sends each of T tokens to k of E experts (topk_ids (T
 topk_w (T, k)). `make_routing` sorts the T*k (token, expert) pairs by expert into one permuted
 matrix whose rows for expert e form one contiguous segment, padded to a multiple of 128 rows
 (DeepGEMM's "contiguous layout": no 128-row GEMM tile and no 128-token FP8 quantization tile spans
-two experts), and lists the 64-row tiles that hold routed rows (a grouped GEMM with 64-row tiles
-computes only those: on average half a tile less padding per expert). `permute` gathers the tokens'
+two experts); `Routing.row_tiles` lists the 64-row tiles that hold routed rows (a grouped GEMM with
+64-row tiles computes only those: on average half a tile less padding per expert). `permute` gathers the tokens'
 rows into it; `combine` undoes the permutation and sums each token's k expert outputs with its router
 weights, y[t] = sum_j topk_w[t, j] * out[row_of[t, j]]; `combine_backward` is combine's gradient for
 both of its inputs. The grouped GEMM over the permuted rows is kernels/moe.py.
@@ -20,6 +20,7 @@ kernels match them exactly (combine's weighted sums to float32 rounding).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -27,7 +28,7 @@ from kernels._triton import HAS_TRITON, INTERPRET, tl, triton, use_triton
 from kernels.fp8_quant import cdiv
 
 ALIGN = 128  # rows per expert segment are padded to this; a GEMM row tile must divide it
-ROUTING_TENSORS = 7  # len(Routing.tensors()): what a custom op hands on for the routing
+ROUTING_TENSORS = 5  # len(Routing.tensors()): what a custom op hands on for the routing
 
 
 @dataclass
@@ -42,8 +43,6 @@ class Routing:
     offsets: torch.Tensor  # (E + 1,) int64: first padded row of each expert; offsets[E] = rows used
     counts: torch.Tensor  # (E,) int64: real rows (routed pairs) per expert
     tile_expert: torch.Tensor  # (P / ALIGN,) int32: expert of each 128-row tile, -1 past the end
-    row_tiles: torch.Tensor  # (P / 64,) int32: the 64-row tiles, those holding routed rows first (in row order)
-    live_row_tiles: torch.Tensor  # (1,) int32: how many 64-row tiles hold routed rows (the rest: padding only)
 
     @property
     def padded_rows(self) -> int:
@@ -51,8 +50,22 @@ class Routing:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensor fields in order: Routing(T, k, E, *r.tensors()) rebuilds r (custom ops pass these)."""
-        return (self.src_token, self.row_of, self.offsets, self.counts, self.tile_expert, self.row_tiles,
-                self.live_row_tiles)
+        return self.src_token, self.row_of, self.offsets, self.counts, self.tile_expert
+
+    @cached_property
+    def row_tiles(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tiles (P / 64,) int32, live (1,) int32): the permuted matrix's 64-row tiles, the `live` that
+        hold routed rows first, in row order, then those of padding alone. A grouped GEMM with 64-row
+        tiles computes only the first `live` (kernels/moe.py). Derived from src_token on first use (only
+        that GEMM reads it), on the device: no host read. A segment's routed rows come first, so a tile
+        holds some exactly when its first row is routed."""
+        live = (self.src_token[::64] >= 0).int()
+        n_live = live.sum(dtype=torch.int32).reshape(1)
+        at = torch.where(live.bool(), live.cumsum(0, dtype=torch.int32) - 1,
+                         n_live + (1 - live).cumsum(0, dtype=torch.int32) - 1)
+        tiles = torch.empty_like(live)
+        tiles[at.long()] = torch.arange(live.shape[0], dtype=torch.int32, device=live.device)
+        return tiles, n_live
 
 
 def fake_routing_tensors(like: torch.Tensor, tokens: int, topk: int, experts: int) -> tuple[torch.Tensor, ...]:
@@ -60,8 +73,7 @@ def fake_routing_tensors(like: torch.Tensor, tokens: int, topk: int, experts: in
     P = padded_rows(tokens, topk, experts)
     return (like.new_empty(P, dtype=torch.int32), like.new_empty(tokens, topk, dtype=torch.long),
             like.new_empty(experts + 1, dtype=torch.long), like.new_empty(experts, dtype=torch.long),
-            like.new_empty(P // ALIGN, dtype=torch.int32), like.new_empty(P // 64, dtype=torch.int32),
-            like.new_empty(1, dtype=torch.int32))
+            like.new_empty(P // ALIGN, dtype=torch.int32))
 
 
 def expert_counts(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -103,21 +115,8 @@ def make_routing(topk_ids: torch.Tensor, num_experts: int, align: int = ALIGN) -
     tile_start = torch.arange(0, P, align, device=dev)
     tile_expert = torch.searchsorted(offsets[1:], tile_start, right=True).int()
     tile_expert = torch.where(tile_expert >= E, -1, tile_expert)  # not a masked store: that may read the mask on the host
-    return Routing(T, k, E, src_token, row_of.view(T, k), offsets, counts, tile_expert, *row_tiles_of(src_token))
+    return Routing(T, k, E, src_token, row_of.view(T, k), offsets, counts, tile_expert)
 
-
-def row_tiles_of(src_token: torch.Tensor, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The permuted matrix's `rows`-row tiles, those that hold routed rows first, in row order, then
-    those of padding alone; and how many hold routed rows. A grouped GEMM with row tiles smaller than
-    the segments' alignment computes only the first ones (kernels/moe.py). A segment's routed rows
-    come first, so a tile holds some exactly when its first row is routed. On the device, no host read."""
-    live = (src_token[::rows] >= 0).int()
-    n_live = live.sum(dtype=torch.int32).reshape(1)
-    at = torch.where(live.bool(), live.cumsum(0, dtype=torch.int32) - 1,
-                     n_live + (1 - live).cumsum(0, dtype=torch.int32) - 1)
-    tiles = torch.empty_like(live)
-    tiles[at.long()] = torch.arange(live.shape[0], dtype=torch.int32, device=live.device)
-    return tiles, n_live
 
 
 # ---------------------------------------------------------------------------------------------

@@ -563,8 +563,8 @@ def test_make_routing_lists_the_64_row_tiles_that_hold_routed_rows_first():
     # routed row, in row order, and no tile of padding alone
     ids, _ = _routing_inputs()
     r = make_routing(ids, 7)
-    live = int(r.live_row_tiles)
-    tiles = r.row_tiles.long()
+    tiles, live = r.row_tiles
+    tiles, live = tiles.long(), int(live)
     assert torch.equal(tiles.sort().values, torch.arange(r.padded_rows // 64))  # each tile once
     routed_tiles = (r.row_of.flatten() // 64).unique()  # sorted
     assert torch.equal(tiles[:live], routed_tiles)
