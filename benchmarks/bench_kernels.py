@@ -38,7 +38,9 @@ import triton  # noqa: E402  (a GPU script: triton is required here)
 
 import kernels.fp8_gemm as fp8_gemm_mod  # noqa: E402
 import kernels.moe as moe  # noqa: E402
-from kernels.fp8_gemm import fp8_gemm, fp8_gemm_cublas, fp8_gemm_triton, pick_backend  # noqa: E402
+from kernels.fp8_gemm import (fp8_gemm, fp8_gemm_cublas, fp8_gemm_gluon_checked, fp8_gemm_triton,  # noqa: E402
+                              pick_backend)
+from kernels.fp8_gemm_gluon import GLUON_CONFIGS  # noqa: E402
 from kernels.fp8_linear import FP8Linear  # noqa: E402
 from kernels.fp8_quant import (act_quant_dual_triton, act_quant_triton, weight_quant_dual_triton,  # noqa: E402
                                weight_quant_triton)
@@ -102,6 +104,13 @@ def gemm_section(shapes) -> list[dict]:
         r["fp8_blockwise_classic"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="classic"))
         r["fp8_blockwise_tma"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="tma"))
         r["tma_configs"] = config_timings(fp8_gemm_mod._fp8_gemm_tma_tuned)
+        # the Gluon kernel (promotion overlapped with the next slice's MMA): every config, the best kept
+        gl_ms = {i: try_bench(lambda i=i: fp8_gemm_gluon_checked(xq, xs, wq, ws, 128, config=i))
+                 for i in range(len(GLUON_CONFIGS))}
+        r["gluon_configs"] = {str(GLUON_CONFIGS[i]): v for i, v in gl_ms.items()}
+        timed = {i: v for i, v in gl_ms.items() if isinstance(v, float)}
+        best_gl = min(timed, key=timed.get) if timed else 0
+        r["fp8_blockwise_gluon"] = gl_ms[best_gl]
         # the backward layouts of the same layer (TMA kernel): dgrad (M,N)x(N,K) and wgrad over M tokens
         dyq, dys = act_quant_triton(torch.randn(M, N, device="cuda", dtype=torch.bfloat16))
         wtq, wts = wq.t().contiguous(), ws.t().contiguous()
@@ -110,6 +119,11 @@ def gemm_section(shapes) -> list[dict]:
         dtq, dts = act_quant_triton(dy.t())
         xtq, xts = act_quant_triton(x.t())
         r["wgrad_tma"] = try_bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32, impl="tma"))
+        r["dgrad_gluon"] = try_bench(lambda: fp8_gemm_gluon_checked(dyq, dys, wtq, wts, 128, config=best_gl))
+        r["wgrad_gluon"] = try_bench(lambda: fp8_gemm_gluon_checked(dtq, dts, xtq, xts, 1, torch.float32,
+                                                                    config=best_gl))
+        r["dgrad_cublas"] = try_bench(lambda: fp8_gemm_cublas(dyq, dys, wtq, wts, 128))
+        r["wgrad_cublas"] = try_bench(lambda: fp8_gemm_cublas(dtq, dts, xtq, xts, 1, torch.float32))
         # what "auto" picks, three times from an empty cache, and the medians of its last pick
         picks = []
         for _ in range(3):
@@ -118,7 +132,8 @@ def gemm_section(shapes) -> list[dict]:
         r["auto_picks"] = picks
         r["auto_choice"] = fp8_gemm_mod.backend_choices()[-1]
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_classic",
-                    "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma"):
+                    "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma", "fp8_blockwise_gluon", "dgrad_gluon",
+                    "wgrad_gluon", "dgrad_cublas", "wgrad_cublas"):
             if isinstance(r[key], float):
                 r[key + "_tflops"] = tflops(flop, r[key])
         rows.append(r)
@@ -135,9 +150,16 @@ def fmt_gemm_row(r):
     best = max((r.get(k + "_tflops") or 0) for k in ("fp8_blockwise_classic", "fp8_blockwise_tma"))
     ratio = best / r["fp8_blockwise_cublas_tflops"] if r.get("fp8_blockwise_cublas_tflops") else float("nan")
     picks = "/".join(p.replace("triton_", "") for p in r["auto_picks"])
+
+    def vs_cublas(k, peer):
+        return (f"{r[k + '_tflops'] / r[peer + '_tflops']:.2f}"
+                if r.get(k + "_tflops") and r.get(peer + "_tflops") else "n/a")
+
     return (f"| {r['M']} x {r['N']} x {r['K']} | {r['label']} | {t('bf16')} | {t('fp8_rowwise_cublas')} | "
             f"{t('fp8_blockwise_cublas')} | {t('fp8_blockwise_classic')} | {t('fp8_blockwise_tma')} | "
-            f"{ratio:.2f} | {t('dgrad_tma')} | {t('wgrad_tma')} | {picks} |")
+            f"{ratio:.2f} | {t('fp8_blockwise_gluon')} | {vs_cublas('fp8_blockwise_gluon', 'fp8_blockwise_cublas')} | "
+            f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_cublas')} | {t('wgrad_tma')} | {t('wgrad_gluon')} | "
+            f"{t('wgrad_cublas')} | {picks} |")
 
 
 def quant_section() -> list[dict]:
@@ -507,9 +529,10 @@ def main():
     if "gemm" in sections:
         print("\n## FP8 GEMM, TFLOP/s (dgrad / wgrad: the TMA kernel on the same layer's backward layouts)")
         print("| M x N x K | shape | bf16 matmul | FP8 rowwise (cuBLAS) | FP8 blockwise (cuBLAS) | "
-              "ours classic | ours TMA | best ours / cuBLAS blockwise | dgrad (TMA) | wgrad (TMA, fp32 out) | "
+              "ours classic | ours TMA | best Triton / cuBLAS blockwise | ours Gluon (best config) | Gluon / cuBLAS | "
+              "dgrad TMA | dgrad Gluon | dgrad cuBLAS | wgrad TMA (fp32 out) | wgrad Gluon | wgrad cuBLAS | "
               "auto picks (3 tries) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("|" + " --- |" * 18)
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")

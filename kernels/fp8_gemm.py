@@ -292,16 +292,33 @@ _BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autose
 BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in this order (ties: first)
 
 
+def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
+    """The Gluon kernel (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next
+    slice's MMA), after the checks fp8_gemm_triton makes. Hopper only: Blackwell has no warpgroup MMA."""
+    from kernels.fp8_gemm_gluon import HAS_GLUON, fp8_gemm_gluon
+    M, N, K = _check(a, sa, b, sb, b_block)
+    require_cuda(a, b, sa, sb, what="fp8_gemm_gluon")
+    if not HAS_GLUON or torch.cuda.get_device_capability(a.device)[0] != 9:
+        raise ValueError("fp8_gemm_gluon: needs Triton's Gluon and a Hopper GPU (sm_90)")
+    c = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if not (tma_ok(a, b, c) and sa.stride(1) == 1 and sb.stride(1) == 1):
+        raise ValueError(f"fp8_gemm_gluon: needs 16-byte aligned K-contiguous operands and rows, row-major scales "
+                         f"(M={M}, N={N}, K={K}, out {out_dtype})")
+    return fp8_gemm_gluon(a, sa, b, sb, c, b_block, config)
+
+
 def _run(backend: str, a, sa, b, sb, b_block, out_dtype):
     if backend == "cublas":
         return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
+    if backend == "gluon":
+        return fp8_gemm_gluon_checked(a, sa, b, sb, b_block, out_dtype)
     if backend in ("triton", "triton_tma", "triton_classic"):
         impl = None if backend == "triton" else backend.split("_")[1]
         return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype, impl=impl)
     if backend == "reference":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
-    raise ValueError(f"fp8_gemm: backend must be 'auto', {', '.join(map(repr, BACKENDS))}, 'triton' or "
-                     f"'reference', got {backend!r}")
+    raise ValueError(f"fp8_gemm: backend must be 'auto', {', '.join(map(repr, BACKENDS))}, 'triton', 'gluon' "
+                     f"or 'reference', got {backend!r}")
 
 
 def pick_backend(a, sa, b, sb, b_block, out_dtype, candidates=None, timer=None) -> str:
@@ -336,7 +353,8 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
     """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
     per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
-    "triton_classic", "reference"; emulated (the reference) on CPU."""
+    "triton_classic", "gluon" (Hopper; not among auto's candidates until measured), "reference";
+    emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)
     if backend == "auto":

@@ -218,6 +218,24 @@ def test_fp8_gemm_every_config(impl, idx):
     assert rel(c, fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)) < 5e-4
 
 
+@pytest.mark.parametrize("M,N,K", [(512, 1024, 2048), (300, 200, 704), (4096, 2048, 7168), (64, 7168, 256),
+                                   (128, 128, 128), (257, 384, 384), (2048, 2304, 384)])
+@pytest.mark.parametrize("layout", ["forward", "dgrad", "wgrad"])
+@pytest.mark.parametrize("config", [0, 1, 2])
+def test_fp8_gemm_gluon_matches_reference(M, N, K, layout, config):
+    # the Gluon kernel's flattened (tile, slice) loop: one slice (K=128), an odd and an even count of
+    # slices per program, ragged tiles, programs with one tile or several
+    from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("warpgroup MMA: Hopper only")
+    aq, as_, bq, bs, bb = _gemm_operands(M, N, K, layout)
+    ref = fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)
+    c = _run_or_skip(lambda: fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.float32, config=config))
+    assert rel(c, ref) < 5e-4
+    c16 = fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16, config=config)
+    assert rel(c16, ref) < 1e-2
+
+
 @pytest.mark.parametrize("layout", ["forward", "dgrad", "wgrad"])
 def test_fp8_gemm_configs_and_kernels_give_the_same_bits(layout):
     # `auto` and the autotuner choose by timing, which differs between runs; the choice among our

@@ -1,0 +1,205 @@
+"""FP8 blockwise GEMM in Gluon: each slice's promotion overlapped with the next slice's MMA.
+
+What it computes. The same product as kernels/fp8_gemm.py, C = (A * sa) @ (B * sb)^T, A and B FP8
+E4M3, K-contiguous, sa one float32 scale per 1x128 tile of A, sb one per 128x128 block of B
+(`b_block=128`) or per 1x128 tile (`b_block=1`), accumulated in float32.
+
+Why it exists. The Triton kernels in fp8_gemm.py reach 0.62-0.78 of cuBLAS (BENCHMARKS.md). Their
+promotion, acc += (A_k @ B_k^T) * scale_k, waits for each slice's tensor-core product before the
+CUDA cores scale it, and the tensor cores idle meanwhile: Triton's pipeliner keeps a warpgroup MMA
+in flight only while its result feeds the next MMA's accumulator (rules in its WGMMAPipeline pass),
+which a scaled product does not. DeepGEMM hides the promotion with warp specialization; Triton 3.6's
+automatic version of it hangs on this kernel (BENCHMARKS.md, tenth session). Gluon, Triton's
+lower-level dialect, lets the kernel say when to wait: slice k's MMA is issued, then the kernel
+waits for slice k-1's only (`warpgroup_mma_wait(1)`) and scales that one while slice k runs. The
+cost is a third register tile (the accumulator, the product being scaled, the one in flight), so
+tiles are 128x128 on 8 warps or 64x128 on 4.
+
+What it matches. `fp8_gemm_ref` (kernels/fp8_gemm.py); tests/test_kernels_gpu.py runs it against
+the reference on ragged shapes. Gluon has no CPU interpreter: on CPU nothing here runs, and
+`fp8_gemm(backend="auto")` tries this kernel only on a Hopper GPU where Gluon imports.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._triton import num_sms
+from kernels.fp8_quant import TILE, cdiv
+
+try:  # Gluon ships with Triton >= 3.4; the CPU venv has no Triton at all
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    HAS_GLUON = True
+except ImportError:  # pragma: no cover - depends on the machine
+    HAS_GLUON = False
+
+# (BLOCK_M, BLOCK_N, num_warps, stages): three fp32 register tiles must fit a thread's 255 registers
+GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 3), (64, 128, 4, 4)]
+
+if HAS_GLUON:
+
+    @gluon.jit
+    def _tile_of(t, num_m, num_n, GROUP_M: gl.constexpr):
+        # grouped order, as kernels/_triton.py's grouped_tile: GROUP_M row tiles share a column tile
+        group = GROUP_M * num_n
+        first_m = (t // group) * GROUP_M
+        size_m = gl.minimum(num_m - first_m, GROUP_M)
+        return first_m + (t % group) % size_m, (t % group) // size_m
+
+    @gluon.jit
+    def _issue_loads(j, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
+                     GROUP_M: gl.constexpr, STAGES: gl.constexpr, NUM_SMS: gl.constexpr):
+        # the TMA loads of this program's flattened iteration j (tile j // k_steps, slice j % k_steps)
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
+        k = (j % k_steps) * BLOCK_K
+        s = j % STAGES
+        live = j < total
+        bar = ready.index(s)
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=live)
+        tma.async_copy_global_to_shared(a_desc, [pid_m * BLOCK_M, k], bar, a_bufs.index(s), live)
+        tma.async_copy_global_to_shared(b_desc, [pid_n * BLOCK_N, k], bar, b_bufs.index(s), live)
+
+    @gluon.jit
+    def _slice_scales(j, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam, stride_sbn,
+                      B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, mma: gl.constexpr):
+        # iteration j's scales: A's per row, B's one block scale (a number) or one per column (wgrad).
+        # NOTE: kept as vectors, expanded only where used: a (BLOCK_M, BLOCK_N) scale tile carried
+        # to the next iteration would be a fourth register tile
+        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
+        kb = j % k_steps
+        rows = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma)), M - 1)
+        sa = gl.load(sa_ptr + rows * stride_sam + kb)
+        if B_BLOCK == 1:
+            cols = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma)), N - 1)
+            sb = gl.load(sb_ptr + cols * stride_sbn + kb)
+        else:
+            gl.static_assert(BLOCK_N <= B_BLOCK, "a column tile within one weight block")
+            sb = gl.load(sb_ptr + (pid_n * BLOCK_N // B_BLOCK) * stride_sbn + kb)
+        return sa, sb
+
+    @gluon.jit
+    def _promote(acc, prod, sa, sb, B_BLOCK: gl.constexpr):
+        if B_BLOCK == 1:
+            return acc + prod * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
+        else:
+            return acc + prod * gl.expand_dims(sa * sb, 1)
+
+    @gluon.jit
+    def _store_tile(acc, j, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M: gl.constexpr,
+                    NUM_SMS: gl.constexpr):
+        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
+        tma.store_wait(0)  # the previous tile's store has read c_smem
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BLOCK_M, pid_n * BLOCK_N], c_smem)
+
+    @gluon.jit
+    def _step(i, old, sa, sb, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc, a_bufs, b_bufs,
+              c_smem, ready, B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+              NUM_SMS: gl.constexpr):
+        # issue slice i's MMA; then finish slice i-1's (`old`, scales sa, sb) while slice i runs
+        s = i % STAGES
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        new = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, use_acc=False, is_async=True)
+        acc = _promote(acc, warpgroup_mma_wait(1, deps=(old,)), sa, sb, B_BLOCK)
+        # every warp is past slice i-1's MMA: its stage takes the loads of iteration i + STAGES - 1
+        gl.thread_barrier()
+        _issue_loads(i + STAGES - 1, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
+                     GROUP_M, STAGES, NUM_SMS)
+        if i % k_steps == 0:  # slice i-1 was its tile's last
+            _store_tile(acc, i - 1, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M, NUM_SMS)
+            acc = gl.zeros_like(acc)
+        return new, acc
+
+    @gluon.jit
+    def _fp8_gemm_gluon_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, M, N, K, stride_sam, stride_sbn,
+                               B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                               NUM_SMS: gl.constexpr, num_warps: gl.constexpr):
+        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        gl.static_assert(BLOCK_K == 128, "one MMA per 128-deep scale slice")
+        # warpgroup MMA layout: warps stacked along M (16 rows each), one instruction spans BLOCK_N
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, BLOCK_N, 32])
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES):
+            mbarrier.init(ready.index(st), count=1)
+
+        # persistent: program pid takes tiles pid, pid + NUM_SMS, ...; its (tile, slice) pairs are one
+        # flattened sequence, so the next tile's loads and first MMA overlap this tile's epilogue
+        pid = gl.program_id(0)
+        num_m = gl.cdiv(M, BLOCK_M)
+        num_n = gl.cdiv(N, BLOCK_N)
+        k_steps = gl.cdiv(K, BLOCK_K)
+        total = gl.cdiv(num_m * num_n - pid, NUM_SMS) * k_steps
+        for j in gl.static_range(STAGES - 1):
+            _issue_loads(j, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
+                         GROUP_M, STAGES, NUM_SMS)
+
+        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
+        # Two products alternate, X and Y: one in flight while the other is scaled. NOTE: the loop
+        # is unrolled by two so that neither is copied at the back edge. With one product carried,
+        # the new MMA's registers had to move into the old one's while the MMA ran, and ptxas then
+        # serialized every MMA (its message C7514, "non wgmma instructions reading accumulator registers").
+        mbarrier.wait(ready.index(0), 0)
+        x = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), acc, use_acc=False, is_async=True)
+        sa_x, sb_x = _slice_scales(0, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam, stride_sbn,
+                                   B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
+        for i in range(1, total - 1, 2):
+            y, acc = _step(i, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc,
+                           a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
+            sa_y, sb_y = _slice_scales(i, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
+                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
+            x, acc = _step(i + 1, y, sa_y, sb_y, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc,
+                           a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
+            sa_x, sb_x = _slice_scales(i + 1, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
+                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
+        if total % 2 == 0:  # one slice left over, the last
+            y, acc = _step(total - 1, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc,
+                           c_desc, a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
+            sa_y, sb_y = _slice_scales(total - 1, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
+                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
+            acc = _promote(acc, warpgroup_mma_wait(0, deps=(y,)), sa_y, sb_y, B_BLOCK)
+        else:
+            acc = _promote(acc, warpgroup_mma_wait(0, deps=(x,)), sa_x, sb_x, B_BLOCK)
+        _store_tile(acc, total - 1, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M, NUM_SMS)
+        tma.store_wait(0)
+        for st in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(st))
+
+
+def _gl_dtype(t: torch.dtype):
+    return {torch.float8_e4m3fn: gl.float8e4nv, torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}[t]
+
+
+def gluon_descriptor(t: torch.Tensor, block: list[int]):
+    """A Gluon TMA descriptor of the 2-D tensor t with tiles of `block` (NVMMA shared layout)."""
+    return GluonDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype)))
+
+
+def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> torch.Tensor:
+    """c (M, N) = (a * sa) @ (b * sb)^T through the Gluon kernel, with GLUON_CONFIGS[config]. The
+    caller (kernels/fp8_gemm.py) has checked shapes, dtypes and TMA alignment."""
+    M, K = a.shape
+    N = b.shape[0]
+    bm, bn, warps, stages = GLUON_CONFIGS[config]
+    grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
+    _fp8_gemm_gluon_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
+                                 gluon_descriptor(c, [bm, bn]), sa, sb, M, N, K, sa.stride(0), sb.stride(0),
+                                 B_BLOCK=b_block, GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], num_warps=warps)
+    return c
