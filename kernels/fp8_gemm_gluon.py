@@ -147,7 +147,9 @@ if HAS_GLUON:
         num_n = gl.cdiv(N, BLOCK_N)
         k_steps = gl.cdiv(K, BLOCK_K)
         total = gl.cdiv(num_m * num_n - pid, NUM_SMS) * k_steps
-        for j in gl.static_range(STAGES - 1):
+        # every stage filled first; step i refills the stage that slice i-1 read, with iteration
+        # i + STAGES - 1 (so each iteration is loaded exactly once)
+        for j in gl.static_range(STAGES):
             _issue_loads(j, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
                          GROUP_M, STAGES, NUM_SMS)
 
