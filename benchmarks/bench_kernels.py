@@ -390,6 +390,10 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         wq, ws = wq.view(E, N, K), ws.view(E, N // 128, K // 128)
         res["classic_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="classic"))
         res["tma_fp8_ms"] = try_bench(lambda: grouped_gemm(xq, wq, r, xs, ws, impl="tma"))
+        gl_ms = [try_bench(lambda i=i: grouped_gemm(xq, wq, r, xs, ws, impl="gluon", config=i))
+                 for i in range(len(GLUON_CONFIGS))]
+        res["gluon_fp8_configs"] = {str(GLUON_CONFIGS[i]): v for i, v in enumerate(gl_ms)}
+        res["gluon_fp8_ms"] = min((v for v in gl_ms if isinstance(v, float)), default=gl_ms[0])
         # the dense FP8 GEMM of the same FLOPs, as the training path runs it (fp8_gemm's `auto`)
         res["dense_fp8_ms"] = try_bench(lambda: fp8_gemm(dxq, dxs, dwq, dws, 128, out_dtype=torch.bfloat16))
         # the autotuner's key holds E: each count tunes its own, and its timings compare the 128-row
@@ -416,8 +420,9 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
                 res[k.replace("_ms", "_tflops")] = tflops(flop, res[k])
         best = min(v for k, v in res.items() if k in ("classic_bf16_ms", "tma_bf16_ms") and isinstance(v, float))
         res["best_bf16_vs_dense"] = res["dense_ms"] / best
-        if isinstance(res["tma_fp8_ms"], float) and isinstance(res["dense_fp8_ms"], float):
-            res["tma_fp8_vs_dense_fp8"] = res["dense_fp8_ms"] / res["tma_fp8_ms"]
+        for impl in ("tma", "gluon"):
+            if isinstance(res[f"{impl}_fp8_ms"], float) and isinstance(res["dense_fp8_ms"], float):
+                res[f"{impl}_fp8_vs_dense_fp8"] = res["dense_fp8_ms"] / res[f"{impl}_fp8_ms"]
         out.append(res)
         g = lambda k: fmt(res.get(k))  # noqa: E731
         b = res["bounds_bf16"]
@@ -426,8 +431,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
               f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | "
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
               f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | "
-              f"{res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | "
-              f"{res['auto_bf16']['impl']} |", flush=True)
+              f"{res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | {g('gluon_fp8_tflops')} | "
+              f"{res.get('gluon_fp8_vs_dense_fp8', float('nan')):.2f} | {res['auto_bf16']['impl']} |", flush=True)
     print("\nBest TMA config by row-tile height (autotuner timings, ms): 128-row tiles compute every expert's "
           "padding, 64-row tiles skip the tiles of padding alone")
     print("| experts | bf16 128-row | bf16 64-row | 128 / 64 | FP8 128-row | FP8 64-row | 128 / 64 |")
@@ -556,8 +561,8 @@ def main():
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "
               "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | "
               "bf16 ceiling / dense (padding, memory) | padding ceiling, 64-row tiles | dense FP8 GEMM | "
-              "ours TMA FP8 / dense FP8 | auto |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "ours TMA FP8 / dense FP8 | ours Gluon FP8 (best config) | Gluon FP8 / dense FP8 | auto |")
+        print("|" + " --- |" * 16)
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")

@@ -52,38 +52,53 @@ if HAS_GLUON:
         return first_m + (t % group) % size_m, (t % group) // size_m
 
     @gluon.jit
-    def _issue_loads(j, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
-                     GROUP_M: gl.constexpr, STAGES: gl.constexpr, NUM_SMS: gl.constexpr):
-        # the TMA loads of this program's flattened iteration j (tile j // k_steps, slice j % k_steps)
+    def _coords(j, pid, k_steps, num_m, num_n, tile_expert_ptr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
+        # iteration j of this program: tile pid + (j // k_steps) * NUM_SMS, slice j % k_steps; grouped,
+        # the expert of the tile's rows too (a row tile never spans two 128-row segments)
+        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        if GROUPED:
+            e = gl.load(tile_expert_ptr + off_m // 128)
+        else:
+            e = 0
+        return off_m, pid_n * BLOCK_N, e, j % k_steps
+
+    @gluon.jit
+    def _issue_loads(j, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc, a_bufs, b_bufs,
+                     ready, GROUP_M: gl.constexpr, STAGES: gl.constexpr, NUM_SMS: gl.constexpr,
+                     GROUPED: gl.constexpr):
+        # the TMA loads of iteration j into stage j % STAGES (none past the last iteration). Grouped,
+        # b_desc views the stacked weights as (E*N, K): expert e's rows start at e*N
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
-        k = (j % k_steps) * BLOCK_K
-        s = j % STAGES
         live = j < total
+        off_m, off_n, e, kb = _coords(gl.where(live, j, 0), pid, k_steps, num_m, num_n, tile_expert_ptr,
+                                      BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, GROUPED)
+        s = j % STAGES
         bar = ready.index(s)
         mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=live)
-        tma.async_copy_global_to_shared(a_desc, [pid_m * BLOCK_M, k], bar, a_bufs.index(s), live)
-        tma.async_copy_global_to_shared(b_desc, [pid_n * BLOCK_N, k], bar, b_bufs.index(s), live)
+        tma.async_copy_global_to_shared(a_desc, [off_m, kb * BLOCK_K], bar, a_bufs.index(s), live)
+        tma.async_copy_global_to_shared(b_desc, [e * N + off_n, kb * BLOCK_K], bar, b_bufs.index(s), live)
 
     @gluon.jit
-    def _slice_scales(j, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam, stride_sbn,
-                      B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                      GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, mma: gl.constexpr):
+    def _slice_scales(j, pid, k_steps, num_m, num_n, M, N, tile_expert_ptr, sa_ptr, sb_ptr, stride_sam,
+                      stride_sbe, stride_sbn, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, mma: gl.constexpr):
         # iteration j's scales: A's per row, B's one block scale (a number) or one per column (wgrad).
         # NOTE: kept as vectors, expanded only where used: a (BLOCK_M, BLOCK_N) scale tile carried
         # to the next iteration would be a fourth register tile
-        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
-        kb = j % k_steps
-        rows = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma)), M - 1)
+        off_m, off_n, e, kb = _coords(j, pid, k_steps, num_m, num_n, tile_expert_ptr, BLOCK_M, BLOCK_N,
+                                      GROUP_M, NUM_SMS, GROUPED)
+        rows = gl.minimum(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma)), M - 1)
         sa = gl.load(sa_ptr + rows * stride_sam + kb)
         if B_BLOCK == 1:
-            cols = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma)), N - 1)
+            cols = gl.minimum(off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma)), N - 1)
             sb = gl.load(sb_ptr + cols * stride_sbn + kb)
         else:
             gl.static_assert(BLOCK_N <= B_BLOCK, "a column tile within one weight block")
-            sb = gl.load(sb_ptr + (pid_n * BLOCK_N // B_BLOCK) * stride_sbn + kb)
+            sb = gl.load(sb_ptr + e * stride_sbe + (off_n // B_BLOCK) * stride_sbn + kb)
         return sa, sb
 
     @gluon.jit
@@ -98,16 +113,17 @@ if HAS_GLUON:
                     NUM_SMS: gl.constexpr):
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
-        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
+        off_m, off_n, e, kb = _coords(j, pid, k_steps, num_m, num_n, pid, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS,
+                                      False)
         tma.store_wait(0)  # the previous tile's store has read c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
-        tma.async_copy_shared_to_global(c_desc, [pid_m * BLOCK_M, pid_n * BLOCK_N], c_smem)
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
 
     @gluon.jit
-    def _step(i, old, sa, sb, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc, a_bufs, b_bufs,
-              c_smem, ready, B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-              NUM_SMS: gl.constexpr):
+    def _step(i, old, sa, sb, acc, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc, c_desc,
+              a_bufs, b_bufs, c_smem, ready, B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+              NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
         # issue slice i's MMA; then finish slice i-1's (`old`, scales sa, sb) while slice i runs
         s = i % STAGES
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
@@ -115,17 +131,22 @@ if HAS_GLUON:
         acc = _promote(acc, warpgroup_mma_wait(1, deps=(old,)), sa, sb, B_BLOCK)
         # every warp is past slice i-1's MMA: its stage takes the loads of iteration i + STAGES - 1
         gl.thread_barrier()
-        _issue_loads(i + STAGES - 1, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
-                     GROUP_M, STAGES, NUM_SMS)
+        _issue_loads(i + STAGES - 1, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc,
+                     a_bufs, b_bufs, ready, GROUP_M, STAGES, NUM_SMS, GROUPED)
         if i % k_steps == 0:  # slice i-1 was its tile's last
             _store_tile(acc, i - 1, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M, NUM_SMS)
             acc = gl.zeros_like(acc)
         return new, acc
 
     @gluon.jit
-    def _fp8_gemm_gluon_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, M, N, K, stride_sam, stride_sbn,
-                               B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                               NUM_SMS: gl.constexpr, num_warps: gl.constexpr):
+    def _fp8_gemm_gluon_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N, K,
+                               stride_cm, stride_sam, stride_sbe, stride_sbn, B_BLOCK: gl.constexpr,
+                               GROUP_M: gl.constexpr, STAGES: gl.constexpr, NUM_SMS: gl.constexpr,
+                               GROUPED: gl.constexpr, num_warps: gl.constexpr):
+        # GROUPED: the experts' grouped GEMM (kernels/moe.py): A is the permuted (P, K) matrix (M = P),
+        # b_desc the stacked weights (E*N, K) with scales (E, N/128, K/128), each 128-row tile multiplied
+        # by its expert's weight (tile_expert); only the row tiles that hold routed rows are computed
+        # (used_ptr: offsets[E], read on the device) and the rest are written as zeros
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -143,46 +164,65 @@ if HAS_GLUON:
         # persistent: program pid takes tiles pid, pid + NUM_SMS, ...; its (tile, slice) pairs are one
         # flattened sequence, so the next tile's loads and first MMA overlap this tile's epilogue
         pid = gl.program_id(0)
-        num_m = gl.cdiv(M, BLOCK_M)
+        if GROUPED:
+            num_m = gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
+        else:
+            num_m = gl.cdiv(M, BLOCK_M)
         num_n = gl.cdiv(N, BLOCK_N)
         k_steps = gl.cdiv(K, BLOCK_K)
-        total = gl.cdiv(num_m * num_n - pid, NUM_SMS) * k_steps
-        # every stage filled first; step i refills the stage that slice i-1 read, with iteration
-        # i + STAGES - 1 (so each iteration is loaded exactly once)
-        for j in gl.static_range(STAGES):
-            _issue_loads(j, total, pid, k_steps, num_m, num_n, a_desc, b_desc, a_bufs, b_bufs, ready,
-                         GROUP_M, STAGES, NUM_SMS)
-
-        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
-        # Two products alternate, X and Y: one in flight while the other is scaled. NOTE: the loop
-        # is unrolled by two so that neither is copied at the back edge. With one product carried,
-        # the new MMA's registers had to move into the old one's while the MMA ran, and ptxas then
-        # serialized every MMA (its message C7514, "non wgmma instructions reading accumulator registers").
-        mbarrier.wait(ready.index(0), 0)
-        x = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), acc, use_acc=False, is_async=True)
-        sa_x, sb_x = _slice_scales(0, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam, stride_sbn,
-                                   B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
-        for i in range(1, total - 1, 2):
-            y, acc = _step(i, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc,
-                           a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
-            sa_y, sb_y = _slice_scales(i, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
-                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
-            x, acc = _step(i + 1, y, sa_y, sb_y, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc, c_desc,
-                           a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
-            sa_x, sb_x = _slice_scales(i + 1, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
-                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
-        if total % 2 == 0:  # one slice left over, the last
-            y, acc = _step(total - 1, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, a_desc, b_desc,
-                           c_desc, a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES, NUM_SMS)
-            sa_y, sb_y = _slice_scales(total - 1, pid, k_steps, num_m, num_n, M, N, sa_ptr, sb_ptr, stride_sam,
-                                       stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS, mma)
-            acc = _promote(acc, warpgroup_mma_wait(0, deps=(y,)), sa_y, sb_y, B_BLOCK)
-        else:
-            acc = _promote(acc, warpgroup_mma_wait(0, deps=(x,)), sa_x, sb_x, B_BLOCK)
-        _store_tile(acc, total - 1, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M, NUM_SMS)
-        tma.store_wait(0)
+        total = gl.maximum(gl.cdiv(num_m * num_n - pid, NUM_SMS), 0) * k_steps
+        if total > 0:
+            # every stage filled first; step i refills the stage that slice i-1 read, with iteration
+            # i + STAGES - 1 (so each iteration is loaded exactly once)
+            for j in gl.static_range(STAGES):
+                _issue_loads(j, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc, a_bufs,
+                             b_bufs, ready, GROUP_M, STAGES, NUM_SMS, GROUPED)
+            acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
+            # Two products alternate, x and y: one in flight while the other is scaled. NOTE: the
+            # loop is unrolled by two so that neither is copied at the back edge. With one product
+            # carried, the new MMA's registers had to move into the old one's while the MMA ran,
+            # and ptxas then serialized every MMA (its message C7514, "non wgmma instructions
+            # reading accumulator registers").
+            mbarrier.wait(ready.index(0), 0)
+            x = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), acc, use_acc=False, is_async=True)
+            sa_x, sb_x = _slice_scales(0, pid, k_steps, num_m, num_n, M, N, tile_expert_ptr, sa_ptr, sb_ptr,
+                                       stride_sam, stride_sbe, stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M,
+                                       NUM_SMS, GROUPED, mma)
+            for i in range(1, total - 1, 2):
+                y, acc = _step(i, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr,
+                               a_desc, b_desc, c_desc, a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES,
+                               NUM_SMS, GROUPED)
+                sa_y, sb_y = _slice_scales(i, pid, k_steps, num_m, num_n, M, N, tile_expert_ptr, sa_ptr, sb_ptr,
+                                           stride_sam, stride_sbe, stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N, GROUP_M,
+                                           NUM_SMS, GROUPED, mma)
+                x, acc = _step(i + 1, y, sa_y, sb_y, acc, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr,
+                               a_desc, b_desc, c_desc, a_bufs, b_bufs, c_smem, ready, B_BLOCK, GROUP_M, STAGES,
+                               NUM_SMS, GROUPED)
+                sa_x, sb_x = _slice_scales(i + 1, pid, k_steps, num_m, num_n, M, N, tile_expert_ptr, sa_ptr,
+                                           sb_ptr, stride_sam, stride_sbe, stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N,
+                                           GROUP_M, NUM_SMS, GROUPED, mma)
+            if total % 2 == 0:  # one slice left over, the last
+                y, acc = _step(total - 1, x, sa_x, sb_x, acc, total, pid, k_steps, num_m, num_n, N,
+                               tile_expert_ptr, a_desc, b_desc, c_desc, a_bufs, b_bufs, c_smem, ready, B_BLOCK,
+                               GROUP_M, STAGES, NUM_SMS, GROUPED)
+                sa_y, sb_y = _slice_scales(total - 1, pid, k_steps, num_m, num_n, M, N, tile_expert_ptr, sa_ptr,
+                                           sb_ptr, stride_sam, stride_sbe, stride_sbn, B_BLOCK, BLOCK_M, BLOCK_N,
+                                           GROUP_M, NUM_SMS, GROUPED, mma)
+                acc = _promote(acc, warpgroup_mma_wait(0, deps=(y,)), sa_y, sb_y, B_BLOCK)
+            else:
+                acc = _promote(acc, warpgroup_mma_wait(0, deps=(x,)), sa_x, sb_x, B_BLOCK)
+            _store_tile(acc, total - 1, pid, k_steps, num_m, num_n, c_desc, c_smem, GROUP_M, NUM_SMS)
+            tma.store_wait(0)
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(st))
+        if GROUPED:  # the row tiles past the routed rows: zeros (kernels/moe.py grouped_gemm's NOTE)
+            zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+            zero = gl.zeros((BLOCK_M, BLOCK_N), c_ptr.dtype.element_ty, layout=zl)
+            for t in range(pid, (gl.cdiv(M, BLOCK_M) - num_m) * num_n, NUM_SMS):
+                rows = (num_m + t // num_n) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, zl))
+                cols = (t % num_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, zl))
+                ptrs = c_ptr + gl.expand_dims(rows.to(gl.int64) * stride_cm, 1) + gl.expand_dims(cols, 0)
+                gl.store(ptrs, zero, mask=gl.expand_dims(cols < N, 0))
 
 
 def _gl_dtype(t: torch.dtype):
@@ -202,6 +242,23 @@ def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> tor
     bm, bn, warps, stages = GLUON_CONFIGS[config]
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
-                                 gluon_descriptor(c, [bm, bn]), sa, sb, M, N, K, sa.stride(0), sb.stride(0),
-                                 B_BLOCK=b_block, GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], num_warps=warps)
+                                 gluon_descriptor(c, [bm, bn]), c, sa, sb, sa, sa, M, N, K, c.stride(0),
+                                 sa.stride(0), 0, sb.stride(0), B_BLOCK=b_block, GROUP_M=8, STAGES=stages,
+                                 NUM_SMS=grid[0], GROUPED=False, num_warps=warps)
+    return c
+
+
+def grouped_fp8_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> torch.Tensor:
+    """The experts' grouped FP8 GEMM (kernels/moe.py grouped_gemm, impl="gluon") through the same
+    kernel: c (P, N) with c[segment e] = x_perm[segment e] @ w[e]^T, rows past the routed ones zero.
+    The caller has checked shapes, dtypes and TMA alignment."""
+    P, K = x_perm.shape
+    E, N, _ = w.shape
+    bm, bn, warps, stages = GLUON_CONFIGS[config]
+    grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
+    _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),
+                                 gluon_descriptor(c, [bm, bn]), c, x_scale, w_scale, r.tile_expert, r.offsets[E:],
+                                 P, N, K, c.stride(0), x_scale.stride(0), w_scale.stride(0), w_scale.stride(1),
+                                 B_BLOCK=TILE, GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=True,
+                                 num_warps=warps)
     return c

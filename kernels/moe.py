@@ -282,7 +282,9 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     """Triton grouped GEMM (bf16, or FP8 with 1x128 / 128x128 scales); the reference on CPU.
 
     impl: "tma" (persistent, TMA loads and stores, only the row tiles that hold routed rows),
-    "classic" (one program per tile of the static padded bound), "auto": the faster of the two that
+    "classic" (one program per tile of the static padded bound), "gluon" (FP8 on Hopper: the TMA
+    kernel's schedule with each slice's promotion overlapped with the next MMA; not among auto's
+    candidates until measured), "auto": the faster of the two that
     agree with the reference, measured once per (N, K, E, dtypes) (not per row count: that changes
     with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
@@ -321,7 +323,9 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
         return _grouped_tma(*args, config)
     if impl == "classic":
         return _grouped_classic(*args, config)
-    raise ValueError(f"grouped_gemm: impl must be 'auto', 'tma' or 'classic', got {impl!r}")
+    if impl == "gluon":
+        return _grouped_gluon(*args, config)
+    raise ValueError(f"grouped_gemm: impl must be 'auto', 'tma', 'classic' or 'gluon', got {impl!r}")
 
 
 def _tma_fits(x_perm, w, out_dtype) -> bool:
@@ -385,6 +389,17 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
         kw = launch_kwargs(cfg)
         _grouped_gemm_tma_kernel[grid(kw)](*args, IS_FP8=is_fp8, ALIGN_M=ALIGN, NUM_SMS=sms, **kw)
     return c
+
+
+def _grouped_gluon(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
+    # FP8 on Hopper only (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next MMA)
+    from kernels.fp8_gemm_gluon import HAS_GLUON, grouped_fp8_gemm_gluon
+    if not (is_fp8 and HAS_GLUON and torch.cuda.get_device_capability(x_perm.device)[0] == 9
+            and _tma_fits(x_perm, w, out_dtype)):
+        raise ValueError("grouped_gemm: impl='gluon' needs FP8 operands, Triton's Gluon, a Hopper GPU (sm_90) "
+                         f"and TMA-aligned operands (got {x_perm.dtype}, w {tuple(w.shape)}, out {out_dtype})")
+    c = torch.empty((x_perm.shape[0], w.shape[1]), dtype=out_dtype, device=x_perm.device)
+    return grouped_fp8_gemm_gluon(x_perm, w, r, sa, sb, c, config=config or 0)
 
 
 def _grouped_classic(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
