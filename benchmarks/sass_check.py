@@ -2,7 +2,7 @@
 each config: registers, stack (spill) bytes, shared memory, and the SASS instructions that matter
 (QGMMA/HGMMA: Hopper's warpgroup MMA; UTMALDG/UTMASTG: TMA; STL/LDL: spills to local memory).
 
-    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma wgrad quant combine]
+    python benchmarks/sass_check.py [fp8_tma fp8_classic grouped_tma gluon wgrad quant combine]
 
 Uses the ptxas and cuobjdump that Triton's wheel carries (triton/backends/nvidia/bin), so it costs
 no device time. A config whose shared memory exceeds 227 KB (232,448 bytes) cannot launch on an
@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -36,15 +37,16 @@ SMEM_LIMIT = 232448
 OPS = ("QGMMA", "HGMMA", "FFMA", "UTMALDG", "UTMASTG", "STL", "LDL")
 
 
-def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
-    """`signature`: the runtime arguments' types; every constexpr argument is typed from `constexprs`."""
+def report(fn, signature: dict, constexprs: dict, cfg, name: str, source=ASTSource) -> str:
+    """`signature`: the runtime arguments' types; every constexpr argument is typed from `constexprs`.
+    Returns the SASS ("" when it did not compile). source: GluonASTSource for a Gluon kernel."""
     signature = {**signature, **{c: "constexpr" for c in constexprs}}
     try:
-        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
+        k = triton.compile(source(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
                            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     except Exception as e:  # a config this Triton cannot compile
         print(f"| {name} | compile error: {type(e).__name__}: {str(e).splitlines()[0][:120]} |")
-        return
+        return ""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
@@ -57,6 +59,7 @@ def report(fn, signature: dict, constexprs: dict, cfg, name: str) -> None:
     fits = "yes" if smem <= SMEM_LIMIT else "NO"
     print(f"| {name} | w{cfg.num_warps} s{cfg.num_stages} | {regs} | {stack} | {smem:,} ({fits}) | "
           + " | ".join(str(ops[o]) for o in OPS) + " |")
+    return sass
 
 
 def fp8_tma(out="bf16"):
@@ -99,6 +102,33 @@ def grouped_tma():
                       "FLATTEN": kw["FLATTEN"], "NUM_SMS": 132}
             report(m._grouped_gemm_tma_kernel, sig, consts, cfg,
                    f"grouped tma {dt} {bm}x{bn}x{bk} flatten={kw['FLATTEN']}")
+
+
+def gluon():
+    """The Gluon FP8 GEMM (kernels/fp8_gemm_gluon.py), dense and grouped. Its point is that the MMA waits
+    only for the previous slice (`WARPGROUP.DEPBAR.LE gsb0, 0x1`: one MMA left in flight while the
+    CUDA cores scale the other); a wait for zero between MMAs would mean ptxas serialized them."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import kernels.fp8_gemm_gluon as gg
+    fp8 = torch.empty(1024, 1024, dtype=torch.float8_e4m3fn)
+    for bm, bn, warps, stages in gg.GLUON_CONFIGS:
+        for b_block, out, grouped in ((128, torch.bfloat16, False), (1, torch.float32, False),
+                                      (128, torch.bfloat16, True)):
+            c = torch.empty(1024, 1024, dtype=out)
+            sig = {"a_desc": mangle_type(gg.gluon_descriptor(fp8, [bm, 128])),
+                   "b_desc": mangle_type(gg.gluon_descriptor(fp8, [bn, 128])),
+                   "c_desc": mangle_type(gg.gluon_descriptor(c, [bm, bn])), "c_ptr": mangle_type(c),
+                   "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
+                   **{a: "i32" for a in ("M", "N", "K", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
+            consts = {"B_BLOCK": b_block, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
+                      "num_warps": warps}
+            cfg = triton.Config({}, num_warps=warps, num_stages=stages)
+            name = f"gluon fp8 {'grouped' if grouped else 'dense'} {bm}x{bn} b_block={b_block} {str(out)[6:]}"
+            sass = report(gg._fp8_gemm_gluon_kernel, sig, consts, cfg, name, source=GluonASTSource)
+            print(f"|   {name}: MMA waits leaving one in flight {sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x1')}, "
+                  f"waiting for all {sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')} |")
 
 
 def wgrad():
@@ -153,7 +183,7 @@ def combine():
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "wgrad", "quant", "combine"]
+    which = sys.argv[1:] or ["fp8_tma", "fp8_classic", "grouped_tma", "gluon", "wgrad", "quant", "combine"]
     print("| kernel, config | warps, stages | registers | stack bytes | shared memory (fits 227 KB) | "
           + " | ".join(OPS) + " |")
     print("| --- " * (5 + len(OPS)) + "|")
