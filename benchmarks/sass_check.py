@@ -121,8 +121,8 @@ def gluon():
                    "b_desc": mangle_type(gg.gluon_descriptor(fp8, [bn, 128])),
                    "c_desc": mangle_type(gg.gluon_descriptor(c, [bm, bn])), "c_ptr": mangle_type(c),
                    "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
-                   **{a: "i32" for a in ("M", "N", "K", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
-            consts = {"B_BLOCK": b_block, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
+                   **{a: "i32" for a in ("M", "N", "k_steps_rt", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
+            consts = {"K_STEPS": 56, "NUM_N": 16, "B_BLOCK": b_block, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
                       "num_warps": warps}
             cfg = triton.Config({}, num_warps=warps, num_stages=stages)
             name = f"gluon fp8 {'grouped' if grouped else 'dense'} {bm}x{bn} b_block={b_block} {str(out)[6:]}"

@@ -45,11 +45,21 @@ if HAS_GLUON:
 
     @gluon.jit
     def _tile_of(t, num_m, num_n, GROUP_M: gl.constexpr):
-        # grouped order, as kernels/_triton.py's grouped_tile: GROUP_M row tiles share a column tile
+        # grouped order, as kernels/_triton.py's grouped_tile: GROUP_M row tiles share a column tile.
+        # num_n is a constexpr (as is k_steps in the callers): every step computes tile coordinates
+        # twice, and divisions by runtime values cost ~20 instructions each, against a budget of
+        # about 2,000 issue slots a step for all warps while the tensor cores run
         group = GROUP_M * num_n
         first_m = (t // group) * GROUP_M
-        size_m = gl.minimum(num_m - first_m, GROUP_M)
-        return first_m + (t % group) % size_m, (t % group) // size_m
+        r = t % group
+        if num_m - first_m >= GROUP_M:  # every group but the last: divisions by a constant
+            pid_m = first_m + r % GROUP_M
+            pid_n = r // GROUP_M
+        else:
+            size_m = num_m - first_m
+            pid_m = first_m + r % size_m
+            pid_n = r // size_m
+        return pid_m, pid_n
 
     @gluon.jit
     def _coords(j, pid, k_steps, num_m, num_n, tile_expert_ptr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -139,10 +149,11 @@ if HAS_GLUON:
         return new, acc
 
     @gluon.jit
-    def _fp8_gemm_gluon_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N, K,
-                               stride_cm, stride_sam, stride_sbe, stride_sbn, B_BLOCK: gl.constexpr,
-                               GROUP_M: gl.constexpr, STAGES: gl.constexpr, NUM_SMS: gl.constexpr,
-                               GROUPED: gl.constexpr, num_warps: gl.constexpr):
+    def _fp8_gemm_gluon_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+                               k_steps_rt, stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
+                               NUM_N: gl.constexpr, B_BLOCK: gl.constexpr, GROUP_M: gl.constexpr,
+                               STAGES: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr,
+                               num_warps: gl.constexpr):
         # GROUPED: the experts' grouped GEMM (kernels/moe.py): A is the permuted (P, K) matrix (M = P),
         # b_desc the stacked weights (E*N, K) with scales (E, N/128, K/128), each 128-row tile multiplied
         # by its expert's weight (tile_expert); only the row tiles that hold routed rows are computed
@@ -168,9 +179,12 @@ if HAS_GLUON:
             num_m = gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
         else:
             num_m = gl.cdiv(M, BLOCK_M)
-        num_n = gl.cdiv(N, BLOCK_N)
-        k_steps = gl.cdiv(K, BLOCK_K)
-        total = gl.maximum(gl.cdiv(num_m * num_n - pid, NUM_SMS), 0) * k_steps
+        num_n: gl.constexpr = NUM_N  # cdiv(N, BLOCK_N) and cdiv(K, 128): see _tile_of
+        k_steps: gl.constexpr = K_STEPS
+        # NOTE: the runtime copy of k_steps here: with the constexpr and an even k_steps, LLVM proved
+        # `total` even, dropped the odd tail below, and the loop it laid out again made ptxas
+        # serialize the MMAs (its C7514; sass_check.py gluon counts the waits)
+        total = gl.maximum(gl.cdiv(num_m * num_n - pid, NUM_SMS), 0) * k_steps_rt
         if total > 0:
             # every stage filled first; step i refills the stage that slice i-1 read, with iteration
             # i + STAGES - 1 (so each iteration is loaded exactly once)
@@ -242,9 +256,10 @@ def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> tor
     bm, bn, warps, stages = GLUON_CONFIGS[config]
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
-                                 gluon_descriptor(c, [bm, bn]), c, sa, sb, sa, sa, M, N, K, c.stride(0),
-                                 sa.stride(0), 0, sb.stride(0), B_BLOCK=b_block, GROUP_M=8, STAGES=stages,
-                                 NUM_SMS=grid[0], GROUPED=False, num_warps=warps)
+                                 gluon_descriptor(c, [bm, bn]), c, sa, sb, sa, sa, M, N, cdiv(K, TILE), c.stride(0),
+                                 sa.stride(0), 0, sb.stride(0), K_STEPS=cdiv(K, TILE), NUM_N=cdiv(N, bn),
+                                 B_BLOCK=b_block, GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=False,
+                                 num_warps=warps)
     return c
 
 
@@ -258,7 +273,7 @@ def grouped_fp8_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -
     grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),
                                  gluon_descriptor(c, [bm, bn]), c, x_scale, w_scale, r.tile_expert, r.offsets[E:],
-                                 P, N, K, c.stride(0), x_scale.stride(0), w_scale.stride(0), w_scale.stride(1),
-                                 B_BLOCK=TILE, GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=True,
-                                 num_warps=warps)
+                                 P, N, cdiv(K, TILE), c.stride(0), x_scale.stride(0), w_scale.stride(0), w_scale.stride(1),
+                                 K_STEPS=cdiv(K, TILE), NUM_N=cdiv(N, bn), B_BLOCK=TILE, GROUP_M=8, STAGES=stages,
+                                 NUM_SMS=grid[0], GROUPED=True, num_warps=warps)
     return c
