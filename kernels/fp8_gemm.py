@@ -22,7 +22,8 @@ overlap this tile's epilogue), operands through Hopper's TMA unit (host-side ten
 hardware address generation and bounds handling, no masks), epilogue through a TMA store. Both
 have the same promotion, which is what keeps them behind cuBLAS (BENCHMARKS.md: the tensor cores
 wait while the CUDA cores scale each slice; DeepGEMM hides it with warp-specialized ping-pong, which
-Triton 3.6 offers only on Blackwell).
+Triton 3.6 offers only on Blackwell). A third kernel, in Gluon (kernels/fp8_gemm_gluon.py, Hopper
+only), scales each slice while the next slice's MMA runs: `backend="gluon"`.
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
