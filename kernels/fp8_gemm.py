@@ -20,10 +20,11 @@ Two Triton kernels compute it. "classic": one program per output tile, pointer l
 persistent (one program per SM walking the tiles in grouped order, so the next tile's loads can
 overlap this tile's epilogue), operands through Hopper's TMA unit (host-side tensor descriptors:
 hardware address generation and bounds handling, no masks), epilogue through a TMA store. Both
-have the same promotion, which is what keeps them behind cuBLAS (BENCHMARKS.md: the tensor cores
-wait while the CUDA cores scale each slice; DeepGEMM hides it with warp-specialized ping-pong, which
-Triton 3.6 offers only on Blackwell). A third kernel, in Gluon (kernels/fp8_gemm_gluon.py, Hopper
-only), scales each slice while the next slice's MMA runs: `backend="gluon"`.
+wait for each slice's product before scaling it (the tensor cores idle meanwhile). A third kernel,
+in Gluon (kernels/fp8_gemm_gluon.py, Hopper only, `backend="gluon"`), scales each slice while the
+next slice's MMA runs, and measured no faster (0.94-1.00 of the TMA kernel, H100): what keeps all
+three at ~0.72 of cuBLAS on large shapes is not the promotion alone (BENCHMARKS.md, 2026-12-06
+nineteenth session: instruction issue and tile width; DeepGEMM's answer is warp specialization).
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is

@@ -4,20 +4,25 @@ What it computes. The same product as kernels/fp8_gemm.py, C = (A * sa) @ (B * s
 E4M3, K-contiguous, sa one float32 scale per 1x128 tile of A, sb one per 128x128 block of B
 (`b_block=128`) or per 1x128 tile (`b_block=1`), accumulated in float32.
 
-Why it exists. The Triton kernels in fp8_gemm.py reach 0.62-0.78 of cuBLAS (BENCHMARKS.md). Their
-promotion, acc += (A_k @ B_k^T) * scale_k, waits for each slice's tensor-core product before the
-CUDA cores scale it, and the tensor cores idle meanwhile: Triton's pipeliner keeps a warpgroup MMA
-in flight only while its result feeds the next MMA's accumulator (rules in its WGMMAPipeline pass),
-which a scaled product does not. DeepGEMM hides the promotion with warp specialization; Triton 3.6's
-automatic version of it hangs on this kernel (BENCHMARKS.md, tenth session). Gluon, Triton's
-lower-level dialect, lets the kernel say when to wait: slice k's MMA is issued, then the kernel
-waits for slice k-1's only (`warpgroup_mma_wait(1)`) and scales that one while slice k runs. The
-cost is a third register tile (the accumulator, the product being scaled, the one in flight), so
-tiles are 128x128 on 8 warps or 64x128 on 4.
+Why it exists. The Triton kernels in fp8_gemm.py wait for each slice's tensor-core product before
+the CUDA cores scale it into the accumulator (the promotion), and the tensor cores idle meanwhile:
+Triton's pipeliner keeps a warpgroup MMA in flight only while its result feeds the next MMA's
+accumulator (rules in its WGMMAPipeline pass), which a scaled product does not, and its automatic
+warp specialization hangs on this kernel (BENCHMARKS.md, tenth session). Gluon, Triton's lower-level
+dialect, lets the kernel say when to wait: slice k's MMA is issued, then the kernel waits for slice
+k-1's only (`warpgroup_mma_wait(1)`) and scales that one while slice k runs. The cost is a third
+register tile (the accumulator, the product being scaled, the one in flight), so tiles are 128x128
+on 8 warps or 64x128 on 4.
 
-What it matches. `fp8_gemm_ref` (kernels/fp8_gemm.py); tests/test_kernels_gpu.py runs it against
-the reference on ragged shapes. Gluon has no CPU interpreter: on CPU nothing here runs, and
-`fp8_gemm(backend="auto")` tries this kernel only on a Hopper GPU where Gluon imports.
+What it measured (H100, BENCHMARKS.md 2026-12-06 nineteenth session): 0.94-1.00 of the Triton TMA
+kernel on large shapes, the grouped GEMM 0.90-0.98; small shapes and the wgrad layout (which spills)
+slower. So the overlap alone does not pay, and `auto` does not try this kernel. It is kept, tested,
+as the base for a warp-specialized version (a producer warp for the loads, consumer warpgroups for
+MMA and promotion), which is where the remaining gap to cuBLAS points.
+
+What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it against
+them on ragged shapes and routings. Gluon has no CPU interpreter: on CPU nothing here runs (CI
+compiles nothing of it; `python benchmarks/sass_check.py gluon` compiles it for sm_90 offline).
 """
 
 from __future__ import annotations
