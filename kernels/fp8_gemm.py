@@ -355,7 +355,7 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
     """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
     per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
-    "triton_classic", "gluon" (Hopper; not among auto's candidates until measured), "reference";
+    "triton_classic", "gluon" (Hopper; measured slower than "triton_tma", so not among auto's candidates), "reference";
     emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)

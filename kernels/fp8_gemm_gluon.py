@@ -128,12 +128,11 @@ if HAS_GLUON:
                     NUM_SMS: gl.constexpr):
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
-        off_m, off_n, e, kb = _coords(j, pid, k_steps, num_m, num_n, pid, BLOCK_M, BLOCK_N, GROUP_M, NUM_SMS,
-                                      False)
+        pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
         tma.store_wait(0)  # the previous tile's store has read c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
-        tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BLOCK_M, pid_n * BLOCK_N], c_smem)
 
     @gluon.jit
     def _step(i, old, sa, sb, acc, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc, c_desc,

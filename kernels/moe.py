@@ -283,8 +283,8 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
 
     impl: "tma" (persistent, TMA loads and stores, only the row tiles that hold routed rows),
     "classic" (one program per tile of the static padded bound), "gluon" (FP8 on Hopper: the TMA
-    kernel's schedule with each slice's promotion overlapped with the next MMA; not among auto's
-    candidates until measured), "auto": the faster of the two that
+    kernel's schedule with each slice's promotion overlapped with the next MMA; measured slower
+    than "tma", so not among auto's candidates), "auto": the faster of the two that
     agree with the reference, measured once per (N, K, E, dtypes) (not per row count: that changes
     with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
