@@ -27,6 +27,8 @@ compiles nothing of it; `python benchmarks/sass_check.py gluon` compiles it for 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kernels._triton import num_sms
@@ -247,9 +249,15 @@ def _gl_dtype(t: torch.dtype):
     return {torch.float8_e4m3fn: gl.float8e4nv, torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}[t]
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_layout(block: tuple[int, ...], dtype: torch.dtype):
+    # NOTE: cached: Gluon derives it in Python, ~7 us a call (this repo's CPU box), three times a GEMM
+    return gl.NVMMASharedLayout.get_default_for(list(block), _gl_dtype(dtype))
+
+
 def gluon_descriptor(t: torch.Tensor, block: list[int]):
     """A Gluon TMA descriptor of the 2-D tensor t with tiles of `block` (NVMMA shared layout)."""
-    return GluonDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype)))
+    return GluonDescriptor.from_tensor(t, block, _shared_layout(tuple(block), t.dtype))
 
 
 def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> torch.Tensor:
