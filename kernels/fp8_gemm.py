@@ -297,10 +297,10 @@ BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in th
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
     """The Gluon kernel (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next
     slice's MMA), after the checks fp8_gemm_triton makes. Hopper only: Blackwell has no warpgroup MMA."""
-    from kernels.fp8_gemm_gluon import HAS_GLUON, fp8_gemm_gluon
+    from kernels.fp8_gemm_gluon import fp8_gemm_gluon, gluon_runs_on
     M, N, K = _check(a, sa, b, sb, b_block)
     require_cuda(a, b, sa, sb, what="fp8_gemm_gluon")
-    if not HAS_GLUON or torch.cuda.get_device_capability(a.device)[0] != 9:
+    if not gluon_runs_on(a.device):
         raise ValueError("fp8_gemm_gluon: needs Triton's Gluon and a Hopper GPU (sm_90)")
     c = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if not (tma_ok(a, b, c) and sa.stride(1) == 1 and sb.stride(1) == 1):

@@ -12,7 +12,7 @@ warp specialization hangs on this kernel (BENCHMARKS.md, tenth session). Gluon, 
 dialect, lets the kernel say when to wait: slice k's MMA is issued, then the kernel waits for slice
 k-1's only (`warpgroup_mma_wait(1)`) and scales that one while slice k runs. The cost is a third
 register tile (the accumulator, the product being scaled, the one in flight), so tiles are 128x128
-on 8 warps or 64x128 on 4.
+on 8 warps.
 
 What it measured (H100, BENCHMARKS.md 2026-12-06 nineteenth session): 0.94-1.00 of the Triton TMA
 kernel on large shapes, the grouped GEMM 0.90-0.98; small shapes and the wgrad layout (which spills)
@@ -31,7 +31,7 @@ import functools
 
 import torch
 
-from kernels._triton import num_sms
+from kernels._triton import _major, num_sms
 from kernels.fp8_quant import TILE, cdiv
 
 try:  # Gluon ships with Triton >= 3.4; the CPU venv has no Triton at all
@@ -45,8 +45,15 @@ try:  # Gluon ships with Triton >= 3.4; the CPU venv has no Triton at all
 except ImportError:  # pragma: no cover - depends on the machine
     HAS_GLUON = False
 
-# (BLOCK_M, BLOCK_N, num_warps, stages): three fp32 register tiles must fit a thread's 255 registers
-GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 3), (64, 128, 4, 4)]
+# (BLOCK_M, BLOCK_N, num_warps, stages): three fp32 register tiles must fit a thread's 255 registers.
+# NOTE: a 64x128 tile on 4 warps was dropped: slower on every shape measured, 0.29-0.92 of the
+# best of these (H100, 2026-12-06)
+GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 3)]
+
+
+def gluon_runs_on(device: torch.device) -> bool:
+    """Gluon imports and the GPU is a Hopper (sm_90): warpgroup MMA exists nowhere else."""
+    return HAS_GLUON and device.type == "cuda" and _major(device) == 9
 
 if HAS_GLUON:
 

@@ -219,8 +219,9 @@ def test_fp8_gemm_every_config(impl, idx):
 
 
 def _gluon_or_skip():
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("warpgroup MMA: Hopper only")
+    from kernels.fp8_gemm_gluon import gluon_runs_on
+    if not gluon_runs_on(torch.device("cuda")):
+        pytest.skip("needs Triton's Gluon and a Hopper GPU (warpgroup MMA)")
 
 
 @pytest.mark.parametrize("M,N,K", [(512, 1024, 2048), (300, 200, 704), (4096, 2048, 7168), (64, 7168, 256),
@@ -237,7 +238,7 @@ def test_fp8_gemm_gluon_matches_reference(M, N, K, layout):
     assert rel(fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16), ref) < 1e-2
 
 
-@pytest.mark.parametrize("config", [1, 2])
+@pytest.mark.parametrize("config", [1])
 @pytest.mark.parametrize("layout", ["forward", "wgrad"])
 def test_fp8_gemm_gluon_every_config(config, layout):
     from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
@@ -337,7 +338,7 @@ def test_grouped_tma_every_config(fp8, idx):
 
 @pytest.mark.parametrize("T,E,k,D,N,config", [(4096, 8, 2, 1024, 512, 0), (333, 16, 4, 384, 200, 0),
                                               (1000, 64, 2, 512, 384, 0), (1000, 64, 2, 512, 384, 1),
-                                              (333, 16, 4, 384, 200, 2)])
+                                              (333, 16, 4, 384, 200, 1)])
 def test_grouped_gluon_matches_reference(T, E, k, D, N, config):
     # the Gluon FP8 kernel over experts: every routed row right, padding rows and rows past the last
     # segment zero (64 experts: more programs than row tiles hold routed rows, some get none)
