@@ -41,6 +41,8 @@ import kernels.moe as moe  # noqa: E402
 from kernels.fp8_gemm import (fp8_gemm, fp8_gemm_cublas, fp8_gemm_gluon_checked, fp8_gemm_triton,  # noqa: E402
                               pick_backend)
 from kernels.fp8_gemm_gluon import GLUON_CONFIGS  # noqa: E402
+
+WS_CONFIG = next(i for i, c in enumerate(GLUON_CONFIGS) if c.warp_specialized)
 from kernels.fp8_linear import FP8Linear  # noqa: E402
 from kernels.fp8_quant import (act_quant_dual_triton, act_quant_triton, weight_quant_dual_triton,  # noqa: E402
                                weight_quant_triton)
@@ -104,13 +106,15 @@ def gemm_section(shapes) -> list[dict]:
         r["fp8_blockwise_classic"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="classic"))
         r["fp8_blockwise_tma"] = try_bench(lambda: fp8_gemm_triton(xq, xs, wq, ws, 128, impl="tma"))
         r["tma_configs"] = config_timings(fp8_gemm_mod._fp8_gemm_tma_tuned)
-        # the Gluon kernel (promotion overlapped with the next slice's MMA): every config, the best kept
+        # the Gluon kernels, every config: the pipelined one (promotion overlapped with the next slice's
+        # MMA; the best config kept) and the warp-specialized one (128x256 tiles)
         gl_ms = {i: try_bench(lambda i=i: fp8_gemm_gluon_checked(xq, xs, wq, ws, 128, config=i))
                  for i in range(len(GLUON_CONFIGS))}
         r["gluon_configs"] = {str(GLUON_CONFIGS[i]): v for i, v in gl_ms.items()}
-        timed = {i: v for i, v in gl_ms.items() if isinstance(v, float)}
-        best_gl = min(timed, key=timed.get) if timed else 0
+        pipelined = {i: v for i, v in gl_ms.items() if isinstance(v, float) and not GLUON_CONFIGS[i].warp_specialized}
+        best_gl = min(pipelined, key=pipelined.get) if pipelined else 0
         r["fp8_blockwise_gluon"] = gl_ms[best_gl]
+        r["fp8_blockwise_gluon_ws"] = gl_ms[WS_CONFIG]
         # the backward layouts of the same layer (TMA kernel): dgrad (M,N)x(N,K) and wgrad over M tokens
         dyq, dys = act_quant_triton(torch.randn(M, N, device="cuda", dtype=torch.bfloat16))
         wtq, wts = wq.t().contiguous(), ws.t().contiguous()
@@ -120,6 +124,7 @@ def gemm_section(shapes) -> list[dict]:
         xtq, xts = act_quant_triton(x.t())
         r["wgrad_tma"] = try_bench(lambda: fp8_gemm_triton(dtq, dts, xtq, xts, 1, torch.float32, impl="tma"))
         r["dgrad_gluon"] = try_bench(lambda: fp8_gemm_gluon_checked(dyq, dys, wtq, wts, 128, config=best_gl))
+        r["dgrad_gluon_ws"] = try_bench(lambda: fp8_gemm_gluon_checked(dyq, dys, wtq, wts, 128, config=WS_CONFIG))
         r["wgrad_gluon"] = try_bench(lambda: fp8_gemm_gluon_checked(dtq, dts, xtq, xts, 1, torch.float32,
                                                                     config=best_gl))
         r["dgrad_cublas"] = try_bench(lambda: fp8_gemm_cublas(dyq, dys, wtq, wts, 128))
@@ -133,7 +138,7 @@ def gemm_section(shapes) -> list[dict]:
         r["auto_choice"] = fp8_gemm_mod.backend_choices()[-1]
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_classic",
                     "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma", "fp8_blockwise_gluon", "dgrad_gluon",
-                    "wgrad_gluon", "dgrad_cublas", "wgrad_cublas"):
+                    "wgrad_gluon", "dgrad_cublas", "wgrad_cublas", "fp8_blockwise_gluon_ws", "dgrad_gluon_ws"):
             if isinstance(r[key], float):
                 r[key + "_tflops"] = tflops(flop, r[key])
         rows.append(r)
@@ -158,7 +163,8 @@ def fmt_gemm_row(r):
     return (f"| {r['M']} x {r['N']} x {r['K']} | {r['label']} | {t('bf16')} | {t('fp8_rowwise_cublas')} | "
             f"{t('fp8_blockwise_cublas')} | {t('fp8_blockwise_classic')} | {t('fp8_blockwise_tma')} | "
             f"{ratio:.2f} | {t('fp8_blockwise_gluon')} | {vs_cublas('fp8_blockwise_gluon', 'fp8_blockwise_cublas')} | "
-            f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_cublas')} | {t('wgrad_tma')} | {t('wgrad_gluon')} | "
+            f"{t('fp8_blockwise_gluon_ws')} | {vs_cublas('fp8_blockwise_gluon_ws', 'fp8_blockwise_cublas')} | "
+            f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_gluon_ws')} | {t('dgrad_cublas')} | {t('wgrad_tma')} | {t('wgrad_gluon')} | "
             f"{t('wgrad_cublas')} | {picks} |")
 
 
@@ -393,7 +399,9 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         gl_ms = [try_bench(lambda i=i: grouped_gemm(xq, wq, r, xs, ws, impl="gluon", config=i))
                  for i in range(len(GLUON_CONFIGS))]
         res["gluon_fp8_configs"] = {str(GLUON_CONFIGS[i]): v for i, v in enumerate(gl_ms)}
-        res["gluon_fp8_ms"] = min((v for v in gl_ms if isinstance(v, float)), default=gl_ms[0])
+        res["gluon_fp8_ms"] = min((v for i, v in enumerate(gl_ms) if isinstance(v, float)
+                                   and not GLUON_CONFIGS[i].warp_specialized), default=gl_ms[0])
+        res["gluon_ws_fp8_ms"] = gl_ms[WS_CONFIG]
         # the dense FP8 GEMM of the same FLOPs, as the training path runs it (fp8_gemm's `auto`)
         res["dense_fp8_ms"] = try_bench(lambda: fp8_gemm(dxq, dxs, dwq, dws, 128, out_dtype=torch.bfloat16))
         # the autotuner's key holds E: each count tunes its own, and its timings compare the 128-row
@@ -420,7 +428,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
                 res[k.replace("_ms", "_tflops")] = tflops(flop, res[k])
         best = min(v for k, v in res.items() if k in ("classic_bf16_ms", "tma_bf16_ms") and isinstance(v, float))
         res["best_bf16_vs_dense"] = res["dense_ms"] / best
-        for impl in ("tma", "gluon"):
+        for impl in ("tma", "gluon", "gluon_ws"):
             if isinstance(res[f"{impl}_fp8_ms"], float) and isinstance(res["dense_fp8_ms"], float):
                 res[f"{impl}_fp8_vs_dense_fp8"] = res["dense_fp8_ms"] / res[f"{impl}_fp8_ms"]
         out.append(res)
@@ -432,7 +440,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
               f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | "
               f"{res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | {g('gluon_fp8_tflops')} | "
-              f"{res.get('gluon_fp8_vs_dense_fp8', float('nan')):.2f} | {res['auto_bf16']['impl']} |", flush=True)
+              f"{res.get('gluon_fp8_vs_dense_fp8', float('nan')):.2f} | {g('gluon_ws_fp8_tflops')} | "
+              f"{res.get('gluon_ws_fp8_vs_dense_fp8', float('nan')):.2f} | {res['auto_bf16']['impl']} |", flush=True)
     print("\nBest TMA config by row-tile height (autotuner timings, ms): 128-row tiles compute every expert's "
           "padding, 64-row tiles skip the tiles of padding alone")
     print("| experts | bf16 128-row | bf16 64-row | 128 / 64 | FP8 128-row | FP8 64-row | 128 / 64 |")
@@ -534,10 +543,11 @@ def main():
     if "gemm" in sections:
         print("\n## FP8 GEMM, TFLOP/s (dgrad / wgrad: the TMA kernel on the same layer's backward layouts)")
         print("| M x N x K | shape | bf16 matmul | FP8 rowwise (cuBLAS) | FP8 blockwise (cuBLAS) | "
-              "ours classic | ours TMA | best Triton / cuBLAS blockwise | ours Gluon (best config) | Gluon / cuBLAS | "
-              "dgrad TMA | dgrad Gluon | dgrad cuBLAS | wgrad TMA (fp32 out) | wgrad Gluon | wgrad cuBLAS | "
+              "ours classic | ours TMA | best Triton / cuBLAS blockwise | ours Gluon pipelined (best config) | "
+              "pipelined / cuBLAS | ours Gluon warp-specialized | warp-specialized / cuBLAS | "
+              "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | wgrad TMA (fp32 out) | wgrad Gluon | wgrad cuBLAS | "
               "auto picks (3 tries) |")
-        print("|" + " --- |" * 18)
+        print("|" + " --- |" * 21)
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")
@@ -561,8 +571,9 @@ def main():
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "
               "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | "
               "bf16 ceiling / dense (padding, memory) | padding ceiling, 64-row tiles | dense FP8 GEMM | "
-              "ours TMA FP8 / dense FP8 | ours Gluon FP8 (best config) | Gluon FP8 / dense FP8 | auto |")
-        print("|" + " --- |" * 16)
+              "ours TMA FP8 / dense FP8 | ours Gluon FP8 pipelined (best config) | pipelined / dense FP8 | "
+              "ours Gluon FP8 warp-specialized | warp-specialized / dense FP8 | auto |")
+        print("|" + " --- |" * 18)
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")

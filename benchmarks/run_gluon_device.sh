@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One device call for the Gluon FP8 GEMM (kernels/fp8_gemm_gluon.py):
+# One device call for the Gluon FP8 GEMMs (kernels/fp8_gemm_gluon.py, pipelined; fp8_gemm_gluon_ws.py,
+# warp-specialized):
 #   1. a smoke run under a short timeout (a kernel that deadlocks must not eat the call: Triton's
-#      automatic warp specialization did, BENCHMARKS.md tenth session), right or not on two shapes;
+#      automatic warp specialization did, BENCHMARKS.md tenth session): right or not on three shapes
+#      and one grouped GEMM, both kernels;
 #   2. its GPU tests (tests/test_kernels_gpu.py -k gluon, plus $TESTS);
 #   3. bench_kernels.py's sections in $SECTIONS (default gemm: ours, Triton and Gluon, against cuBLAS).
 #   SMOKE_S=90 TEST_S=150 BENCH_S=300 [SECTIONS=gemm,grouped] bash benchmarks/run_gluon_device.sh
@@ -14,17 +16,44 @@ timeout ${SMOKE_S:-90} python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log"
 import time
 import torch
 from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
+from kernels.fp8_gemm_gluon import GLUON_CONFIGS
 from kernels.fp8_quant import act_quant, weight_quant
-for M, N, K in ((512, 1024, 2048), (257, 384, 384)):  # an even and an odd count of slices per program
+from kernels.moe import grouped_gemm, grouped_gemm_ref
+from kernels.routing import make_routing, permute
+
+def rel(c, ref):
+    return ((c.double() - ref.double()).norm() / ref.double().norm()).item()
+
+ws = next(i for i, c in enumerate(GLUON_CONFIGS) if c.warp_specialized)
+# an even and an odd count of slices per program; 640: the warp-specialized tile's right half past N
+for M, N, K in ((512, 1024, 2048), (257, 384, 384), (1000, 640, 1152)):
     aq, as_ = act_quant(torch.randn(M, K, device="cuda"))
-    wq, ws = weight_quant(torch.randn(N, K, device="cuda") / K**0.5)
-    t = time.time()
-    c = fp8_gemm_gluon_checked(aq, as_, wq, ws, 128, torch.float32)
-    torch.cuda.synchronize()
-    ref = fp8_gemm_ref(aq, as_, wq, ws, 128, compute_dtype=torch.float64)
-    err = ((c.double() - ref).norm() / ref.norm()).item()
-    print(f"smoke {M}x{N}x{K}: rel err {err:.2e} ({time.time() - t:.1f} s with compile)", flush=True)
-    assert err < 5e-4, err
+    wq, wsc = weight_quant(torch.randn(N, K, device="cuda") / K**0.5)
+    ref = fp8_gemm_ref(aq, as_, wq, wsc, 128, compute_dtype=torch.float64)
+    bound = 1.25 * rel(ref.to(torch.bfloat16), ref)  # a bf16 result: the reference's own rounding
+    for config, out, tol in ((0, torch.float32, 5e-4), (ws, torch.bfloat16, bound)):
+        t = time.time()
+        c = fp8_gemm_gluon_checked(aq, as_, wq, wsc, 128, out, config=config)
+        torch.cuda.synchronize()
+        err = rel(c, ref)
+        print(f"smoke {M}x{N}x{K} config {config} {str(out)[6:]}: rel err {err:.2e} (bound {tol:.1e}; "
+              f"{time.time() - t:.1f} s with compile)", flush=True)
+        assert err < tol, err
+# the experts' grouped GEMM, warp-specialized: 16 experts, N=640
+x = torch.randn(2000, 1152, device="cuda", dtype=torch.bfloat16)
+r = make_routing(torch.randn(2000, 16, device="cuda").topk(2).indices, 16)
+xq, xs = act_quant(x)
+xq, xs = permute(xq, r), permute(xs, r)
+wq, wsc = weight_quant(torch.randn(16 * 640, 1152, device="cuda") / 34)
+wq, wsc = wq.view(16, 640, 1152), wsc.view(16, 5, 9)
+rows = r.row_of.flatten()
+ref = grouped_gemm_ref(xq, wq, r, xs, wsc, out_dtype=torch.float32)[rows].double()
+out = grouped_gemm(xq, wq, r, xs, wsc, impl="gluon", config=ws)
+torch.cuda.synchronize()
+err, bound = rel(out[rows], ref), 1.25 * rel(ref.to(torch.bfloat16), ref)
+print(f"smoke grouped 16 experts config {ws}: rel err {err:.2e} (bound {bound:.1e}); padding rows zero: "
+      f"{not out[r.src_token < 0].any()}", flush=True)
+assert err < bound and not out[r.src_token < 0].any()
 PY
 rc=$?
 [ $rc = 0 ] || { echo "smoke rc=$rc (124: hung): the rest skipped"; exit 1; }

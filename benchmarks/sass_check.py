@@ -43,7 +43,8 @@ def report(fn, signature: dict, constexprs: dict, cfg, name: str, source=ASTSour
     signature = {**signature, **{c: "constexpr" for c in constexprs}}
     try:
         k = triton.compile(source(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
-                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                                    **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
     except Exception as e:  # a config this Triton cannot compile
         print(f"| {name} | compile error: {type(e).__name__}: {str(e).splitlines()[0][:120]} |")
         return ""
@@ -113,7 +114,10 @@ def gluon():
 
     import kernels.fp8_gemm_gluon as gg
     fp8 = torch.empty(1024, 1024, dtype=torch.float8_e4m3fn)
-    for bm, bn, warps, stages in gg.GLUON_CONFIGS:
+    for bm, bn, warps, stages, ws in gg.GLUON_CONFIGS:
+        if ws:
+            gluon_ws(stages)
+            continue
         for b_block, out, grouped in ((128, torch.bfloat16, False), (1, torch.float32, False),
                                       (128, torch.bfloat16, True)):
             c = torch.empty(1024, 1024, dtype=out)
@@ -129,6 +133,32 @@ def gluon():
             sass = report(gg._fp8_gemm_gluon_kernel, sig, consts, cfg, name, source=GluonASTSource)
             print(f"|   {name}: MMA waits leaving one in flight {sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x1')}, "
                   f"waiting for all {sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')} |")
+
+
+def gluon_ws(stages: int):
+    """The warp-specialized Gluon FP8 GEMM (kernels/fp8_gemm_gluon_ws.py), dense and grouped: no spills
+    at its register split (REG shows the launch's 168; the MMA warpgroups run at 232-248 after
+    setmaxnreg), and each MMA waited for before its product is scaled (two waits for zero a slice)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import kernels.fp8_gemm_gluon as gg
+    import kernels.fp8_gemm_gluon_ws as ws
+    fp8, c = torch.empty(1024, 1024, dtype=torch.float8_e4m3fn), torch.empty(1024, 1024, dtype=torch.bfloat16)
+    bm, bn = ws.WS_TILE
+    for grouped in (False, True):
+        sig = {"a_desc": mangle_type(gg.gluon_descriptor(fp8, [bm, 128])),
+               "b_desc": mangle_type(gg.gluon_descriptor(fp8, [bn, 128])),
+               "c_desc": mangle_type(gg.gluon_descriptor(c, [bm // 2, 128])), "c_ptr": mangle_type(c),
+               "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
+               **{a: "i32" for a in ("M", "N", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
+        consts = {"K_STEPS": 56, "NUM_N": 28, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
+                  "num_warps": 4}
+        cfg = triton.Config({}, num_warps=4, num_stages=stages, maxnreg=ws.WS_MAXNREG)
+        name = f"gluon fp8 warp-specialized {'grouped' if grouped else 'dense'} {bm}x{bn} bf16"
+        sass = report(ws._fp8_gemm_ws_kernel, sig, consts, cfg, name, source=GluonASTSource)
+        print(f"|   {name}: register moves (setmaxnreg) {sass.count('USETMAXREG')}, MMA waits for zero "
+              f"{sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')} (two a slice, in each MMA warpgroup's copy) |")
 
 
 def wgrad():

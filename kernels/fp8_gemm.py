@@ -295,10 +295,13 @@ BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in th
 
 
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
-    """The Gluon kernel (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next
-    slice's MMA), after the checks fp8_gemm_triton makes. Hopper only: Blackwell has no warpgroup MMA."""
-    from kernels.fp8_gemm_gluon import fp8_gemm_gluon, gluon_runs_on
+    """A Gluon kernel, after the checks fp8_gemm_triton makes: configs 0 and 1 the pipelined one
+    (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next slice's MMA), config 2
+    the warp-specialized one (kernels/fp8_gemm_gluon_ws.py: forward and dgrad layouts, bf16 or fp16
+    out). Hopper only: Blackwell has no warpgroup MMA."""
+    from kernels.fp8_gemm_gluon import check_gluon_config, fp8_gemm_gluon, gluon_runs_on
     M, N, K = _check(a, sa, b, sb, b_block)
+    check_gluon_config(config, b_block, out_dtype, "fp8_gemm_gluon")
     require_cuda(a, b, sa, sb, what="fp8_gemm_gluon")
     if not gluon_runs_on(a.device):
         raise ValueError("fp8_gemm_gluon: needs Triton's Gluon and a Hopper GPU (sm_90)")

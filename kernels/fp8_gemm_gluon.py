@@ -28,6 +28,7 @@ compiles nothing of it; `python benchmarks/sass_check.py gluon` compiles it for 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -45,10 +46,31 @@ try:  # Gluon ships with Triton >= 3.4; the CPU venv has no Triton at all
 except ImportError:  # pragma: no cover - depends on the machine
     HAS_GLUON = False
 
-# (BLOCK_M, BLOCK_N, num_warps, stages): three fp32 register tiles must fit a thread's 255 registers.
-# NOTE: a 64x128 tile on 4 warps was dropped: slower on every shape measured, 0.29-0.92 of the
-# best of these (H100, 2026-12-06)
-GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 3)]
+class GluonConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int  # the warp-specialized kernel: its default partition (one MMA warpgroup)
+    stages: int
+    warp_specialized: bool = False  # kernels/fp8_gemm_gluon_ws.py: forward and dgrad, 2-byte results
+
+
+# Pipelined: three fp32 register tiles must fit a thread's 255 registers. NOTE: a 64x128 tile on 4
+# warps was dropped: slower on every shape measured, 0.29-0.92 of the best of these (H100, 2026-12-06).
+# Warp-specialized: 128x256 tiles, three 48 KiB stages (four do not fit beside the store buffers).
+GLUON_CONFIGS = [GluonConfig(128, 128, 8, 4), GluonConfig(128, 128, 8, 3),
+                 GluonConfig(128, 256, 4, 3, warp_specialized=True)]
+
+
+def check_gluon_config(config: int, b_block: int, out_dtype: torch.dtype, what: str) -> GluonConfig:
+    """GLUON_CONFIGS[config], or a ValueError naming what it cannot do: the warp-specialized kernel
+    takes one B scale per 128x128 block (forward, dgrad) and a 2-byte result."""
+    if not 0 <= config < len(GLUON_CONFIGS):
+        raise ValueError(f"{what}: config must be 0..{len(GLUON_CONFIGS) - 1} (GLUON_CONFIGS), got {config}")
+    cfg = GLUON_CONFIGS[config]
+    if cfg.warp_specialized and (b_block != TILE or torch.empty((), dtype=out_dtype).element_size() != 2):
+        raise ValueError(f"{what}: config {config} (warp-specialized) takes b_block={TILE} (forward, dgrad) and a "
+                         f"bf16 or fp16 result, got b_block={b_block}, {out_dtype}; use config 0 or 1")
+    return cfg
 
 
 def gluon_runs_on(device: torch.device) -> bool:
@@ -272,7 +294,11 @@ def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> tor
     caller (kernels/fp8_gemm.py) has checked shapes, dtypes and TMA alignment."""
     M, K = a.shape
     N = b.shape[0]
-    bm, bn, warps, stages = GLUON_CONFIGS[config]
+    bm, bn, warps, stages, ws = check_gluon_config(config, b_block, c.dtype, "fp8_gemm_gluon")
+    if ws:
+        from kernels.fp8_gemm_gluon_ws import launch_ws
+        launch_ws(a, sa, b, sb, c, stages, (0, sb.stride(0)))
+        return c
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
                                  gluon_descriptor(c, [bm, bn]), c, sa, sb, sa, sa, M, N, cdiv(K, TILE), c.stride(0),
@@ -288,7 +314,12 @@ def grouped_fp8_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -
     The caller has checked shapes, dtypes and TMA alignment."""
     P, K = x_perm.shape
     E, N, _ = w.shape
-    bm, bn, warps, stages = GLUON_CONFIGS[config]
+    bm, bn, warps, stages, ws = check_gluon_config(config, TILE, c.dtype, "grouped_gemm(impl='gluon')")
+    if ws:
+        from kernels.fp8_gemm_gluon_ws import launch_ws
+        launch_ws(x_perm, x_scale, w.view(E * N, K), w_scale, c, stages, (w_scale.stride(0), w_scale.stride(1)),
+                  grouped=(r.tile_expert, r.offsets[E:]))
+        return c
     grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),
                                  gluon_descriptor(c, [bm, bn]), c, x_scale, w_scale, r.tile_expert, r.offsets[E:],

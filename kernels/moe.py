@@ -393,7 +393,8 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
 
 def _grouped_gluon(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     # FP8 on Hopper only (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next MMA)
-    from kernels.fp8_gemm_gluon import gluon_runs_on, grouped_fp8_gemm_gluon
+    from kernels.fp8_gemm_gluon import check_gluon_config, gluon_runs_on, grouped_fp8_gemm_gluon
+    check_gluon_config(config or 0, TILE, out_dtype, "grouped_gemm(impl='gluon')")
     if not (is_fp8 and gluon_runs_on(x_perm.device) and _tma_fits(x_perm, w, out_dtype)):
         raise ValueError("grouped_gemm: impl='gluon' needs FP8 operands, Triton's Gluon, a Hopper GPU (sm_90) "
                          f"and TMA-aligned operands (got {x_perm.dtype}, w {tuple(w.shape)}, out {out_dtype})")

@@ -248,6 +248,26 @@ def test_fp8_gemm_gluon_every_config(config, layout):
     assert rel(c, fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)) < 5e-4
 
 
+def _bf16_bound(ref):
+    # a bf16 result cannot be closer to the float64 reference than the reference rounded to bf16
+    # (~1e-3); the kernel's own error (~1e-4, fp32 accumulation) adds little on top of that
+    return 1.25 * rel(ref.to(torch.bfloat16), ref)
+
+
+# N=200, 384, 640: the tile's right half ragged, or wholly past N (its B-scale block clamped); M ragged;
+# one slice (K=128); programs with one tile or several
+@pytest.mark.parametrize("M,N,K", [(512, 1024, 2048), (300, 200, 704), (4096, 2048, 7168), (64, 7168, 256),
+                                   (128, 128, 128), (257, 384, 384), (2048, 2304, 384), (1000, 640, 1152)])
+@pytest.mark.parametrize("layout", ["forward", "dgrad"])
+def test_fp8_gemm_gluon_warp_specialized_matches_reference(M, N, K, layout):
+    from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
+    _gluon_or_skip()
+    aq, as_, bq, bs, bb = _gemm_operands(M, N, K, layout)
+    ref = fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)
+    c = _run_or_skip(lambda: fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16, config=2))
+    assert c.dtype == torch.bfloat16 and rel(c, ref) < _bf16_bound(ref)
+
+
 @pytest.mark.parametrize("layout", ["forward", "dgrad", "wgrad"])
 def test_fp8_gemm_configs_and_kernels_give_the_same_bits(layout):
     # `auto` and the autotuner choose by timing, which differs between runs; the choice among our
@@ -352,6 +372,21 @@ def test_grouped_gluon_matches_reference(T, E, k, D, N, config):
     assert not out[r.src_token < 0].any()
     out16 = grouped_gemm(*args, impl="gluon", config=config)
     assert out16.dtype == torch.bfloat16 and rel(out16[rows], ref[rows]) < 1e-2
+
+
+@pytest.mark.parametrize("T,E,k,D,N", [(4096, 8, 2, 1024, 512), (333, 16, 4, 384, 200), (1000, 64, 2, 512, 384),
+                                       (2000, 4, 2, 1152, 640)])
+def test_grouped_gluon_warp_specialized_matches_reference(T, E, k, D, N):
+    # config 2, 128x256 tiles: N=200, 384, 640 leave the last column tile's right half ragged or past
+    # the expert's N (its columns come from the next expert's rows and are never stored)
+    from kernels.moe import grouped_gemm, grouped_gemm_ref
+    _gluon_or_skip()
+    _, _, _, _, r, args = _moe_inputs(T, E, k, D, N, True)
+    out = _run_or_skip(lambda: grouped_gemm(*args, impl="gluon", config=2))
+    rows = r.row_of.flatten()
+    ref = grouped_gemm_ref(*args, out_dtype=torch.float32).double()
+    assert out.dtype == torch.bfloat16 and rel(out[rows], ref[rows]) < _bf16_bound(ref[rows])
+    assert not out[r.src_token < 0].any()
 
 
 @pytest.mark.parametrize("fp8", [False, True])

@@ -1,0 +1,217 @@
+"""FP8 blockwise GEMM in Gluon, warp-specialized: a loader warp and two MMA warpgroups on 128x256 tiles.
+
+What it computes. The same product as kernels/fp8_gemm.py, C = (A * sa) @ (B * sb)^T, A and B FP8
+E4M3, K-contiguous, sa one float32 scale per 1x128 tile of A, sb one per 128x128 block of B: the
+forward and the input-gradient (dgrad) layouts. The weight-gradient layout (one B scale per column)
+is refused: a column scale per register would not fit beside two accumulators (the pipelined kernel
+in kernels/fp8_gemm_gluon.py spills on it already).
+
+Why this shape. Every FP8 kernel here ran at ~830 TFLOP/s on an H100 on 128x128 tiles, with the
+promotion overlapped (kernels/fp8_gemm_gluon.py) or not (kernels/fp8_gemm.py), against cuBLAS's
+~1,120. A 128x128x128 step reads 32 KiB from L2 for 4.2 MFLOP: at 830 TFLOP/s that is ~6.5 TB/s of
+L2-to-SM traffic, about what Hopper's L2 delivers, so the tile is too narrow to go faster whatever
+the instruction schedule. A 128x256 tile reads 48 KiB for 8.4 MFLOP (a third less per FLOP).
+Its accumulator is 128 fp32 registers a thread on 8 warps, and the promotion needs the product in
+registers beside it, which one uniform kernel cannot afford. So, as DeepGEMM does on Hopper:
+  - a loader partition (one warp, 24 registers) issues the TMA loads into a ring of stages;
+  - two MMA warpgroups (registers moved to them with setmaxnreg) each own 64 rows of the tile. Each
+    multiplies its rows by the tile's left 128 columns, waits, scales the product into its left
+    accumulator, then does the same for the right 128 columns: a 64-register product beside the
+    128 accumulator registers. While one warpgroup scales, the other's MMA holds the tensor cores.
+  - each warpgroup frees a stage when both its MMAs on it are done (an mbarrier of count 2), and
+    stores its 64x256 result itself (two TMA stores through its own shared buffers).
+A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
+
+What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it beside the
+pipelined Gluon kernel (configs of kernels/fp8_gemm_gluon.py marked `ws`). On CPU nothing here runs;
+`python benchmarks/sass_check.py gluon` compiles it for sm_90 offline.
+"""
+
+from __future__ import annotations
+
+from kernels._triton import num_sms
+from kernels.fp8_gemm_gluon import HAS_GLUON, gluon_descriptor
+from kernels.fp8_quant import TILE, cdiv
+
+if HAS_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+
+    from kernels.fp8_gemm_gluon import _tile_of
+
+    @gluon.jit
+    def _num_row_tiles(M, used_ptr, BLOCK_M: gl.constexpr, GROUPED: gl.constexpr):
+        # grouped: only the row tiles that hold routed rows (offsets[E], read on the device)
+        if GROUPED:
+            return gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
+        return gl.cdiv(M, BLOCK_M)
+
+    @gluon.jit
+    def _tile_expert(off_m, tile_expert_ptr, GROUPED: gl.constexpr):
+        if GROUPED:  # a 128-row tile never spans two experts' segments (kernels/routing.py pads to 128)
+            return gl.load(tile_expert_ptr + off_m // 128)
+        return 0
+
+    @gluon.jit
+    def _ws_loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N,
+                   K_STEPS: gl.constexpr, NUM_N: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
+                   GROUPED: gl.constexpr):
+        # one warp: for each of this program's tiles and each 128-deep slice, wait for a free stage
+        # and load A's 128 rows and B's 256 rows of the slice into it
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        num_m = _num_row_tiles(M, used_ptr, BLOCK_M, GROUPED)
+        i = 0
+        for t in range(gl.program_id(0), num_m * NUM_N, NUM_SMS):
+            pid_m, pid_n = _tile_of(t, num_m, NUM_N, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            row_b = _tile_expert(off_m, tile_expert_ptr, GROUPED) * N + pid_n * BLOCK_N  # stacked (E*N, K)
+            for kb in range(K_STEPS):
+                s = i % STAGES
+                # a fresh mbarrier counts as having completed the phase before its first: the first
+                # pass over the ring waits for nothing
+                mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+                bar = ready.index(s)
+                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a_desc, [off_m, kb * BLOCK_K], bar, a_bufs.index(s))
+                tma.async_copy_global_to_shared(b_desc, [row_b, kb * BLOCK_K], bar, b_bufs.index(s))
+                i += 1
+
+    @gluon.jit
+    def _ws_half(a, b, acc, prod, sa, sb):
+        # one half of a slice: the 64x128 product on the tensor cores, waited for, scaled on the CUDA
+        # cores into its accumulator. `prod` only lends its registers (use_acc=False)
+        p = warpgroup_mma(a, b.permute((1, 0)), prod, use_acc=False, is_async=True)
+        p = warpgroup_mma_wait(0, deps=(p,))
+        return acc + p * gl.expand_dims(sa * sb, 1), p
+
+    @gluon.jit
+    def _ws_store(acc, c_desc, c_bufs, half: gl.constexpr, off_m, off_n):
+        # one buffer per half: this one's previous store has read it once at most one store is pending
+        # (they retire in order)
+        c_smem = c_bufs.index(half)
+        tma.store_wait(1)
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n + half * 128], c_smem)
+
+    @gluon.jit
+    def _ws_mma(a_bufs, b_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+                stride_sam, stride_sbe, stride_sbn, WG: gl.constexpr, K_STEPS: gl.constexpr, NUM_N: gl.constexpr,
+                GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
+        # one warpgroup: rows WG*64 .. WG*64+63 of every tile of this program
+        BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
+        BLOCK_N: gl.constexpr = b_bufs.type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        ROWS: gl.constexpr = c_desc.block_type.shape[0]  # 64
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                      instr_shape=[16, 128, 32])
+        n_blocks = gl.cdiv(N, 128)
+        num_m = _num_row_tiles(M, used_ptr, BLOCK_M, GROUPED)
+        i = 0
+        for t in range(gl.program_id(0), num_m * NUM_N, NUM_SMS):
+            pid_m, pid_n = _tile_of(t, num_m, NUM_N, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+            e = _tile_expert(off_m, tile_expert_ptr, GROUPED)
+            rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
+            sa_ptrs = sa_ptr + rows * stride_sam
+            # the halves' B-scale blocks (the right one clamped: past N it scales columns never stored)
+            sb_l_ptr = sb_ptr + e * stride_sbe + (off_n // 128) * stride_sbn
+            sb_r_ptr = sb_ptr + e * stride_sbe + gl.minimum(off_n // 128 + 1, n_blocks - 1) * stride_sbn
+            acc_l = gl.zeros((ROWS, 128), gl.float32, layout=mma)
+            acc_r = gl.zeros((ROWS, 128), gl.float32, layout=mma)
+            prod = gl.zeros((ROWS, 128), gl.float32, layout=mma)
+            for kb in range(K_STEPS):
+                s = i % STAGES
+                # the scales first: their loads run while this warpgroup waits for the stage
+                sa = gl.load(sa_ptrs + kb)
+                sb_l = gl.load(sb_l_ptr + kb)
+                sb_r = gl.load(sb_r_ptr + kb)
+                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+                a = a_bufs.index(s).slice(WG * ROWS, ROWS)
+                b = b_bufs.index(s)
+                acc_l, prod = _ws_half(a, b.slice(0, 128), acc_l, prod, sa, sb_l)
+                acc_r, prod = _ws_half(a, b.slice(128, 128), acc_r, prod, sa, sb_r)
+                # both MMAs on the stage are done: this warpgroup's half of its release
+                mbarrier.arrive(empty.index(s), count=1)
+                i += 1
+            _ws_store(acc_l, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
+            _ws_store(acc_r, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _fp8_gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+                            stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
+                            NUM_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                            NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, num_warps: gl.constexpr):
+        # GROUPED: the experts' grouped GEMM, as in kernels/fp8_gemm_gluon.py (A the permuted rows, B
+        # the stacked weights (E*N, K), each 128-row tile times its expert's weight; the row tiles past
+        # the routed rows are written as zeros). c_desc's block is one warpgroup's half tile (64x128).
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256 and a_desc.block_type.shape[1] == 128,
+                         "128x256 tiles, 128-deep slices: two warpgroups of 64 rows, two B-scale blocks")
+        gl.static_assert(num_warps == 4, "the default partition is one MMA warpgroup")
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+        # NOTE: 2-byte results only. With fp32 ptxas spilled ~70 registers in the main loop, whether the
+        # epilogue went through shared memory or stored from registers (sass_check.py gluon)
+        gl.static_assert(c_desc.dtype.primitive_bitwidth == 16, "a bf16 or fp16 result")
+        # each warpgroup's store buffers, one per half: a tile's second store need not wait for its first
+        c0 = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
+        c1 = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES):
+            mbarrier.init(ready.index(st), count=1)
+            mbarrier.init(empty.index(st), count=2)  # one arrival per MMA warpgroup
+
+        WG0: gl.constexpr = 0
+        WG1: gl.constexpr = 1
+        gl.warp_specialize([
+            (_ws_mma, (a_bufs, b_bufs, c0, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+                       stride_sam, stride_sbe, stride_sbn, WG0, K_STEPS, NUM_N, GROUP_M, NUM_SMS, GROUPED)),
+            (_ws_mma, (a_bufs, b_bufs, c1, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+                       stride_sam, stride_sbe, stride_sbn, WG1, K_STEPS, NUM_N, GROUP_M, NUM_SMS, GROUPED)),
+            (_ws_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N, K_STEPS,
+                          NUM_N, GROUP_M, NUM_SMS, GROUPED)),
+        ], [4, 1], [232, 24])
+
+        for st in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(st))
+            mbarrier.invalidate(empty.index(st))
+        if GROUPED:  # the row tiles past the routed rows: zeros (kernels/moe.py grouped_gemm's NOTE)
+            zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+            zero = gl.zeros((BLOCK_M, 128), c_ptr.dtype.element_ty, layout=zl)
+            num_m = gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
+            halves = 2 * NUM_N
+            for t in range(gl.program_id(0), (gl.cdiv(M, BLOCK_M) - num_m) * halves, NUM_SMS):
+                rows = (num_m + t // halves) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, zl))
+                cols = (t % halves) * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, zl))
+                ptrs = c_ptr + gl.expand_dims(rows.to(gl.int64) * stride_cm, 1) + gl.expand_dims(cols, 0)
+                gl.store(ptrs, zero, mask=gl.expand_dims(cols < N, 0))
+
+
+WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)
+WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,536 registers
+
+
+def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped=None) -> None:
+    """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128).
+    grouped=(tile_expert, used): the experts' GEMM, b the stacked weights (E*N, K), sb (E, N/128, K/128).
+    sb_strides: sb's (expert, row) strides."""
+    M, K = a.shape
+    N = c.shape[1]
+    bm, bn = WS_TILE
+    grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
+    tile_expert, used = grouped if grouped is not None else (sa, sa)  # unread when not grouped
+    _fp8_gemm_ws_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
+                              gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, M, N, c.stride(0),
+                              sa.stride(0), *sb_strides, K_STEPS=cdiv(K, TILE), NUM_N=cdiv(N, bn), GROUP_M=8,
+                              STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None, num_warps=4,
+                              maxnreg=WS_MAXNREG)
