@@ -22,14 +22,16 @@ overlap this tile's epilogue), operands through Hopper's TMA unit (host-side ten
 hardware address generation and bounds handling, no masks), epilogue through a TMA store. Both
 wait for each slice's product before scaling it (the tensor cores idle meanwhile). A third kernel,
 in Gluon (kernels/fp8_gemm_gluon.py, Hopper only, `backend="gluon"`), scales each slice while the
-next slice's MMA runs, and measured no faster (0.94-1.00 of the TMA kernel, H100): what keeps all
-three at ~0.72 of cuBLAS on large shapes is not the promotion alone (BENCHMARKS.md, 2026-12-06
-nineteenth session: instruction issue and tile width; DeepGEMM's answer is warp specialization).
+next slice's MMA runs, and measured no faster (0.94-1.00 of the TMA kernel, H100). All three run
+128x128 tiles, which read a third more from L2 per FLOP than 128x256 ones. The fourth,
+warp-specialized in Gluon (kernels/fp8_gemm_gluon_ws.py, `backend="gluon_ws"`: a loader warp, two
+MMA warpgroups on 128x256 tiles), runs the forward and dgrad layouts at 1.00-1.14x cuBLAS on large
+shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session) and is among auto's candidates.
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
-the peer: `fp8_gemm(..., backend="auto")` runs cuBLAS and both Triton kernels once per shape and
-layout on the GPU and keeps the fastest (median of 21 timed calls) of those whose result agrees with
+the peer: `fp8_gemm(..., backend="auto")` runs cuBLAS, both Triton kernels and the warp-specialized
+Gluon one (where it applies) once per shape and layout on the GPU and keeps the fastest (median of 21 timed calls) of those whose result agrees with
 the reference (see pick_backend and kernels/autoselect.py).
 Shapes need not be multiples of 128 (ragged tiles are masked); the cuBLAS peer needs M, N, K
 multiples of 16, and (weights) K a multiple of 512, and is skipped otherwise: see fp8_gemm_cublas.
@@ -291,7 +293,9 @@ def fp8_gemm_cublas(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
 # dispatch
 
 _BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
-BACKENDS = ("cublas", "triton_tma", "triton_classic")  # "auto" tries them in this order (ties: first)
+# "auto" tries them in this order (ties: first). gluon_ws refuses what it cannot do (not a Hopper GPU,
+# the wgrad layout, fp32 results) before compiling anything: a refusal costs no timing
+BACKENDS = ("cublas", "triton_tma", "triton_classic", "gluon_ws")
 
 
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
@@ -315,8 +319,9 @@ def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bf
 def _run(backend: str, a, sa, b, sb, b_block, out_dtype):
     if backend == "cublas":
         return fp8_gemm_cublas(a, sa, b, sb, b_block, out_dtype)
-    if backend == "gluon":
-        return fp8_gemm_gluon_checked(a, sa, b, sb, b_block, out_dtype)
+    if backend in ("gluon", "gluon_ws"):
+        from kernels.fp8_gemm_gluon import WS_CONFIG
+        return fp8_gemm_gluon_checked(a, sa, b, sb, b_block, out_dtype, WS_CONFIG if backend == "gluon_ws" else 0)
     if backend in ("triton", "triton_tma", "triton_classic"):
         impl = None if backend == "triton" else backend.split("_")[1]
         return fp8_gemm_triton(a, sa, b, sb, b_block, out_dtype, impl=impl)
@@ -358,7 +363,8 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
              backend: str = "auto") -> torch.Tensor:
     """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
     per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
-    "triton_classic", "gluon" (Hopper; measured slower than "triton_tma", so not among auto's candidates), "reference";
+    "triton_classic", "gluon" (Hopper; measured slower than "triton_tma", so not among auto's candidates),
+    "gluon_ws" (Hopper, warp-specialized; forward and dgrad layouts, 2-byte results), "reference";
     emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)

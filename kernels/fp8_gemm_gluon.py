@@ -59,6 +59,7 @@ class GluonConfig(NamedTuple):
 # Warp-specialized: 128x256 tiles, three 48 KiB stages (four do not fit beside the store buffers).
 GLUON_CONFIGS = [GluonConfig(128, 128, 8, 4), GluonConfig(128, 128, 8, 3),
                  GluonConfig(128, 256, 4, 3, warp_specialized=True)]
+WS_CONFIG = next(i for i, c in enumerate(GLUON_CONFIGS) if c.warp_specialized)  # backend / impl "gluon_ws"
 
 
 def check_gluon_config(config: int, b_block: int, out_dtype: torch.dtype, what: str) -> GluonConfig:

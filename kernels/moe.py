@@ -284,9 +284,10 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     impl: "tma" (persistent, TMA loads and stores, only the row tiles that hold routed rows),
     "classic" (one program per tile of the static padded bound), "gluon" (FP8 on Hopper: the TMA
     kernel's schedule with each slice's promotion overlapped with the next MMA; measured slower
-    than "tma", so not among auto's candidates), "auto": the faster of the two that
-    agree with the reference, measured once per (N, K, E, dtypes) (not per row count: that changes
-    with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
+    than "tma", so not among auto's candidates), "gluon_ws" (FP8 on Hopper, bf16 or fp16 out:
+    warp-specialized, 128x256 tiles; kernels/fp8_gemm_gluon_ws.py), "auto": the fastest of those
+    that agree with the reference (tma, classic, and gluon_ws for FP8), measured once per (N, K, E,
+    dtypes) (not per row count: that changes with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
     written as zeros, like the padding rows inside each segment (zero inputs give zero products).
     Nothing downstream needs their values (combine reads routed rows only), but the experts' next
@@ -323,9 +324,10 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
         return _grouped_tma(*args, config)
     if impl == "classic":
         return _grouped_classic(*args, config)
-    if impl == "gluon":
-        return _grouped_gluon(*args, config)
-    raise ValueError(f"grouped_gemm: impl must be 'auto', 'tma', 'classic' or 'gluon', got {impl!r}")
+    if impl in ("gluon", "gluon_ws"):
+        from kernels.fp8_gemm_gluon import WS_CONFIG
+        return _grouped_gluon(*args, WS_CONFIG if impl == "gluon_ws" else config)
+    raise ValueError(f"grouped_gemm: impl must be 'auto', 'tma', 'classic', 'gluon' or 'gluon_ws', got {impl!r}")
 
 
 def _tma_fits(x_perm, w, out_dtype) -> bool:
@@ -343,6 +345,9 @@ def _pick_impl(x_perm, w, r, sa, sb, out_dtype, is_fp8, x_scale, w_scale) -> str
         args = (x_perm, w, r, sa, sb, out_dtype, is_fp8, None)
         cands = {"tma": lambda: _grouped_tma(*args)} if _tma_fits(x_perm, w, out_dtype) else {}
         cands["classic"] = lambda: _grouped_classic(*args)
+        if is_fp8:  # refused (no timing) where it cannot run: not a Hopper GPU, an fp32 result
+            from kernels.fp8_gemm_gluon import WS_CONFIG
+            cands["gluon_ws"] = lambda: _grouped_gluon(*args[:-1], WS_CONFIG)
 
         def error_of(out):
             return ((out[rows].float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -350,7 +355,7 @@ def _pick_impl(x_perm, w, r, sa, sb, out_dtype, is_fp8, x_scale, w_scale) -> str
         choose(key, cands, error_of, _IMPL_CACHE, what=f"grouped_gemm E={E} N={N} K={K} {x_perm.dtype}")
     name = _IMPL_CACHE[key].name
     if name == "reference":
-        raise RuntimeError(f"grouped_gemm: neither Triton kernel agrees with the reference for {key} "
+        raise RuntimeError(f"grouped_gemm: no Triton kernel agrees with the reference for {key} "
                            f"({_IMPL_CACHE[key].refused})")
     return name
 
@@ -392,7 +397,7 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
 
 
 def _grouped_gluon(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
-    # FP8 on Hopper only (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next MMA)
+    # FP8 on Hopper only: configs 0-1 pipelined (kernels/fp8_gemm_gluon.py), 2 warp-specialized (_ws.py)
     from kernels.fp8_gemm_gluon import check_gluon_config, gluon_runs_on, grouped_fp8_gemm_gluon
     check_gluon_config(config or 0, TILE, out_dtype, "grouped_gemm(impl='gluon')")
     if not (is_fp8 and gluon_runs_on(x_perm.device) and _tma_fits(x_perm, w, out_dtype)):
