@@ -391,6 +391,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
                                             flop, res["dense_ms"], bw)
         res["classic_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="classic"))
         res["tma_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma"))
+        res["gluon_ws_bf16_ms"] = try_bench(lambda: grouped_gemm(xp, w, r, impl="gluon_ws"))
         xq, xs = act_quant_triton(xp)
         wq, ws = weight_quant_triton(w.view(E * N, K))
         wq, ws = wq.view(E, N, K), ws.view(E, N // 128, K // 128)
@@ -428,6 +429,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
                 res[k.replace("_ms", "_tflops")] = tflops(flop, res[k])
         best = min(v for k, v in res.items() if k in ("classic_bf16_ms", "tma_bf16_ms") and isinstance(v, float))
         res["best_bf16_vs_dense"] = res["dense_ms"] / best
+        if isinstance(res["gluon_ws_bf16_ms"], float):
+            res["gluon_ws_bf16_vs_dense"] = res["dense_ms"] / res["gluon_ws_bf16_ms"]
         for impl in ("tma", "gluon", "gluon_ws"):
             if isinstance(res[f"{impl}_fp8_ms"], float) and isinstance(res["dense_fp8_ms"], float):
                 res[f"{impl}_fp8_vs_dense_fp8"] = res["dense_fp8_ms"] / res[f"{impl}_fp8_ms"]
@@ -436,7 +439,8 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
         b = res["bounds_bf16"]
         print(f"| {E} | {g('dense_tflops')} | {g('classic_bf16_tflops')} | {g('tma_bf16_tflops')} | "
               f"{g('classic_fp8_tflops')} | {g('tma_fp8_tflops')} | {g('loop_bf16_tflops')} | "
-              f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | "
+              f"{g('torch_grouped_mm_tflops')} | {res['best_bf16_vs_dense']:.2f} | {g('gluon_ws_bf16_tflops')} | "
+              f"{res.get('gluon_ws_bf16_vs_dense', float('nan')):.2f} | "
               f"{min(b['padding_bound'], b['memory_bound']):.2f} ({b['padding_bound']:.2f}, {b['memory_bound']:.2f}) | "
               f"{b['padding_bound_64']:.2f} | {g('dense_fp8_tflops')} | "
               f"{res.get('tma_fp8_vs_dense_fp8', float('nan')):.2f} | {g('gluon_fp8_tflops')} | "
@@ -570,10 +574,11 @@ def main():
         print("\n## Grouped GEMM, 32768 routed rows x N=1536 x K=2048, TFLOP/s of the routed FLOPs")
         print("| experts | dense GEMM (same FLOPs) | ours classic bf16 | ours TMA bf16 | ours classic FP8 | "
               "ours TMA FP8 | per-expert loop bf16 | torch._grouped_mm bf16 | best ours bf16 / dense | "
+              "ours Gluon warp-specialized bf16 | warp-specialized bf16 / dense | "
               "bf16 ceiling / dense (padding, memory) | padding ceiling, 64-row tiles | dense FP8 GEMM | "
               "ours TMA FP8 / dense FP8 | ours Gluon FP8 pipelined (best config) | pipelined / dense FP8 | "
               "ours Gluon FP8 warp-specialized | warp-specialized / dense FP8 | auto |")
-        print("|" + " --- |" * 18)
+        print("|" + " --- |" * 20)
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")

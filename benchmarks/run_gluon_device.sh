@@ -15,7 +15,7 @@ python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, t
 timeout ${SMOKE_S:-90} python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log"
 import time
 import torch
-from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
+from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref, fp8_gemm_triton
 from kernels.fp8_gemm_gluon import GLUON_CONFIGS
 from kernels.fp8_quant import act_quant, weight_quant
 from kernels.moe import grouped_gemm, grouped_gemm_ref
@@ -39,6 +39,10 @@ for M, N, K in ((512, 1024, 2048), (257, 384, 384), (1000, 640, 1152)):
         print(f"smoke {M}x{N}x{K} config {config} {str(out)[6:]}: rel err {err:.2e} (bound {tol:.1e}; "
               f"{time.time() - t:.1f} s with compile)", flush=True)
         assert err < tol, err
+    # the same bits as the Triton TMA kernel? (auto may choose either, run to run: kernels/autoselect.py)
+    same = torch.equal(fp8_gemm_gluon_checked(aq, as_, wq, wsc, 128, torch.bfloat16, config=ws),
+                       fp8_gemm_triton(aq, as_, wq, wsc, 128, torch.bfloat16, impl="tma"))
+    print(f"smoke {M}x{N}x{K}: warp-specialized bf16 result bitwise equal to Triton TMA's: {same}", flush=True)
 # the experts' grouped GEMM, warp-specialized: 16 experts, N=640
 x = torch.randn(2000, 1152, device="cuda", dtype=torch.bfloat16)
 r = make_routing(torch.randn(2000, 16, device="cuda").topk(2).indices, 16)
@@ -52,7 +56,18 @@ out = grouped_gemm(xq, wq, r, xs, wsc, impl="gluon", config=ws)
 torch.cuda.synchronize()
 err, bound = rel(out[rows], ref), 1.25 * rel(ref.to(torch.bfloat16), ref)
 print(f"smoke grouped 16 experts config {ws}: rel err {err:.2e} (bound {bound:.1e}); padding rows zero: "
-      f"{not out[r.src_token < 0].any()}", flush=True)
+      f"{not out[r.src_token < 0].any()}; bitwise equal to impl='tma': "
+      f"{torch.equal(out, grouped_gemm(xq, wq, r, xs, wsc, impl='tma'))}", flush=True)
+assert err < bound and not out[r.src_token < 0].any()
+w16 = (torch.randn(16, 640, 1152, device="cuda") / 34).to(torch.bfloat16)
+xp = permute(x, r)
+out = grouped_gemm(xp, w16, r, impl="gluon_ws")
+torch.cuda.synchronize()
+ref = grouped_gemm_ref(xp, w16, r, out_dtype=torch.float32)[rows].double()
+err, bound = rel(out[rows], ref), 1.25 * rel(ref.to(torch.bfloat16), ref)
+print(f"smoke grouped bf16 16 experts gluon_ws: rel err {err:.2e} (bound {bound:.1e}); padding rows zero: "
+      f"{not out[r.src_token < 0].any()}; bitwise equal to impl='tma': "
+      f"{torch.equal(out, grouped_gemm(xp, w16, r, impl='tma'))}", flush=True)
 assert err < bound and not out[r.src_token < 0].any()
 PY
 rc=$?

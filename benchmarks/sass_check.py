@@ -136,29 +136,32 @@ def gluon():
 
 
 def gluon_ws(stages: int):
-    """The warp-specialized Gluon FP8 GEMM (kernels/fp8_gemm_gluon_ws.py), dense and grouped: no spills
-    at its register split (REG shows the launch's 168; the MMA warpgroups run at 232-248 after
-    setmaxnreg), and each MMA waited for before its product is scaled (two waits for zero a slice)."""
+    """The warp-specialized Gluon GEMM (kernels/fp8_gemm_gluon_ws.py): FP8 dense and grouped, bf16 grouped.
+    No spills at its register split (REG shows the launch's 168; the MMA warpgroups run at 232-248
+    after setmaxnreg). FP8: each MMA waited for before its product is scaled (two waits for zero a
+    slice); bf16: the previous slice's pair waited for (`gsb0, 0x2`: two MMAs left in flight)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     import kernels.fp8_gemm_gluon as gg
     import kernels.fp8_gemm_gluon_ws as ws
-    fp8, c = torch.empty(1024, 1024, dtype=torch.float8_e4m3fn), torch.empty(1024, 1024, dtype=torch.bfloat16)
+    c = torch.empty(1024, 1024, dtype=torch.bfloat16)
     bm, bn = ws.WS_TILE
-    for grouped in (False, True):
-        sig = {"a_desc": mangle_type(gg.gluon_descriptor(fp8, [bm, 128])),
-               "b_desc": mangle_type(gg.gluon_descriptor(fp8, [bn, 128])),
+    for dtype, grouped in ((torch.float8_e4m3fn, False), (torch.float8_e4m3fn, True), (torch.bfloat16, True)):
+        x, bk = torch.empty(1024, 1024, dtype=dtype), 128 // dtype.itemsize
+        sig = {"a_desc": mangle_type(gg.gluon_descriptor(x, [bm, bk])),
+               "b_desc": mangle_type(gg.gluon_descriptor(x, [bn, bk])),
                "c_desc": mangle_type(gg.gluon_descriptor(c, [bm // 2, 128])), "c_ptr": mangle_type(c),
                "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
                **{a: "i32" for a in ("M", "N", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
-        consts = {"K_STEPS": 56, "NUM_N": 28, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
+        consts = {"K_STEPS": 16, "NUM_N": 6, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
                   "num_warps": 4}
         cfg = triton.Config({}, num_warps=4, num_stages=stages, maxnreg=ws.WS_MAXNREG)
-        name = f"gluon fp8 warp-specialized {'grouped' if grouped else 'dense'} {bm}x{bn} bf16"
-        sass = report(ws._fp8_gemm_ws_kernel, sig, consts, cfg, name, source=GluonASTSource)
+        name = f"gluon warp-specialized {str(dtype)[6:]} {'grouped' if grouped else 'dense'} {bm}x{bn}x{bk} bf16 out"
+        sass = report(ws._gemm_ws_kernel, sig, consts, cfg, name, source=GluonASTSource)
         print(f"|   {name}: register moves (setmaxnreg) {sass.count('USETMAXREG')}, MMA waits for zero "
-              f"{sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')} (two a slice, in each MMA warpgroup's copy) |")
+              f"{sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')}, leaving two in flight "
+              f"{sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x2')} (each counted in both MMA warpgroups' copies) |")
 
 
 def wgrad():

@@ -309,18 +309,24 @@ def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> tor
     return c
 
 
-def grouped_fp8_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> torch.Tensor:
-    """The experts' grouped FP8 GEMM (kernels/moe.py grouped_gemm, impl="gluon") through the same
-    kernel: c (P, N) with c[segment e] = x_perm[segment e] @ w[e]^T, rows past the routed ones zero.
-    The caller has checked shapes, dtypes and TMA alignment."""
+def grouped_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> torch.Tensor:
+    """The experts' grouped GEMM (kernels/moe.py grouped_gemm, impl="gluon" / "gluon_ws"):
+    c (P, N) with c[segment e] = x_perm[segment e] @ w[e]^T, rows past the routed ones zero. FP8 on
+    every config; bf16 (x_scale, w_scale None) on the warp-specialized one only. The caller has
+    checked shapes, dtypes and TMA alignment."""
     P, K = x_perm.shape
     E, N, _ = w.shape
     bm, bn, warps, stages, ws = check_gluon_config(config, TILE, c.dtype, "grouped_gemm(impl='gluon')")
     if ws:
         from kernels.fp8_gemm_gluon_ws import launch_ws
+        if x_scale is None:  # bf16: no scales (the kernel reads none)
+            x_scale, w_scale = x_perm, w
         launch_ws(x_perm, x_scale, w.view(E * N, K), w_scale, c, stages, (w_scale.stride(0), w_scale.stride(1)),
                   grouped=(r.tile_expert, r.offsets[E:]))
         return c
+    if x_scale is None:
+        raise ValueError(f"grouped_gemm(impl='gluon'): config {config} (pipelined) is FP8 only; bf16 experts take "
+                         f"config {WS_CONFIG} (impl='gluon_ws')")
     grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),
                                  gluon_descriptor(c, [bm, bn]), c, x_scale, w_scale, r.tile_expert, r.offsets[E:],

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from kernels._triton import num_sms
 from kernels.fp8_gemm_gluon import HAS_GLUON, gluon_descriptor
-from kernels.fp8_quant import TILE, cdiv
+from kernels.fp8_quant import cdiv
 
 if HAS_GLUON:
     from triton.experimental import gluon
@@ -100,52 +100,84 @@ if HAS_GLUON:
         tma.async_copy_shared_to_global(c_desc, [off_m, off_n + half * 128], c_smem)
 
     @gluon.jit
+    def _ws_slices_fp8(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, prod, sa_ptrs, sb_l_ptr, sb_r_ptr,
+                       WG: gl.constexpr, K_STEPS: gl.constexpr):
+        # one tile's slices, FP8: each half's product waited for and promoted before the next MMA
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        ROWS: gl.constexpr = acc_l.shape[0]
+        for kb in range(K_STEPS):
+            s = i % STAGES
+            # the scales first: their loads run while this warpgroup waits for the stage
+            sa = gl.load(sa_ptrs + kb)
+            sb_l = gl.load(sb_l_ptr + kb)
+            sb_r = gl.load(sb_r_ptr + kb)
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            a = a_bufs.index(s).slice(WG * ROWS, ROWS)
+            b = b_bufs.index(s)
+            acc_l, prod = _ws_half(a, b.slice(0, 128), acc_l, prod, sa, sb_l)
+            acc_r, prod = _ws_half(a, b.slice(128, 128), acc_r, prod, sa, sb_r)
+            # both MMAs on the stage are done: this warpgroup's half of its release
+            mbarrier.arrive(empty.index(s), count=1)
+            i += 1
+        return acc_l, acc_r, prod, i
+
+    @gluon.jit
+    def _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG: gl.constexpr, K_STEPS: gl.constexpr):
+        # one tile's slices, bf16: the MMAs accumulate in place, one slice's pair left in flight while
+        # the next is issued; a stage is released once its pair is done
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        ROWS: gl.constexpr = acc_l.shape[0]
+        for kb in range(K_STEPS):
+            s = i % STAGES
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            a = a_bufs.index(s).slice(WG * ROWS, ROWS)
+            b = b_bufs.index(s)
+            acc_l = warpgroup_mma(a, b.slice(0, 128).permute((1, 0)), acc_l, is_async=True)
+            acc_r = warpgroup_mma(a, b.slice(128, 128).permute((1, 0)), acc_r, is_async=True)
+            acc_l, acc_r = warpgroup_mma_wait(2, deps=(acc_l, acc_r))  # the previous slice's pair is done
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=kb > 0)
+            i += 1
+        acc_l, acc_r = warpgroup_mma_wait(0, deps=(acc_l, acc_r))
+        mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1)
+        return acc_l, acc_r, i
+
+    @gluon.jit
     def _ws_mma(a_bufs, b_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
                 stride_sam, stride_sbe, stride_sbn, WG: gl.constexpr, K_STEPS: gl.constexpr, NUM_N: gl.constexpr,
                 GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
         # one warpgroup: rows WG*64 .. WG*64+63 of every tile of this program
         BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
         BLOCK_N: gl.constexpr = b_bufs.type.shape[1]
-        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        IS_FP8: gl.constexpr = a_bufs.dtype.is_fp8()
         ROWS: gl.constexpr = c_desc.block_type.shape[0]  # 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                      instr_shape=[16, 128, 32])
+                                                      instr_shape=[16, 128, 32 if IS_FP8 else 16])
         n_blocks = gl.cdiv(N, 128)
         num_m = _num_row_tiles(M, used_ptr, BLOCK_M, GROUPED)
         i = 0
+        prod = gl.zeros((ROWS, 128), gl.float32, layout=mma)
         for t in range(gl.program_id(0), num_m * NUM_N, NUM_SMS):
             pid_m, pid_n = _tile_of(t, num_m, NUM_N, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
-            e = _tile_expert(off_m, tile_expert_ptr, GROUPED)
-            rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
-            sa_ptrs = sa_ptr + rows * stride_sam
-            # the halves' B-scale blocks (the right one clamped: past N it scales columns never stored)
-            sb_l_ptr = sb_ptr + e * stride_sbe + (off_n // 128) * stride_sbn
-            sb_r_ptr = sb_ptr + e * stride_sbe + gl.minimum(off_n // 128 + 1, n_blocks - 1) * stride_sbn
             acc_l = gl.zeros((ROWS, 128), gl.float32, layout=mma)
             acc_r = gl.zeros((ROWS, 128), gl.float32, layout=mma)
-            prod = gl.zeros((ROWS, 128), gl.float32, layout=mma)
-            for kb in range(K_STEPS):
-                s = i % STAGES
-                # the scales first: their loads run while this warpgroup waits for the stage
-                sa = gl.load(sa_ptrs + kb)
-                sb_l = gl.load(sb_l_ptr + kb)
-                sb_r = gl.load(sb_r_ptr + kb)
-                mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-                a = a_bufs.index(s).slice(WG * ROWS, ROWS)
-                b = b_bufs.index(s)
-                acc_l, prod = _ws_half(a, b.slice(0, 128), acc_l, prod, sa, sb_l)
-                acc_r, prod = _ws_half(a, b.slice(128, 128), acc_r, prod, sa, sb_r)
-                # both MMAs on the stage are done: this warpgroup's half of its release
-                mbarrier.arrive(empty.index(s), count=1)
-                i += 1
+            if IS_FP8:
+                e = _tile_expert(off_m, tile_expert_ptr, GROUPED)
+                rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
+                # the halves' B-scale blocks (the right one clamped: past N it scales columns never stored)
+                sb_l_ptr = sb_ptr + e * stride_sbe + (off_n // 128) * stride_sbn
+                sb_r_ptr = sb_ptr + e * stride_sbe + gl.minimum(off_n // 128 + 1, n_blocks - 1) * stride_sbn
+                acc_l, acc_r, prod, i = _ws_slices_fp8(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, prod,
+                                                       sa_ptr + rows * stride_sam, sb_l_ptr, sb_r_ptr, WG, K_STEPS)
+            else:
+                acc_l, acc_r, i = _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG, K_STEPS)
             _ws_store(acc_l, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
             _ws_store(acc_r, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
         tma.store_wait(0)
 
     @gluon.jit
-    def _fp8_gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+    def _gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
                             stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
                             NUM_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
                             NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, num_warps: gl.constexpr):
@@ -154,8 +186,9 @@ if HAS_GLUON:
         # the routed rows are written as zeros). c_desc's block is one warpgroup's half tile (64x128).
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-        gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256 and a_desc.block_type.shape[1] == 128,
-                         "128x256 tiles, 128-deep slices: two warpgroups of 64 rows, two B-scale blocks")
+        gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256, "128x256 tiles: two warpgroups of 64 rows")
+        gl.static_assert(a_desc.block_type.shape[1] * a_desc.dtype.primitive_bitwidth == 1024,
+                         "128-byte slices: 128 deep in FP8 (one scale block), 64 in bf16")
         gl.static_assert(num_warps == 4, "the default partition is one MMA warpgroup")
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
@@ -202,16 +235,17 @@ WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,5
 
 
 def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped=None) -> None:
-    """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128).
-    grouped=(tile_expert, used): the experts' GEMM, b the stacked weights (E*N, K), sb (E, N/128, K/128).
-    sb_strides: sb's (expert, row) strides."""
+    """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128);
+    bf16 operands: c = a @ b^T (sa, sb unread). grouped=(tile_expert, used): the experts' GEMM, b the
+    stacked weights (E*N, K), sb (E, N/128, K/128). sb_strides: sb's (expert, row) strides."""
     M, K = a.shape
     N = c.shape[1]
     bm, bn = WS_TILE
+    bk = 128 // a.element_size()  # 128-byte rows: the widest TMA swizzle
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
-    tile_expert, used = grouped if grouped is not None else (sa, sa)  # unread when not grouped
-    _fp8_gemm_ws_kernel[grid](gluon_descriptor(a, [bm, TILE]), gluon_descriptor(b, [bn, TILE]),
-                              gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, M, N, c.stride(0),
-                              sa.stride(0), *sb_strides, K_STEPS=cdiv(K, TILE), NUM_N=cdiv(N, bn), GROUP_M=8,
-                              STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None, num_warps=4,
-                              maxnreg=WS_MAXNREG)
+    tile_expert, used = grouped if grouped is not None else (c, c)  # unread when not grouped
+    _gemm_ws_kernel[grid](gluon_descriptor(a, [bm, bk]), gluon_descriptor(b, [bn, bk]),
+                          gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, M, N, c.stride(0),
+                          sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk), NUM_N=cdiv(N, bn), GROUP_M=8,
+                          STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None, num_warps=4,
+                          maxnreg=WS_MAXNREG)

@@ -284,9 +284,9 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     impl: "tma" (persistent, TMA loads and stores, only the row tiles that hold routed rows),
     "classic" (one program per tile of the static padded bound), "gluon" (FP8 on Hopper: the TMA
     kernel's schedule with each slice's promotion overlapped with the next MMA; measured slower
-    than "tma", so not among auto's candidates), "gluon_ws" (FP8 on Hopper, bf16 or fp16 out:
-    warp-specialized, 128x256 tiles; kernels/fp8_gemm_gluon_ws.py), "auto": the fastest of those
-    that agree with the reference (tma, classic, and gluon_ws for FP8), measured once per (N, K, E,
+    than "tma", so not among auto's candidates), "gluon_ws" (Hopper, FP8 or bf16 in, bf16 or fp16
+    out: warp-specialized, 128x256 tiles; kernels/fp8_gemm_gluon_ws.py), "auto": the fastest of
+    tma, classic and gluon_ws among those that agree with the reference, measured once per (N, K, E,
     dtypes) (not per row count: that changes with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
     written as zeros, like the padding rows inside each segment (zero inputs give zero products).
@@ -345,9 +345,9 @@ def _pick_impl(x_perm, w, r, sa, sb, out_dtype, is_fp8, x_scale, w_scale) -> str
         args = (x_perm, w, r, sa, sb, out_dtype, is_fp8, None)
         cands = {"tma": lambda: _grouped_tma(*args)} if _tma_fits(x_perm, w, out_dtype) else {}
         cands["classic"] = lambda: _grouped_classic(*args)
-        if is_fp8:  # refused (no timing) where it cannot run: not a Hopper GPU, an fp32 result
-            from kernels.fp8_gemm_gluon import WS_CONFIG
-            cands["gluon_ws"] = lambda: _grouped_gluon(*args[:-1], WS_CONFIG)
+        # refused (no timing) where it cannot run: not a Hopper GPU, an fp32 result
+        from kernels.fp8_gemm_gluon import WS_CONFIG
+        cands["gluon_ws"] = lambda: _grouped_gluon(*args[:-1], WS_CONFIG)
 
         def error_of(out):
             return ((out[rows].float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -398,13 +398,17 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
 
 def _grouped_gluon(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     # FP8 on Hopper only: configs 0-1 pipelined (kernels/fp8_gemm_gluon.py), 2 warp-specialized (_ws.py)
-    from kernels.fp8_gemm_gluon import check_gluon_config, gluon_runs_on, grouped_fp8_gemm_gluon
-    check_gluon_config(config or 0, TILE, out_dtype, "grouped_gemm(impl='gluon')")
-    if not (is_fp8 and gluon_runs_on(x_perm.device) and _tma_fits(x_perm, w, out_dtype)):
-        raise ValueError("grouped_gemm: impl='gluon' needs FP8 operands, Triton's Gluon, a Hopper GPU (sm_90) "
-                         f"and TMA-aligned operands (got {x_perm.dtype}, w {tuple(w.shape)}, out {out_dtype})")
+    from kernels.fp8_gemm_gluon import GLUON_CONFIGS, check_gluon_config, gluon_runs_on, grouped_gemm_gluon
+    config = config or 0
+    check_gluon_config(config, TILE, out_dtype, "grouped_gemm(impl='gluon')")
+    if not is_fp8 and not GLUON_CONFIGS[config].warp_specialized:
+        raise ValueError(f"grouped_gemm: impl='gluon' config {config} (pipelined) is FP8 only, got {x_perm.dtype}; "
+                         "bf16 experts take impl='gluon_ws'")
+    if not (gluon_runs_on(x_perm.device) and _tma_fits(x_perm, w, out_dtype)):
+        raise ValueError("grouped_gemm: impl='gluon' needs Triton's Gluon, a Hopper GPU (sm_90) and TMA-aligned "
+                         f"operands (got {x_perm.dtype}, w {tuple(w.shape)}, out {out_dtype})")
     c = torch.empty((x_perm.shape[0], w.shape[1]), dtype=out_dtype, device=x_perm.device)
-    return grouped_fp8_gemm_gluon(x_perm, w, r, sa, sb, c, config=config or 0)
+    return grouped_gemm_gluon(x_perm, w, r, sa if is_fp8 else None, sb if is_fp8 else None, c, config=config)
 
 
 def _grouped_classic(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):

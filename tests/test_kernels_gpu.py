@@ -376,13 +376,14 @@ def test_grouped_gluon_matches_reference(T, E, k, D, N, config):
 
 @pytest.mark.parametrize("T,E,k,D,N", [(4096, 8, 2, 1024, 512), (333, 16, 4, 384, 200), (1000, 64, 2, 512, 384),
                                        (2000, 4, 2, 1152, 640)])
-def test_grouped_gluon_warp_specialized_matches_reference(T, E, k, D, N):
-    # config 2, 128x256 tiles: N=200, 384, 640 leave the last column tile's right half ragged or past
-    # the expert's N (its columns come from the next expert's rows and are never stored)
+@pytest.mark.parametrize("fp8", [True, False])
+def test_grouped_gluon_warp_specialized_matches_reference(T, E, k, D, N, fp8):
+    # impl="gluon_ws", 128x256 tiles, FP8 and bf16: N=200, 384, 640 leave the last column tile's right
+    # half ragged or past the expert's N (its columns come from the next expert's rows, never stored)
     from kernels.moe import grouped_gemm, grouped_gemm_ref
     _gluon_or_skip()
-    _, _, _, _, r, args = _moe_inputs(T, E, k, D, N, True)
-    out = _run_or_skip(lambda: grouped_gemm(*args, impl="gluon", config=2))
+    _, _, _, _, r, args = _moe_inputs(T, E, k, D, N, fp8)
+    out = _run_or_skip(lambda: grouped_gemm(*args, impl="gluon_ws"))
     rows = r.row_of.flatten()
     ref = grouped_gemm_ref(*args, out_dtype=torch.float32).double()
     assert out.dtype == torch.bfloat16 and rel(out[rows], ref[rows]) < _bf16_bound(ref[rows])
