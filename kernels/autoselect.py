@@ -57,14 +57,30 @@ class Choice:
     how: str = "measured"  # "measured", "recorded" (from the choices file) or "deterministic" (first agreeing)
 
 
+_TIMING = {"mode": "launch"}
+_SLEEP_CYCLES = 2_000_000  # ~1 ms of GPU clock: longer than one round's host launches
+
+
+def set_timing(mode: str) -> None:
+    """What cuda_timer measures. "launch" (the default): a call's cost in a loop of eager calls, its
+    host launch included. "gpu": its device time alone, what a CUDA-graph replay pays, where no
+    launch happens (`pretrain.cuda_graphs` sets it before its blocks are captured). Choices
+    recorded in the choices file are kept apart per mode (see _section)."""
+    if mode not in ("launch", "gpu"):
+        raise ValueError(f"autoselect timing must be 'launch' or 'gpu', got {mode!r}")
+    _TIMING["mode"] = mode
+
+
 def cuda_timer(fns: dict[str, Callable[[], object]], warmup: int = 3, iters: int = 21) -> dict[str, list[float]]:
     """Milliseconds of each call of each candidate: `warmup` untimed rounds, then `iters` timed rounds,
     every candidate once per round (so clock ramps and other load hit all of them alike), each call
     between its own pair of CUDA events. NOTE: launched back to back, a call costs its GPU time when
     the GPU is the bottleneck, and its host launch time (plus a short kernel) when the host is: what
-    a loop of such calls (an eager training step) pays. A first version queued a sleep kernel ahead
-    to time the GPU alone; it chose the TMA kernel on 8192 x 512 x 512, whose Python launch
-    (host-side TMA descriptors) costs ~45 us against a 13 us kernel (H200, 2026-11-30)."""
+    a loop of such calls (an eager training step) pays; the TMA kernel on 8192 x 512 x 512 has a
+    Python launch (host-side TMA descriptors) of ~45 us against a 13 us kernel (H200, 2026-11-30).
+    With set_timing("gpu") a sleep kernel queued ahead of each round keeps the GPU behind the host,
+    so each call is timed from when the GPU reaches it: its device time alone."""
+    gpu_only = _TIMING["mode"] == "gpu"
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -72,6 +88,8 @@ def cuda_timer(fns: dict[str, Callable[[], object]], warmup: int = 3, iters: int
     events = {n: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(iters)] for n in fns}
     for i in range(iters):
+        if gpu_only:
+            torch.cuda._sleep(_SLEEP_CYCLES)
         for n, fn in fns.items():
             start, end = events[n][i]
             start.record()
@@ -157,6 +175,12 @@ def machine_signature() -> str:
     return f"{gpu} | torch {torch.__version__} | triton {tv}"
 
 
+def _section() -> str:
+    """The choices file's section for this process: the machine signature, and the timing mode when it
+    is not the default (a choice timed with launches is not the graph replay's choice)."""
+    return machine_signature() + (" | gpu timing" if _TIMING["mode"] == "gpu" else "")
+
+
 def _choices_path() -> Path | None:
     path = os.environ.get(CHOICES_ENV)
     return Path(path) if path else None
@@ -192,7 +216,7 @@ def recorded_choice(key) -> str | None:
     path = _choices_path()
     if path is None:
         return None
-    return _current_choices(path).get(machine_signature(), {}).get(str(key))
+    return _current_choices(path).get(_section(), {}).get(str(key))
 
 
 def record_choice(key, name: str) -> None:
@@ -206,7 +230,7 @@ def record_choice(key, name: str) -> None:
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = _read_choices(path)
-        data.setdefault(machine_signature(), {})[str(key)] = name
+        data.setdefault(_section(), {})[str(key)] = name
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)

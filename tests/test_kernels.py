@@ -241,6 +241,31 @@ def test_auto_falls_back_to_the_reference_when_no_backend_agrees(monkeypatch):
     assert got == "reference"
 
 
+def test_gpu_timed_choices_are_recorded_apart_from_launch_timed_ones(monkeypatch, tmp_path):
+    # a CUDA-graph run (pretrain.cuda_graphs) chooses by device time: a choice made by launch timing
+    # (an eager run on the same machine) must not be taken for it, nor the other way round
+    from kernels import autoselect
+    from kernels import fp8_gemm as mod
+    monkeypatch.setenv(autoselect.CHOICES_ENV, str(tmp_path / "choices.json"))
+    right, ops = _stand_ins()["steady"], _operands()
+    cands = {"first": right, "second": right}
+    monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+    assert mod.pick_backend(*ops, 128, torch.float32, candidates=cands,
+                            timer=_FakeTimer({"first": [1.0] * 21, "second": [0.9] * 21})) == "second"
+    try:
+        autoselect.set_timing("gpu")
+        monkeypatch.setattr(mod, "_BACKEND_CACHE", {})
+        t = _FakeTimer({"first": [0.5] * 21, "second": [0.9] * 21})
+        assert mod.pick_backend(*ops, 128, torch.float32, candidates=cands, timer=t) == "first"
+        assert t.calls and mod.backend_choices()[0]["how"] == "measured"
+    finally:
+        autoselect.set_timing("launch")
+    sections = json.loads((tmp_path / "choices.json").read_text())
+    assert sorted(sections) == [autoselect.machine_signature(), autoselect.machine_signature() + " | gpu timing"]
+    with pytest.raises(ValueError, match="'launch' or 'gpu', got 'wall'"):
+        autoselect.set_timing("wall")
+
+
 def test_auto_choice_is_recorded_and_the_next_run_takes_it_untimed(monkeypatch, tmp_path):
     # two runs of the same model must multiply each layout with the same backend: a timed choice
     # flipped between runs on 15 of 36 layouts of the small model on the H200 (cuBLAS and Triton

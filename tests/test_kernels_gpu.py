@@ -435,6 +435,27 @@ def test_grouped_wgrad_fp8_matches_reference(idx):
     assert dw[E - 1].abs().max() == 0  # the empty expert's gradient is written, as zeros
 
 
+def test_gpu_timing_leaves_out_the_host_launch():
+    # a call that spends 300 us on the host and microseconds on the GPU: launch timing (an eager
+    # loop) charges it the host time, GPU timing (what a CUDA-graph replay pays) only its kernel
+    import statistics
+    import time
+    from kernels import autoselect
+    x = torch.randn(256, 256, device="cuda")
+
+    def host_heavy():
+        time.sleep(3e-4)
+        return x @ x
+
+    launch = statistics.median(autoselect.cuda_timer({"h": host_heavy}, iters=9)["h"])
+    try:
+        autoselect.set_timing("gpu")
+        gpu = statistics.median(autoselect.cuda_timer({"h": host_heavy}, iters=9)["h"])
+    finally:
+        autoselect.set_timing("launch")
+    assert launch > 0.25 and gpu < 0.05, (launch, gpu)
+
+
 def test_auto_choice_agrees_and_is_measured():
     from kernels import fp8_gemm as mod
     from kernels.fp8_quant import act_quant, weight_quant

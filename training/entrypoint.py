@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from kernels.autoselect import CHOICES_ENV
+from kernels.autoselect import CHOICES_ENV, set_timing
 from training import distributed
 from training.distributed import Dist
 from training.launch import StageConfig
@@ -59,6 +59,7 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
         report.close(failed=failed)
         if inherited is None:
             del os.environ[CHOICES_ENV]
+        set_timing("launch")  # pretrain.cuda_graphs switches it to device time for its own blocks
         torch.use_deterministic_algorithms(deterministic_before)
 
 

@@ -179,8 +179,12 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
 
     module = engine.module
     if cfg.cuda_graphs:  # after the engine (its flat weight buffers) and the checkpoint: replays read them in place
+        from kernels.autoselect import set_timing
         from training.graphs import capture_blocks
 
+        # the captured GEMMs' backends are chosen in the warm-up before capture: by device time, what a
+        # replay pays (an eager step pays the host launches too; kernels/autoselect.py)
+        set_timing("gpu")
         first = data.batch(start, 0).to(dist.device)
         module.train()
         report.info(f"CUDA graphs: {capture_blocks(module, first[:, :-1], first[:, 1:])} blocks captured")
