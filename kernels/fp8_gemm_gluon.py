@@ -16,9 +16,11 @@ on 8 warps.
 
 What it measured (H100, BENCHMARKS.md 2026-12-06 nineteenth session): 0.94-1.00 of the Triton TMA
 kernel on large shapes, the grouped GEMM 0.90-0.98; small shapes and the wgrad layout (which spills)
-slower. So the overlap alone does not pay, and `auto` does not try this kernel. It is kept, tested,
-as the base for a warp-specialized version (a producer warp for the loads, consumer warpgroups for
-MMA and promotion), which is where the remaining gap to cuBLAS points.
+slower. So the overlap alone does not pay, and `auto` does not try this kernel. What did pay is the
+wider tile that warp specialization affords: kernels/fp8_gemm_gluon_ws.py (config 2 here, backend
+"gluon_ws", among auto's candidates) reaches cuBLAS on the forward and dgrad layouts. This kernel
+stays as an explicit backend for that comparison, tested; the WS module shares its tile order and
+descriptors.
 
 What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it against
 them on ragged shapes and routings. Gluon has no CPU interpreter: on CPU nothing here runs (CI
