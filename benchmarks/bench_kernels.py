@@ -164,7 +164,8 @@ def fmt_gemm_row(r):
             f"{t('fp8_blockwise_cublas')} | {t('fp8_blockwise_classic')} | {t('fp8_blockwise_tma')} | "
             f"{ratio:.2f} | {t('fp8_blockwise_gluon')} | {vs_cublas('fp8_blockwise_gluon', 'fp8_blockwise_cublas')} | "
             f"{t('fp8_blockwise_gluon_ws')} | {vs_cublas('fp8_blockwise_gluon_ws', 'fp8_blockwise_cublas')} | "
-            f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_gluon_ws')} | {t('dgrad_cublas')} | {t('wgrad_tma')} | {t('wgrad_gluon')} | "
+            f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_gluon_ws')} | {t('dgrad_cublas')} | "
+            f"{t('wgrad_tma')} | {t('wgrad_gluon')} | "
             f"{t('wgrad_cublas')} | {picks} |")
 
 

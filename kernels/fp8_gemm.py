@@ -31,8 +31,9 @@ shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session) and is among auto's ca
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
 the peer: `fp8_gemm(..., backend="auto")` runs cuBLAS, both Triton kernels and the warp-specialized
-Gluon one (where it applies) once per shape and layout on the GPU and keeps the fastest (median of 21 timed calls) of those whose result agrees with
-the reference (see pick_backend and kernels/autoselect.py).
+Gluon one (where it applies) once per shape and layout on the GPU and keeps the fastest (median of
+21 timed calls) of those whose result agrees with the reference (see pick_backend and
+kernels/autoselect.py).
 Shapes need not be multiples of 128 (ragged tiles are masked); the cuBLAS peer needs M, N, K
 multiples of 16, and (weights) K a multiple of 512, and is skipped otherwise: see fp8_gemm_cublas.
 """

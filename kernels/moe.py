@@ -287,7 +287,8 @@ def grouped_gemm(x_perm, w, r: Routing, x_scale=None, w_scale=None, out_dtype=No
     than "tma", so not among auto's candidates), "gluon_ws" (Hopper, FP8 or bf16 in, bf16 or fp16
     out: warp-specialized, 128x256 tiles; kernels/fp8_gemm_gluon_ws.py), "auto": the fastest of
     tma, classic and gluon_ws among those that agree with the reference, measured once per (N, K, E,
-    dtypes) (not per row count: that changes with the routing). config: None autotunes; an index or a triton.Config fixes it (tests).
+    dtypes) (not per row count: that changes with the routing). config: None autotunes; an index or
+    a triton.Config fixes it (tests).
     NOTE: output rows past the last expert's segment (offsets[E], up to the static bound P) are
     written as zeros, like the padding rows inside each segment (zero inputs give zero products).
     Nothing downstream needs their values (combine reads routed rows only), but the experts' next
