@@ -7,9 +7,10 @@ shapes, strides, dtypes and device in it), so the work is done once per layout f
 
 Why it exists. `fp8_gemm(backend="auto")` chooses between our kernels (Triton and Gluon) and
 cuBLAS, and `grouped_gemm(impl="auto")` between our kernels (two in Triton, one in Gluon), per
-shape. The first version timed 5 calls once and picked Triton on 4096 x 2048 x 7168 where cuBLAS is 1.5x faster (BENCHMARKS.md,
-2026-11-29). Now: warm-up calls first (the Triton autotuner compiles and benchmarks its configs on
-a new shape's first call), then `iters` rounds that time every candidate once each, interleaved;
+shape. The first version timed 5 calls once and picked Triton on 4096 x 2048 x 7168 where cuBLAS
+is 1.5x faster (BENCHMARKS.md, 2026-11-29). Now: warm-up calls first (the Triton autotuner compiles
+and benchmarks its configs on a new shape's first call), then `iters` rounds that time every
+candidate once each, interleaved;
 the median of each candidate's rounds decides (see cuda_timer for what a timed call includes).
 
 Tie rule: candidates within `tie` (2%) of the fastest median count as equal, and the first of them
