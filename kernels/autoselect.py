@@ -10,8 +10,8 @@ cuBLAS, and `grouped_gemm(impl="auto")` between our kernels (two in Triton, one 
 shape. The first version timed 5 calls once and picked Triton on 4096 x 2048 x 7168 where cuBLAS
 is 1.5x faster (BENCHMARKS.md, 2026-11-29). Now: warm-up calls first (the Triton autotuner compiles
 and benchmarks its configs on a new shape's first call), then `iters` rounds that time every
-candidate once each, interleaved;
-the median of each candidate's rounds decides (see cuda_timer for what a timed call includes).
+candidate once each, interleaved; the median of each candidate's rounds decides (see cuda_timer
+for what a timed call includes: launch or device time).
 
 Tie rule: candidates within `tie` (2%) of the fastest median count as equal, and the first of them
 in the caller's order wins (callers list the vendor library first).
