@@ -2,17 +2,19 @@
 
 What it computes. The same product as kernels/fp8_gemm.py, C = (A * sa) @ (B * sb)^T, A and B FP8
 E4M3, K-contiguous, sa one float32 scale per 1x128 tile of A, sb one per 128x128 block of B: the
-forward and the input-gradient (dgrad) layouts. The weight-gradient layout (one B scale per column)
-is refused: a column scale per register would not fit beside two accumulators (the pipelined kernel
-in kernels/fp8_gemm_gluon.py spills on it already).
+forward and the input-gradient (dgrad) layouts, dense or as the experts' grouped GEMM, with a bf16
+or fp16 result. The experts' bf16 grouped GEMM runs in it too (no scales, 64-deep slices). Refused:
+the weight-gradient layout (one B scale per column: 32 more registers a thread beside two
+accumulators) and fp32 results (ptxas spilled ~70 registers in the main loop with them).
 
 Why this shape. Every FP8 kernel here ran at ~830 TFLOP/s on an H100 on 128x128 tiles, with the
 promotion overlapped (kernels/fp8_gemm_gluon.py) or not (kernels/fp8_gemm.py), against cuBLAS's
 ~1,120. A 128x128x128 step reads 32 KiB from L2 for 4.2 MFLOP: at 830 TFLOP/s that is ~6.5 TB/s of
-L2-to-SM traffic, about what Hopper's L2 delivers, so the tile is too narrow to go faster whatever
-the instruction schedule. A 128x256 tile reads 48 KiB for 8.4 MFLOP (a third less per FLOP).
-Its accumulator is 128 fp32 registers a thread on 8 warps, and the promotion needs the product in
-registers beside it, which one uniform kernel cannot afford. So, as DeepGEMM does on Hopper:
+L2-to-SM traffic, which we took to be about what Hopper's L2 delivers (an estimate, not a
+measurement of the traffic; the result below supports it). A 128x256 tile reads 48 KiB for 8.4 MFLOP,
+a third less per FLOP. Its accumulator is 128 fp32 registers a thread on 8 warps, and the promotion
+needs the product in registers beside it, which one uniform kernel cannot afford. So, as DeepGEMM
+does on Hopper:
   - a loader partition (one warp, 24 registers) issues the TMA loads into a ring of stages;
   - two MMA warpgroups (registers moved to them with setmaxnreg) each own 64 rows of the tile. Each
     multiplies its rows by the tile's left 128 columns, waits, scales the product into its left
@@ -22,9 +24,14 @@ registers beside it, which one uniform kernel cannot afford. So, as DeepGEMM doe
     stores its 64x256 result itself (two TMA stores through its own shared buffers).
 A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
 
-What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it beside the
-pipelined Gluon kernel (configs of kernels/fp8_gemm_gluon.py marked `ws`). On CPU nothing here runs;
-`python benchmarks/sass_check.py gluon` compiles it for sm_90 offline.
+What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
+DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
+dense FP8 GEMM up to 64 experts (H200). bf16 experts: no faster than the Triton TMA kernel.
+
+What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it on ragged
+shapes and routings, and its bf16 results were bitwise equal to the Triton TMA kernel's (the same
+products, promoted in the same order). On CPU nothing here runs; `python benchmarks/sass_check.py
+gluon` compiles it for sm_90 offline.
 """
 
 from __future__ import annotations
