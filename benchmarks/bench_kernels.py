@@ -40,9 +40,7 @@ import kernels.fp8_gemm as fp8_gemm_mod  # noqa: E402
 import kernels.moe as moe  # noqa: E402
 from kernels.fp8_gemm import (fp8_gemm, fp8_gemm_cublas, fp8_gemm_gluon_checked, fp8_gemm_triton,  # noqa: E402
                               pick_backend)
-from kernels.fp8_gemm_gluon import GLUON_CONFIGS  # noqa: E402
-
-WS_CONFIG = next(i for i, c in enumerate(GLUON_CONFIGS) if c.warp_specialized)
+from kernels.fp8_gemm_gluon import GLUON_CONFIGS, WS_CONFIG  # noqa: E402
 from kernels.fp8_linear import FP8Linear  # noqa: E402
 from kernels.fp8_quant import (act_quant_dual_triton, act_quant_triton, weight_quant_dual_triton,  # noqa: E402
                                weight_quant_triton)

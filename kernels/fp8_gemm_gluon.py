@@ -70,9 +70,10 @@ def check_gluon_config(config: int, b_block: int, out_dtype: torch.dtype, what: 
     if not 0 <= config < len(GLUON_CONFIGS):
         raise ValueError(f"{what}: config must be 0..{len(GLUON_CONFIGS) - 1} (GLUON_CONFIGS), got {config}")
     cfg = GLUON_CONFIGS[config]
-    if cfg.warp_specialized and (b_block != TILE or torch.empty((), dtype=out_dtype).element_size() != 2):
+    if cfg.warp_specialized and (b_block != TILE or out_dtype.itemsize != 2):
+        pipelined = " or ".join(str(i) for i, c in enumerate(GLUON_CONFIGS) if not c.warp_specialized)
         raise ValueError(f"{what}: config {config} (warp-specialized) takes b_block={TILE} (forward, dgrad) and a "
-                         f"bf16 or fp16 result, got b_block={b_block}, {out_dtype}; use config 0 or 1")
+                         f"bf16 or fp16 result, got b_block={b_block}, {out_dtype}; use config {pipelined}")
     return cfg
 
 
@@ -100,18 +101,46 @@ if HAS_GLUON:
             pid_n = r // size_m
         return pid_m, pid_n
 
+    # -- shared with the warp-specialized kernel (kernels/fp8_gemm_gluon_ws.py) --
+
+    @gluon.jit
+    def _num_row_tiles(M, used_ptr, BLOCK_M: gl.constexpr, GROUPED: gl.constexpr):
+        # grouped: only the row tiles that hold routed rows (offsets[E], read on the device)
+        if GROUPED:
+            return gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
+        return gl.cdiv(M, BLOCK_M)
+
+    @gluon.jit
+    def _tile_expert(off_m, tile_expert_ptr, GROUPED: gl.constexpr):
+        if GROUPED:  # a 128-row tile never spans two experts' segments (kernels/routing.py pads to 128)
+            return gl.load(tile_expert_ptr + off_m // 128)
+        return 0
+
+    @gluon.jit
+    def _zero_unrouted_rows(c_ptr, M, N, used_ptr, stride_cm, BLOCK_M: gl.constexpr, NUM_SMS: gl.constexpr,
+                            num_warps: gl.constexpr):
+        # grouped: the row tiles past the routed rows are written as zeros (kernels/moe.py grouped_gemm's
+        # NOTE), in BLOCK_M x 128 pieces shared out over the programs
+        zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        zero = gl.zeros((BLOCK_M, 128), c_ptr.dtype.element_ty, layout=zl)
+        num_m = _num_row_tiles(M, used_ptr, BLOCK_M, True)
+        pieces = gl.cdiv(N, 128)
+        for t in range(gl.program_id(0), (gl.cdiv(M, BLOCK_M) - num_m) * pieces, NUM_SMS):
+            rows = (num_m + t // pieces) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, zl))
+            cols = (t % pieces) * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, zl))
+            ptrs = c_ptr + gl.expand_dims(rows.to(gl.int64) * stride_cm, 1) + gl.expand_dims(cols, 0)
+            gl.store(ptrs, zero, mask=gl.expand_dims(cols < N, 0))
+
+    # -- the pipelined kernel --
+
     @gluon.jit
     def _coords(j, pid, k_steps, num_m, num_n, tile_expert_ptr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
         # iteration j of this program: tile pid + (j // k_steps) * NUM_SMS, slice j % k_steps; grouped,
-        # the expert of the tile's rows too (a row tile never spans two 128-row segments)
+        # the expert of the tile's rows too
         pid_m, pid_n = _tile_of(pid + (j // k_steps) * NUM_SMS, num_m, num_n, GROUP_M)
         off_m = pid_m * BLOCK_M
-        if GROUPED:
-            e = gl.load(tile_expert_ptr + off_m // 128)
-        else:
-            e = 0
-        return off_m, pid_n * BLOCK_N, e, j % k_steps
+        return off_m, pid_n * BLOCK_N, _tile_expert(off_m, tile_expert_ptr, GROUPED), j % k_steps
 
     @gluon.jit
     def _issue_loads(j, total, pid, k_steps, num_m, num_n, N, tile_expert_ptr, a_desc, b_desc, a_bufs, b_bufs,
@@ -213,10 +242,7 @@ if HAS_GLUON:
         # persistent: program pid takes tiles pid, pid + NUM_SMS, ...; its (tile, slice) pairs are one
         # flattened sequence, so the next tile's loads and first MMA overlap this tile's epilogue
         pid = gl.program_id(0)
-        if GROUPED:
-            num_m = gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
-        else:
-            num_m = gl.cdiv(M, BLOCK_M)
+        num_m = _num_row_tiles(M, used_ptr, BLOCK_M, GROUPED)
         num_n: gl.constexpr = NUM_N  # cdiv(N, BLOCK_N) and cdiv(K, 128): see _tile_of
         k_steps: gl.constexpr = K_STEPS
         # NOTE: the runtime copy of k_steps here: with the constexpr and an even k_steps, LLVM proved
@@ -267,14 +293,8 @@ if HAS_GLUON:
             tma.store_wait(0)
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(st))
-        if GROUPED:  # the row tiles past the routed rows: zeros (kernels/moe.py grouped_gemm's NOTE)
-            zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-            zero = gl.zeros((BLOCK_M, BLOCK_N), c_ptr.dtype.element_ty, layout=zl)
-            for t in range(pid, (gl.cdiv(M, BLOCK_M) - num_m) * num_n, NUM_SMS):
-                rows = (num_m + t // num_n) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, zl))
-                cols = (t % num_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, zl))
-                ptrs = c_ptr + gl.expand_dims(rows.to(gl.int64) * stride_cm, 1) + gl.expand_dims(cols, 0)
-                gl.store(ptrs, zero, mask=gl.expand_dims(cols < N, 0))
+        if GROUPED:
+            _zero_unrouted_rows(c_ptr, M, N, used_ptr, stride_cm, BLOCK_M, NUM_SMS, num_warps)
 
 
 def _gl_dtype(t: torch.dtype):
@@ -297,7 +317,7 @@ def fp8_gemm_gluon(a, sa, b, sb, c, b_block: int = TILE, config: int = 0) -> tor
     caller (kernels/fp8_gemm.py) has checked shapes, dtypes and TMA alignment."""
     M, K = a.shape
     N = b.shape[0]
-    bm, bn, warps, stages, ws = check_gluon_config(config, b_block, c.dtype, "fp8_gemm_gluon")
+    bm, bn, warps, stages, ws = GLUON_CONFIGS[config]  # checked by fp8_gemm_gluon_checked
     if ws:
         from kernels.fp8_gemm_gluon_ws import launch_ws
         launch_ws(a, sa, b, sb, c, stages, (0, sb.stride(0)))
@@ -318,7 +338,7 @@ def grouped_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> to
     checked shapes, dtypes and TMA alignment."""
     P, K = x_perm.shape
     E, N, _ = w.shape
-    bm, bn, warps, stages, ws = check_gluon_config(config, TILE, c.dtype, "grouped_gemm(impl='gluon')")
+    bm, bn, warps, stages, ws = GLUON_CONFIGS[config]  # checked by kernels/moe.py _grouped_gluon
     if ws:
         from kernels.fp8_gemm_gluon_ws import launch_ws
         if x_scale is None:  # bf16: no scales (the kernel reads none)
@@ -326,9 +346,6 @@ def grouped_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> to
         launch_ws(x_perm, x_scale, w.view(E * N, K), w_scale, c, stages, (w_scale.stride(0), w_scale.stride(1)),
                   grouped=(r.tile_expert, r.offsets[E:]))
         return c
-    if x_scale is None:
-        raise ValueError(f"grouped_gemm(impl='gluon'): config {config} (pipelined) is FP8 only; bf16 experts take "
-                         f"config {WS_CONFIG} (impl='gluon_ws')")
     grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),
                                  gluon_descriptor(c, [bm, bn]), c, x_scale, w_scale, r.tile_expert, r.offsets[E:],

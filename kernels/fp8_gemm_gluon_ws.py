@@ -46,20 +46,7 @@ if HAS_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                    warpgroup_mma, warpgroup_mma_wait)
 
-    from kernels.fp8_gemm_gluon import _tile_of
-
-    @gluon.jit
-    def _num_row_tiles(M, used_ptr, BLOCK_M: gl.constexpr, GROUPED: gl.constexpr):
-        # grouped: only the row tiles that hold routed rows (offsets[E], read on the device)
-        if GROUPED:
-            return gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
-        return gl.cdiv(M, BLOCK_M)
-
-    @gluon.jit
-    def _tile_expert(off_m, tile_expert_ptr, GROUPED: gl.constexpr):
-        if GROUPED:  # a 128-row tile never spans two experts' segments (kernels/routing.py pads to 128)
-            return gl.load(tile_expert_ptr + off_m // 128)
-        return 0
+    from kernels.fp8_gemm_gluon import _num_row_tiles, _tile_expert, _tile_of, _zero_unrouted_rows
 
     @gluon.jit
     def _ws_loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N,
@@ -225,16 +212,8 @@ if HAS_GLUON:
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(st))
             mbarrier.invalidate(empty.index(st))
-        if GROUPED:  # the row tiles past the routed rows: zeros (kernels/moe.py grouped_gemm's NOTE)
-            zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-            zero = gl.zeros((BLOCK_M, 128), c_ptr.dtype.element_ty, layout=zl)
-            num_m = gl.cdiv(gl.load(used_ptr).to(gl.int32), BLOCK_M)
-            halves = 2 * NUM_N
-            for t in range(gl.program_id(0), (gl.cdiv(M, BLOCK_M) - num_m) * halves, NUM_SMS):
-                rows = (num_m + t // halves) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, zl))
-                cols = (t % halves) * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, zl))
-                ptrs = c_ptr + gl.expand_dims(rows.to(gl.int64) * stride_cm, 1) + gl.expand_dims(cols, 0)
-                gl.store(ptrs, zero, mask=gl.expand_dims(cols < N, 0))
+        if GROUPED:
+            _zero_unrouted_rows(c_ptr, M, N, used_ptr, stride_cm, BLOCK_M, NUM_SMS, num_warps)
 
 
 WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)

@@ -145,23 +145,25 @@ def test_fp8_gemm_refuses_mismatched_shapes():
 
 
 def test_gluon_warp_specialized_config_refuses_what_it_cannot_do():
-    # the warp-specialized Gluon kernel (config 2) takes one B scale per 128x128 block and a 2-byte
+    # the warp-specialized Gluon kernel (WS_CONFIG) takes one B scale per 128x128 block and a 2-byte
     # result: the wgrad layout and fp32 results are refused by name before any GPU is asked for
     from kernels.fp8_gemm import fp8_gemm_gluon_checked
-    from kernels.fp8_gemm_gluon import GLUON_CONFIGS
-    assert GLUON_CONFIGS[2].warp_specialized
+    from kernels.fp8_gemm_gluon import GLUON_CONFIGS, WS_CONFIG
+    assert GLUON_CONFIGS[WS_CONFIG].warp_specialized
+    n = len(GLUON_CONFIGS)
     aq, sa = act_quant_ref(torch.randn(128, 256))
     wq, ws = weight_quant_ref(torch.randn(256, 256))
-    with pytest.raises(ValueError, match="config 2 .*got b_block=128, torch.float32; use config 0 or 1"):
-        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.float32, config=2)
+    with pytest.raises(ValueError, match=f"config {WS_CONFIG} .*got b_block=128, torch.float32; use config 0 or 1"):
+        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.float32, config=WS_CONFIG)
     bq, sb = act_quant_ref(torch.randn(256, 256))  # wgrad: B with 1x128 tiles
     with pytest.raises(ValueError, match="got b_block=1, torch.bfloat16"):
-        fp8_gemm_gluon_checked(aq, sa, bq, sb, 1, torch.bfloat16, config=2)
-    with pytest.raises(ValueError, match=r"config must be 0\.\.2"):
-        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.bfloat16, config=3)
+        fp8_gemm_gluon_checked(aq, sa, bq, sb, 1, torch.bfloat16, config=WS_CONFIG)
+    with pytest.raises(ValueError, match=rf"config must be 0\.\.{n - 1}"):
+        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.bfloat16, config=n)
     # what it takes passes the check and stops only at the missing GPU (or Triton, as in CI)
     with pytest.raises(RuntimeError, match="fp8_gemm_gluon: (Triton is not installed|expected CUDA tensors)"):
-        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.bfloat16, config=2)
+        fp8_gemm_gluon_checked(aq, sa, wq, ws, 128, torch.bfloat16, config=WS_CONFIG)
+
 
 # ---------------------------------------------------------------------------------------------
 # backend="auto": the selection logic, with CPU stand-ins for the backends and a fake timer

@@ -261,10 +261,11 @@ def _bf16_bound(ref):
 @pytest.mark.parametrize("layout", ["forward", "dgrad"])
 def test_fp8_gemm_gluon_warp_specialized_matches_reference(M, N, K, layout):
     from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
+    from kernels.fp8_gemm_gluon import WS_CONFIG
     _gluon_or_skip()
     aq, as_, bq, bs, bb = _gemm_operands(M, N, K, layout)
     ref = fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)
-    c = _run_or_skip(lambda: fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16, config=2))
+    c = _run_or_skip(lambda: fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16, config=WS_CONFIG))
     assert c.dtype == torch.bfloat16 and rel(c, ref) < _bf16_bound(ref)
 
 
