@@ -153,6 +153,7 @@ def gluon_ws(stages: int):
                "b_desc": mangle_type(gg.gluon_descriptor(x, [bn, bk])),
                "c_desc": mangle_type(gg.gluon_descriptor(c, [bm // 2, 128])), "c_ptr": mangle_type(c),
                "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
+               "src_token_ptr": "*i32",
                **{a: "i32" for a in ("M", "N", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
         consts = {"K_STEPS": 16, "NUM_N": 6, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
                   "num_warps": 4}

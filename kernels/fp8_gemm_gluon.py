@@ -344,7 +344,7 @@ def grouped_gemm_gluon(x_perm, w, r, x_scale, w_scale, c, config: int = 0) -> to
         if x_scale is None:  # bf16: no scales (the kernel reads none)
             x_scale, w_scale = x_perm, w
         launch_ws(x_perm, x_scale, w.view(E * N, K), w_scale, c, stages, (w_scale.stride(0), w_scale.stride(1)),
-                  grouped=(r.tile_expert, r.offsets[E:]))
+                  grouped=(r.tile_expert, r.offsets[E:], r.src_token))
         return c
     grid = (min(num_sms(x_perm.device), cdiv(P, bm) * cdiv(N, bn)),)
     _fp8_gemm_gluon_kernel[grid](gluon_descriptor(x_perm, [bm, TILE]), gluon_descriptor(w.view(E * N, K), [bn, TILE]),

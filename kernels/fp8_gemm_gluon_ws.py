@@ -22,6 +22,9 @@ does on Hopper:
     128 accumulator registers. While one warpgroup scales, the other's MMA holds the tensor cores.
   - each warpgroup frees a stage when both its MMAs on it are done (an mbarrier of count 2), and
     stores its 64x256 result itself (two TMA stores through its own shared buffers).
+  - a warpgroup whose 64 rows are all past M, or in the grouped GEMM all padding (an expert's last
+    tile holds 1-64 routed rows), multiplies nothing and only releases its stages: each expert's
+    padding then costs half a tile at most where it cost a whole one.
 A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
@@ -95,7 +98,7 @@ if HAS_GLUON:
 
     @gluon.jit
     def _ws_slices_fp8(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, prod, sa_ptrs, sb_l_ptr, sb_r_ptr,
-                       WG: gl.constexpr, K_STEPS: gl.constexpr):
+                       WG: gl.constexpr, K_STEPS: gl.constexpr, live):
         # one tile's slices, FP8: each half's product waited for and promoted before the next MMA
         STAGES: gl.constexpr = a_bufs.type.shape[0]
         ROWS: gl.constexpr = acc_l.shape[0]
@@ -108,15 +111,17 @@ if HAS_GLUON:
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
             a = a_bufs.index(s).slice(WG * ROWS, ROWS)
             b = b_bufs.index(s)
-            acc_l, prod = _ws_half(a, b.slice(0, 128), acc_l, prod, sa, sb_l)
-            acc_r, prod = _ws_half(a, b.slice(128, 128), acc_r, prod, sa, sb_r)
+            if live:
+                acc_l, prod = _ws_half(a, b.slice(0, 128), acc_l, prod, sa, sb_l)
+                acc_r, prod = _ws_half(a, b.slice(128, 128), acc_r, prod, sa, sb_r)
             # both MMAs on the stage are done: this warpgroup's half of its release
             mbarrier.arrive(empty.index(s), count=1)
             i += 1
         return acc_l, acc_r, prod, i
 
     @gluon.jit
-    def _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG: gl.constexpr, K_STEPS: gl.constexpr):
+    def _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG: gl.constexpr, K_STEPS: gl.constexpr,
+                        live):
         # one tile's slices, bf16: the MMAs accumulate in place, one slice's pair left in flight while
         # the next is issued; a stage is released once its pair is done
         STAGES: gl.constexpr = a_bufs.type.shape[0]
@@ -126,9 +131,10 @@ if HAS_GLUON:
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
             a = a_bufs.index(s).slice(WG * ROWS, ROWS)
             b = b_bufs.index(s)
-            acc_l = warpgroup_mma(a, b.slice(0, 128).permute((1, 0)), acc_l, is_async=True)
-            acc_r = warpgroup_mma(a, b.slice(128, 128).permute((1, 0)), acc_r, is_async=True)
-            acc_l, acc_r = warpgroup_mma_wait(2, deps=(acc_l, acc_r))  # the previous slice's pair is done
+            if live:
+                acc_l = warpgroup_mma(a, b.slice(0, 128).permute((1, 0)), acc_l, is_async=True)
+                acc_r = warpgroup_mma(a, b.slice(128, 128).permute((1, 0)), acc_r, is_async=True)
+                acc_l, acc_r = warpgroup_mma_wait(2, deps=(acc_l, acc_r))  # the previous slice's pair is done
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=kb > 0)
             i += 1
         acc_l, acc_r = warpgroup_mma_wait(0, deps=(acc_l, acc_r))
@@ -136,7 +142,17 @@ if HAS_GLUON:
         return acc_l, acc_r, i
 
     @gluon.jit
-    def _ws_mma(a_bufs, b_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
+    def _half_has_rows(first_row, M, src_token_ptr, GROUPED: gl.constexpr):
+        # a warpgroup's 64 rows hold some to compute: not past M, and (grouped) not padding alone. A
+        # segment's routed rows come first (kernels/routing.py), so 64 rows hold some exactly when the
+        # first does; only a tile's second half can be padding alone (segments are 128-row aligned)
+        if GROUPED:
+            return gl.load(src_token_ptr + first_row) >= 0
+        return first_row < M
+
+    @gluon.jit
+    def _ws_mma(a_bufs, b_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                src_token_ptr, M, N,
                 stride_sam, stride_sbe, stride_sbn, WG: gl.constexpr, K_STEPS: gl.constexpr, NUM_N: gl.constexpr,
                 GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
         # one warpgroup: rows WG*64 .. WG*64+63 of every tile of this program
@@ -156,6 +172,13 @@ if HAS_GLUON:
             off_n = pid_n * BLOCK_N
             acc_l = gl.zeros((ROWS, 128), gl.float32, layout=mma)
             acc_r = gl.zeros((ROWS, 128), gl.float32, layout=mma)
+            # a warpgroup whose rows are all padding or past M multiplies nothing: it only waits for and
+            # releases the stages (the loader counts two arrivals a stage), and the other warpgroup has
+            # the tensor cores to itself. Its zeros are stored: the grouped GEMM's padding rows must be
+            # zero; past M the store is clipped. NOTE: tested inside the slice loop, not by a branch
+            # around it or a trip count of zero: with those ptxas spilled ~110 registers of the FP8
+            # loop, whose warpgroup is at its register limit (sass_check.py gluon)
+            live = _half_has_rows(off_m + WG * ROWS, M, src_token_ptr, GROUPED)
             if IS_FP8:
                 e = _tile_expert(off_m, tile_expert_ptr, GROUPED)
                 rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
@@ -163,21 +186,23 @@ if HAS_GLUON:
                 sb_l_ptr = sb_ptr + e * stride_sbe + (off_n // 128) * stride_sbn
                 sb_r_ptr = sb_ptr + e * stride_sbe + gl.minimum(off_n // 128 + 1, n_blocks - 1) * stride_sbn
                 acc_l, acc_r, prod, i = _ws_slices_fp8(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, prod,
-                                                       sa_ptr + rows * stride_sam, sb_l_ptr, sb_r_ptr, WG, K_STEPS)
+                                                       sa_ptr + rows * stride_sam, sb_l_ptr, sb_r_ptr, WG, K_STEPS,
+                                                       live)
             else:
-                acc_l, acc_r, i = _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG, K_STEPS)
+                acc_l, acc_r, i = _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG, K_STEPS, live)
             _ws_store(acc_l, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
             _ws_store(acc_r, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
         tma.store_wait(0)
 
     @gluon.jit
-    def _gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
-                            stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
-                            NUM_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                            NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, num_warps: gl.constexpr):
+    def _gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, src_token_ptr,
+                        M, N, stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
+                        NUM_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                        NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, num_warps: gl.constexpr):
         # GROUPED: the experts' grouped GEMM, as in kernels/fp8_gemm_gluon.py (A the permuted rows, B
         # the stacked weights (E*N, K), each 128-row tile times its expert's weight; the row tiles past
-        # the routed rows are written as zeros). c_desc's block is one warpgroup's half tile (64x128).
+        # the routed rows are written as zeros; a warpgroup whose 64 rows are padding alone (src_token
+        # -1) multiplies nothing). c_desc's block is one warpgroup's half tile (64x128).
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256, "128x256 tiles: two warpgroups of 64 rows")
@@ -201,10 +226,12 @@ if HAS_GLUON:
         WG0: gl.constexpr = 0
         WG1: gl.constexpr = 1
         gl.warp_specialize([
-            (_ws_mma, (a_bufs, b_bufs, c0, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
-                       stride_sam, stride_sbe, stride_sbn, WG0, K_STEPS, NUM_N, GROUP_M, NUM_SMS, GROUPED)),
-            (_ws_mma, (a_bufs, b_bufs, c1, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, M, N,
-                       stride_sam, stride_sbe, stride_sbn, WG1, K_STEPS, NUM_N, GROUP_M, NUM_SMS, GROUPED)),
+            (_ws_mma, (a_bufs, b_bufs, c0, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                       src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG0, K_STEPS, NUM_N, GROUP_M,
+                       NUM_SMS, GROUPED)),
+            (_ws_mma, (a_bufs, b_bufs, c1, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                       src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG1, K_STEPS, NUM_N, GROUP_M,
+                       NUM_SMS, GROUPED)),
             (_ws_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N, K_STEPS,
                           NUM_N, GROUP_M, NUM_SMS, GROUPED)),
         ], [4, 1], [232, 24])
@@ -222,16 +249,17 @@ WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,5
 
 def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped=None) -> None:
     """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128);
-    bf16 operands: c = a @ b^T (sa, sb unread). grouped=(tile_expert, used): the experts' GEMM, b the
-    stacked weights (E*N, K), sb (E, N/128, K/128). sb_strides: sb's (expert, row) strides."""
+    bf16 operands: c = a @ b^T (sa, sb unread). grouped=(tile_expert, used, src_token) of the
+    routing: the experts' GEMM, b the stacked weights (E*N, K), sb (E, N/128, K/128). sb_strides:
+    sb's (expert, row) strides."""
     M, K = a.shape
     N = c.shape[1]
     bm, bn = WS_TILE
     bk = 128 // a.element_size()  # 128-byte rows: the widest TMA swizzle
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
-    tile_expert, used = grouped if grouped is not None else (c, c)  # unread when not grouped
+    tile_expert, used, src_token = grouped if grouped is not None else (c, c, c)  # unread when not grouped
     _gemm_ws_kernel[grid](gluon_descriptor(a, [bm, bk]), gluon_descriptor(b, [bn, bk]),
-                          gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, M, N, c.stride(0),
-                          sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk), NUM_N=cdiv(N, bn), GROUP_M=8,
+                          gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, src_token, M, N,
+                          c.stride(0), sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk), NUM_N=cdiv(N, bn), GROUP_M=8,
                           STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None, num_warps=4,
                           maxnreg=WS_MAXNREG)
