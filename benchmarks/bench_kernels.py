@@ -127,6 +127,11 @@ def gemm_section(shapes) -> list[dict]:
                                                                     config=best_gl))
         r["dgrad_cublas"] = try_bench(lambda: fp8_gemm_cublas(dyq, dys, wtq, wts, 128))
         r["wgrad_cublas"] = try_bench(lambda: fp8_gemm_cublas(dtq, dts, xtq, xts, 1, torch.float32))
+        # bf16 out: what the training path asks for (the weight's dtype); the warp-specialized kernel
+        # writes 2-byte results only
+        r["wgrad_cublas_bf16"] = try_bench(lambda: fp8_gemm_cublas(dtq, dts, xtq, xts, 1, torch.bfloat16))
+        r["wgrad_gluon_ws_bf16"] = try_bench(lambda: fp8_gemm_gluon_checked(dtq, dts, xtq, xts, 1, torch.bfloat16,
+                                                                            config=WS_CONFIG))
         # what "auto" picks, three times from an empty cache, and the medians of its last pick
         picks = []
         for _ in range(3):
@@ -136,7 +141,8 @@ def gemm_section(shapes) -> list[dict]:
         r["auto_choice"] = fp8_gemm_mod.backend_choices()[-1]
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_classic",
                     "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma", "fp8_blockwise_gluon", "dgrad_gluon",
-                    "wgrad_gluon", "dgrad_cublas", "wgrad_cublas", "fp8_blockwise_gluon_ws", "dgrad_gluon_ws"):
+                    "wgrad_gluon", "dgrad_cublas", "wgrad_cublas", "fp8_blockwise_gluon_ws", "dgrad_gluon_ws",
+                    "wgrad_cublas_bf16", "wgrad_gluon_ws_bf16"):
             if isinstance(r[key], float):
                 r[key + "_tflops"] = tflops(flop, r[key])
         rows.append(r)
@@ -163,8 +169,8 @@ def fmt_gemm_row(r):
             f"{ratio:.2f} | {t('fp8_blockwise_gluon')} | {vs_cublas('fp8_blockwise_gluon', 'fp8_blockwise_cublas')} | "
             f"{t('fp8_blockwise_gluon_ws')} | {vs_cublas('fp8_blockwise_gluon_ws', 'fp8_blockwise_cublas')} | "
             f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_gluon_ws')} | {t('dgrad_cublas')} | "
-            f"{t('wgrad_tma')} | {t('wgrad_gluon')} | "
-            f"{t('wgrad_cublas')} | {picks} |")
+            f"{t('wgrad_tma')} | {t('wgrad_gluon')} | {t('wgrad_cublas')} | {t('wgrad_gluon_ws_bf16')} | "
+            f"{t('wgrad_cublas_bf16')} | {vs_cublas('wgrad_gluon_ws_bf16', 'wgrad_cublas_bf16')} | {picks} |")
 
 
 def quant_section() -> list[dict]:
@@ -548,9 +554,10 @@ def main():
         print("| M x N x K | shape | bf16 matmul | FP8 rowwise (cuBLAS) | FP8 blockwise (cuBLAS) | "
               "ours classic | ours TMA | best Triton / cuBLAS blockwise | ours Gluon pipelined (best config) | "
               "pipelined / cuBLAS | ours Gluon warp-specialized | warp-specialized / cuBLAS | "
-              "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | wgrad TMA (fp32 out) | wgrad Gluon | wgrad cuBLAS | "
-              "auto picks (3 tries) |")
-        print("|" + " --- |" * 21)
+              "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | wgrad TMA (fp32 out) | "
+              "wgrad Gluon | wgrad cuBLAS | wgrad Gluon warp-specialized (bf16 out) | wgrad cuBLAS (bf16 out) | "
+              "wgrad warp-specialized / cuBLAS (bf16) | auto picks (3 tries) |")
+        print("|" + " --- |" * 24)
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")

@@ -2,8 +2,8 @@
 # One device call for the Gluon FP8 GEMMs (kernels/fp8_gemm_gluon.py, pipelined; fp8_gemm_gluon_ws.py,
 # warp-specialized):
 #   1. a smoke run under a short timeout (a kernel that deadlocks must not eat the call: Triton's
-#      automatic warp specialization did, BENCHMARKS.md tenth session): right or not on three shapes
-#      and one grouped GEMM, both kernels;
+#      automatic warp specialization did, BENCHMARKS.md tenth session): right or not on three shapes,
+#      two of the wgrad layout and one grouped GEMM (FP8 and bf16), both kernels;
 #   2. its GPU tests (tests/test_kernels_gpu.py -k gluon, plus $TESTS);
 #   3. bench_kernels.py's sections in $SECTIONS (default gemm: ours, Triton and Gluon, against cuBLAS).
 #   SMOKE_S=90 TEST_S=150 BENCH_S=300 [SECTIONS=gemm,grouped] bash benchmarks/run_gluon_device.sh   (0 skips a part)
@@ -43,6 +43,20 @@ for M, N, K in ((512, 1024, 2048), (257, 384, 384), (1000, 640, 1152)):
     same = torch.equal(fp8_gemm_gluon_checked(aq, as_, wq, wsc, 128, torch.bfloat16, config=ws),
                        fp8_gemm_triton(aq, as_, wq, wsc, 128, torch.bfloat16, impl="tma"))
     print(f"smoke {M}x{N}x{K}: warp-specialized bf16 result bitwise equal to Triton TMA's: {same}", flush=True)
+# the wgrad layout, warp-specialized: B in 1x128 tiles too (a scale per column and slice), N=200 ragged
+for M, N, K in ((512, 1024, 2048), (300, 200, 704)):
+    aq, as_ = act_quant(torch.randn(M, K, device="cuda"))
+    bq, bs = act_quant(torch.randn(N, K, device="cuda"))
+    ref = fp8_gemm_ref(aq, as_, bq, bs, 1, compute_dtype=torch.float64)
+    bound = 1.25 * rel(ref.to(torch.bfloat16), ref)
+    t = time.time()
+    c = fp8_gemm_gluon_checked(aq, as_, bq, bs, 1, torch.bfloat16, config=ws)
+    torch.cuda.synchronize()
+    err = rel(c, ref)
+    same = torch.equal(c, fp8_gemm_triton(aq, as_, bq, bs, 1, torch.bfloat16, impl="tma"))
+    print(f"smoke wgrad {M}x{N}x{K} config {ws}: rel err {err:.2e} (bound {bound:.1e}; {time.time() - t:.1f} s "
+          f"with compile); bitwise equal to Triton TMA's: {same}", flush=True)
+    assert err < bound, err
 # the experts' grouped GEMM, warp-specialized: 16 experts, N=640
 x = torch.randn(2000, 1152, device="cuda", dtype=torch.bfloat16)
 r = make_routing(torch.randn(2000, 16, device="cuda").topk(2).indices, 16)

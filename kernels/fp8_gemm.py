@@ -26,7 +26,8 @@ next slice's MMA runs, and measured no faster (0.94-1.00 of the TMA kernel, H100
 128x128 tiles, which read a third more from L2 per FLOP than 128x256 ones. The fourth,
 warp-specialized in Gluon (kernels/fp8_gemm_gluon_ws.py, `backend="gluon_ws"`: a loader warp, two
 MMA warpgroups on 128x256 tiles), runs the forward and dgrad layouts at 1.00-1.14x cuBLAS on large
-shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session) and is among auto's candidates.
+shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session), runs the wgrad layout too, and is among
+auto's candidates.
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
@@ -295,18 +296,18 @@ def fp8_gemm_cublas(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16)
 
 _BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autoselect.py)
 # "auto" tries them in this order (ties: first). gluon_ws refuses what it cannot do (not a Hopper GPU,
-# the wgrad layout, fp32 results) before compiling anything: a refusal costs no timing
+# fp32 results) before compiling anything: a refusal costs no timing
 BACKENDS = ("cublas", "triton_tma", "triton_classic", "gluon_ws")
 
 
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
     """A Gluon kernel, after the checks fp8_gemm_triton makes: configs 0 and 1 the pipelined one
     (kernels/fp8_gemm_gluon.py: each slice's promotion overlapped with the next slice's MMA), config 2
-    the warp-specialized one (kernels/fp8_gemm_gluon_ws.py: forward and dgrad layouts, bf16 or fp16
-    out). Hopper only: Blackwell has no warpgroup MMA."""
+    the warp-specialized one (kernels/fp8_gemm_gluon_ws.py: every layout, bf16 or fp16 out). Hopper
+    only: Blackwell has no warpgroup MMA."""
     from kernels.fp8_gemm_gluon import check_gluon_config, fp8_gemm_gluon, gluon_runs_on
     M, N, K = _check(a, sa, b, sb, b_block)
-    check_gluon_config(config, b_block, out_dtype, "fp8_gemm_gluon")
+    check_gluon_config(config, out_dtype, "fp8_gemm_gluon")
     require_cuda(a, b, sa, sb, what="fp8_gemm_gluon")
     if not gluon_runs_on(a.device):
         raise ValueError("fp8_gemm_gluon: needs Triton's Gluon and a Hopper GPU (sm_90)")
@@ -365,7 +366,7 @@ def fp8_gemm(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16,
     """C (M, N) = (a * sa) @ (b * sb)^T. backend: "auto" (the fastest that agrees with the reference,
     per shape and layout), "cublas", "triton" (ours, TMA where it applies), "triton_tma",
     "triton_classic", "gluon" (Hopper; measured slower than "triton_tma", so not among auto's candidates),
-    "gluon_ws" (Hopper, warp-specialized; forward and dgrad layouts, 2-byte results), "reference";
+    "gluon_ws" (Hopper, warp-specialized; 2-byte results), "reference";
     emulated (the reference) on CPU."""
     if not (a.is_cuda and HAS_TRITON) and backend != "cublas":
         return fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=out_dtype)

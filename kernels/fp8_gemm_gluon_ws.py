@@ -3,9 +3,9 @@
 What it computes. The same product as kernels/fp8_gemm.py, C = (A * sa) @ (B * sb)^T, A and B FP8
 E4M3, K-contiguous, sa one float32 scale per 1x128 tile of A, sb one per 128x128 block of B: the
 forward and the input-gradient (dgrad) layouts, dense or as the experts' grouped GEMM, with a bf16
-or fp16 result. The experts' bf16 grouped GEMM runs in it too (no scales, 64-deep slices). Refused:
-the weight-gradient layout (one B scale per column: 32 more registers a thread beside two
-accumulators) and fp32 results (ptxas spilled ~70 registers in the main loop with them).
+or fp16 result; and the dense weight-gradient (wgrad) layout, sb one scale per 1x128 tile of B (per
+column of C and slice). The experts' bf16 grouped GEMM runs in it too (no scales, 64-deep slices).
+Refused: fp32 results (ptxas spilled ~70 registers in the main loop with them).
 
 Why this shape. Every FP8 kernel here ran at ~830 TFLOP/s on an H100 on 128x128 tiles, with the
 promotion overlapped (kernels/fp8_gemm_gluon.py) or not (kernels/fp8_gemm.py), against cuBLAS's
@@ -26,6 +26,11 @@ does on Hopper:
     tile holds 1-64 routed rows), multiplies nothing and only releases its stages: each expert's
     padding then costs half a tile at most where it cost a whole one.
 A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
+In the wgrad layout every column has its own scale a slice: a half's 128 of them would be 32 more
+registers a thread beside the two accumulators and the product, past the warpgroup's 232. So there
+each warpgroup promotes 64-column quarters (four 32-register accumulators, a 32-register product),
+and the loader brings each slice's 256 column scales into shared memory with the operands (one TMA
+row of the scales transposed), whence a quarter reads its 64 just before it is promoted.
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
 DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
@@ -41,22 +46,24 @@ from __future__ import annotations
 
 from kernels._triton import num_sms
 from kernels.fp8_gemm_gluon import HAS_GLUON, gluon_descriptor
-from kernels.fp8_quant import cdiv
+from kernels.fp8_quant import TILE, cdiv
 
 if HAS_GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                    warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from kernels.fp8_gemm_gluon import _num_row_tiles, _tile_expert, _tile_of, _zero_unrouted_rows
 
     @gluon.jit
-    def _ws_loader(a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N,
+    def _ws_loader(a_desc, b_desc, s_desc, a_bufs, b_bufs, s_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N,
                    K_STEPS: gl.constexpr, NUM_N: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
-                   GROUPED: gl.constexpr):
+                   GROUPED: gl.constexpr, COL_SCALES: gl.constexpr):
         # one warp: for each of this program's tiles and each 128-deep slice, wait for a free stage
-        # and load A's 128 rows and B's 256 rows of the slice into it
+        # and load A's 128 rows and B's 256 rows of the slice into it (COL_SCALES, the wgrad layout:
+        # and the slice's 256 column scales, a row of the transposed scales)
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -73,7 +80,11 @@ if HAS_GLUON:
                 # pass over the ring waits for nothing
                 mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
                 bar = ready.index(s)
-                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+                if COL_SCALES:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes + s_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(s_desc, [kb, pid_n * BLOCK_N], bar, s_bufs.index(s))
+                else:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(a_desc, [off_m, kb * BLOCK_K], bar, a_bufs.index(s))
                 tma.async_copy_global_to_shared(b_desc, [row_b, kb * BLOCK_K], bar, b_bufs.index(s))
                 i += 1
@@ -87,14 +98,14 @@ if HAS_GLUON:
         return acc + p * gl.expand_dims(sa * sb, 1), p
 
     @gluon.jit
-    def _ws_store(acc, c_desc, c_bufs, half: gl.constexpr, off_m, off_n):
-        # one buffer per half: this one's previous store has read it once at most one store is pending
-        # (they retire in order)
-        c_smem = c_bufs.index(half)
+    def _ws_store(acc, c_desc, c_bufs, part: gl.constexpr, off_m, off_n):
+        # part `part` of a warpgroup's 256 columns, through two buffers in turn: this one's previous
+        # store has read it once at most one store is pending (they retire in order)
+        c_smem = c_bufs.index(part % 2)
         tma.store_wait(1)
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
-        tma.async_copy_shared_to_global(c_desc, [off_m, off_n + half * 128], c_smem)
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n + part * c_desc.block_type.shape[1]], c_smem)
 
     @gluon.jit
     def _ws_slices_fp8(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, prod, sa_ptrs, sb_l_ptr, sb_r_ptr,
@@ -142,6 +153,55 @@ if HAS_GLUON:
         return acc_l, acc_r, i
 
     @gluon.jit
+    def _ws_quarter(a, b, sb_smem, acc, prod, sa):
+        # 64 columns of a slice, the wgrad layout: the product waited for, then scaled by its rows' and
+        # its columns' scales (read from shared memory meanwhile) into its accumulator
+        p = warpgroup_mma(a, b.permute((1, 0)), prod, use_acc=False, is_async=True)
+        sb = sb_smem.load(gl.SliceLayout(0, acc.type.layout))
+        p = warpgroup_mma_wait(0, deps=(p,))
+        return acc + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0)), p
+
+    @gluon.jit
+    def _ws_tile_col_scales(a_bufs, b_bufs, s_bufs, c_bufs, ready, empty, c_desc, i, sa_ptr, stride_sam, M, off_m,
+                            off_n, WG: gl.constexpr, K_STEPS: gl.constexpr, live):
+        # one tile of the wgrad layout (B scaled per column, in 1x128 tiles along K as A is): the
+        # warpgroup's 64x256 in four 64-column quarters, each multiplied, waited for and promoted in turn.
+        # Quarters, not halves: a half's 128 column scales are 32 registers a thread, which with two
+        # 128-register accumulators and the product exceeds the warpgroup's 232
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        ROWS: gl.constexpr = c_desc.block_type.shape[0]  # 64
+        Q: gl.constexpr = c_desc.block_type.shape[1]  # 64
+        BLOCK_N: gl.constexpr = b_bufs.type.shape[1]
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, Q, 32])
+        rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
+        sa_ptrs = sa_ptr + rows * stride_sam
+        acc0 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        acc1 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        acc2 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        acc3 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        prod = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        for kb in range(K_STEPS):
+            s = i % STAGES
+            sa = gl.load(sa_ptrs + kb)
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            if live:
+                a = a_bufs.index(s).slice(WG * ROWS, ROWS)
+                b = b_bufs.index(s)
+                # the stage's (1, 256) column scales, read as a vector (unswizzled: the same bytes)
+                sb = s_bufs.index(s)._reinterpret(gl.float32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+                acc0, prod = _ws_quarter(a, b.slice(0, Q), sb.slice(0, Q), acc0, prod, sa)
+                acc1, prod = _ws_quarter(a, b.slice(Q, Q), sb.slice(Q, Q), acc1, prod, sa)
+                acc2, prod = _ws_quarter(a, b.slice(2 * Q, Q), sb.slice(2 * Q, Q), acc2, prod, sa)
+                acc3, prod = _ws_quarter(a, b.slice(3 * Q, Q), sb.slice(3 * Q, Q), acc3, prod, sa)
+            mbarrier.arrive(empty.index(s), count=1)
+            i += 1
+        _ws_store(acc0, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
+        _ws_store(acc1, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
+        _ws_store(acc2, c_desc, c_bufs, 2, off_m + WG * ROWS, off_n)
+        _ws_store(acc3, c_desc, c_bufs, 3, off_m + WG * ROWS, off_n)
+        return i
+
+    @gluon.jit
     def _half_has_rows(first_row, M, src_token_ptr, GROUPED: gl.constexpr):
         # a warpgroup's 64 rows hold some to compute: not past M, and (grouped) not padding alone. A
         # segment's routed rows come first (kernels/routing.py), so 64 rows hold some exactly when the
@@ -151,10 +211,10 @@ if HAS_GLUON:
         return first_row < M
 
     @gluon.jit
-    def _ws_mma(a_bufs, b_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
-                src_token_ptr, M, N,
-                stride_sam, stride_sbe, stride_sbn, WG: gl.constexpr, K_STEPS: gl.constexpr, NUM_N: gl.constexpr,
-                GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr):
+    def _ws_mma(a_bufs, b_bufs, s_bufs, c_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG: gl.constexpr, K_STEPS: gl.constexpr,
+                NUM_N: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr, GROUPED: gl.constexpr,
+                COL_SCALES: gl.constexpr):
         # one warpgroup: rows WG*64 .. WG*64+63 of every tile of this program
         BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
         BLOCK_N: gl.constexpr = b_bufs.type.shape[1]
@@ -179,7 +239,10 @@ if HAS_GLUON:
             # around it or a trip count of zero: with those ptxas spilled ~110 registers of the FP8
             # loop, whose warpgroup is at its register limit (sass_check.py gluon)
             live = _half_has_rows(off_m + WG * ROWS, M, src_token_ptr, GROUPED)
-            if IS_FP8:
+            if COL_SCALES:
+                i = _ws_tile_col_scales(a_bufs, b_bufs, s_bufs, c_bufs, ready, empty, c_desc, i, sa_ptr, stride_sam,
+                                        M, off_m, off_n, WG, K_STEPS, live)
+            elif IS_FP8:
                 e = _tile_expert(off_m, tile_expert_ptr, GROUPED)
                 rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
                 # the halves' B-scale blocks (the right one clamped: past N it scales columns never stored)
@@ -190,19 +253,23 @@ if HAS_GLUON:
                                                        live)
             else:
                 acc_l, acc_r, i = _ws_slices_bf16(a_bufs, b_bufs, ready, empty, i, acc_l, acc_r, WG, K_STEPS, live)
-            _ws_store(acc_l, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
-            _ws_store(acc_r, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
+            if not COL_SCALES:
+                _ws_store(acc_l, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
+                _ws_store(acc_r, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
         tma.store_wait(0)
 
     @gluon.jit
-    def _gemm_ws_kernel(a_desc, b_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr, src_token_ptr,
-                        M, N, stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
+    def _gemm_ws_kernel(a_desc, b_desc, s_desc, c_desc, c_ptr, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
+                        src_token_ptr, M, N, stride_cm, stride_sam, stride_sbe, stride_sbn, K_STEPS: gl.constexpr,
                         NUM_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                        NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, num_warps: gl.constexpr):
+                        NUM_SMS: gl.constexpr, GROUPED: gl.constexpr, COL_SCALES: gl.constexpr,
+                        num_warps: gl.constexpr):
         # GROUPED: the experts' grouped GEMM, as in kernels/fp8_gemm_gluon.py (A the permuted rows, B
         # the stacked weights (E*N, K), each 128-row tile times its expert's weight; the row tiles past
         # the routed rows are written as zeros; a warpgroup whose 64 rows are padding alone (src_token
-        # -1) multiplies nothing). c_desc's block is one warpgroup's half tile (64x128).
+        # -1) multiplies nothing). COL_SCALES: the wgrad layout, B scaled per column in 1x128 tiles along
+        # K, s_desc over the scales transposed (K/128, N). c_desc's block is what a warpgroup stores at
+        # once: 64x128 (half its tile), 64x64 with COL_SCALES (a quarter).
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256, "128x256 tiles: two warpgroups of 64 rows")
@@ -211,10 +278,15 @@ if HAS_GLUON:
         gl.static_assert(num_warps == 4, "the default partition is one MMA warpgroup")
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+        if COL_SCALES:
+            gl.static_assert(not GROUPED, "the wgrad layout is dense (the experts' is kernels/moe.py's)")
+            s_bufs = gl.allocate_shared_memory(s_desc.dtype, [STAGES] + s_desc.block_type.shape, s_desc.layout)
+        else:
+            s_bufs = a_bufs  # unread
         # NOTE: 2-byte results only. With fp32 ptxas spilled ~70 registers in the main loop, whether the
         # epilogue went through shared memory or stored from registers (sass_check.py gluon)
         gl.static_assert(c_desc.dtype.primitive_bitwidth == 16, "a bf16 or fp16 result")
-        # each warpgroup's store buffers, one per half: a tile's second store need not wait for its first
+        # each warpgroup's two store buffers: a tile's second store need not wait for its first
         c0 = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
         c1 = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -226,14 +298,14 @@ if HAS_GLUON:
         WG0: gl.constexpr = 0
         WG1: gl.constexpr = 1
         gl.warp_specialize([
-            (_ws_mma, (a_bufs, b_bufs, c0, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
-                       src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG0, K_STEPS, NUM_N, GROUP_M,
-                       NUM_SMS, GROUPED)),
-            (_ws_mma, (a_bufs, b_bufs, c1, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr, used_ptr,
-                       src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG1, K_STEPS, NUM_N, GROUP_M,
-                       NUM_SMS, GROUPED)),
-            (_ws_loader, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, tile_expert_ptr, used_ptr, M, N, K_STEPS,
-                          NUM_N, GROUP_M, NUM_SMS, GROUPED)),
+            (_ws_mma, (a_bufs, b_bufs, s_bufs, c0, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr,
+                       used_ptr, src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG0, K_STEPS, NUM_N,
+                       GROUP_M, NUM_SMS, GROUPED, COL_SCALES)),
+            (_ws_mma, (a_bufs, b_bufs, s_bufs, c1, ready, empty, c_desc, sa_ptr, sb_ptr, tile_expert_ptr,
+                       used_ptr, src_token_ptr, M, N, stride_sam, stride_sbe, stride_sbn, WG1, K_STEPS, NUM_N,
+                       GROUP_M, NUM_SMS, GROUPED, COL_SCALES)),
+            (_ws_loader, (a_desc, b_desc, s_desc, a_bufs, b_bufs, s_bufs, ready, empty, tile_expert_ptr, used_ptr,
+                          M, N, K_STEPS, NUM_N, GROUP_M, NUM_SMS, GROUPED, COL_SCALES)),
         ], [4, 1], [232, 24])
 
         for st in gl.static_range(STAGES):
@@ -247,19 +319,28 @@ WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's h
 WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,536 registers
 
 
-def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped=None) -> None:
-    """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128);
-    bf16 operands: c = a @ b^T (sa, sb unread). grouped=(tile_expert, used, src_token) of the
-    routing: the experts' GEMM, b the stacked weights (E*N, K), sb (E, N/128, K/128). sb_strides:
-    sb's (expert, row) strides."""
+def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped=None, b_block: int = TILE) -> None:
+    """c (M, N) = (a * sa) @ (b * sb)^T on checked operands, b (N, K) with scales sb (N/128, K/128), or
+    with b_block=1 (the wgrad layout) sb (N, K/128); bf16 operands: c = a @ b^T (sa, sb unread).
+    grouped=(tile_expert, used, src_token) of the routing: the experts' GEMM, b the stacked weights
+    (E*N, K), sb (E, N/128, K/128). sb_strides: sb's (expert, row) strides."""
     M, K = a.shape
     N = c.shape[1]
     bm, bn = WS_TILE
     bk = 128 // a.element_size()  # 128-byte rows: the widest TMA swizzle
     grid = (min(num_sms(a.device), cdiv(M, bm) * cdiv(N, bn)),)
     tile_expert, used, src_token = grouped if grouped is not None else (c, c, c)  # unread when not grouped
-    _gemm_ws_kernel[grid](gluon_descriptor(a, [bm, bk]), gluon_descriptor(b, [bn, bk]),
-                          gluon_descriptor(c, [bm // 2, 128]), c, sa, sb, tile_expert, used, src_token, M, N,
-                          c.stride(0), sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk), NUM_N=cdiv(N, bn), GROUP_M=8,
-                          STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None, num_warps=4,
-                          maxnreg=WS_MAXNREG)
+    a_desc = gluon_descriptor(a, [bm, bk])
+    col_scales = b_block == 1
+    if col_scales:
+        # a slice's 256 column scales as one TMA row: the scales transposed, (K/128, N) (a copy of
+        # N*K/128 floats, as fp8_gemm_cublas makes), unswizzled
+        sbt = sb.t().contiguous()
+        s_desc = GluonDescriptor.from_tensor(sbt, [1, bn], gl.NVMMASharedLayout(0, 32))
+    else:
+        s_desc = a_desc  # unread
+    _gemm_ws_kernel[grid](a_desc, gluon_descriptor(b, [bn, bk]), s_desc,
+                          gluon_descriptor(c, [bm // 2, 64 if col_scales else 128]), c, sa, sb, tile_expert, used,
+                          src_token, M, N, c.stride(0), sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk),
+                          NUM_N=cdiv(N, bn), GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None,
+                          COL_SCALES=col_scales, num_warps=4, maxnreg=WS_MAXNREG)

@@ -401,7 +401,7 @@ def _grouped_gluon(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     # FP8 on Hopper only: configs 0-1 pipelined (kernels/fp8_gemm_gluon.py), 2 warp-specialized (_ws.py)
     from kernels.fp8_gemm_gluon import GLUON_CONFIGS, check_gluon_config, gluon_runs_on, grouped_gemm_gluon
     config = config or 0
-    check_gluon_config(config, TILE, out_dtype, "grouped_gemm(impl='gluon')")
+    check_gluon_config(config, out_dtype, "grouped_gemm(impl='gluon')")
     if not is_fp8 and not GLUON_CONFIGS[config].warp_specialized:
         raise ValueError(f"grouped_gemm: impl='gluon' config {config} (pipelined) is FP8 only, got {x_perm.dtype}; "
                          "bf16 experts take impl='gluon_ws'")

@@ -254,11 +254,12 @@ def _bf16_bound(ref):
     return 1.25 * rel(ref.to(torch.bfloat16), ref)
 
 
-# N=200, 384, 640: the tile's right half ragged, or wholly past N (its B-scale block clamped); M ragged;
+# N=200, 384, 640: the tile's right half ragged, or wholly past N (its B-scale block clamped; in the wgrad
+# layout the columns past N have zero scales); M ragged, a tile's second warpgroup past M (M=257, 300);
 # one slice (K=128); programs with one tile or several
 @pytest.mark.parametrize("M,N,K", [(512, 1024, 2048), (300, 200, 704), (4096, 2048, 7168), (64, 7168, 256),
                                    (128, 128, 128), (257, 384, 384), (2048, 2304, 384), (1000, 640, 1152)])
-@pytest.mark.parametrize("layout", ["forward", "dgrad"])
+@pytest.mark.parametrize("layout", ["forward", "dgrad", "wgrad"])
 def test_fp8_gemm_gluon_warp_specialized_matches_reference(M, N, K, layout):
     from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
     from kernels.fp8_gemm_gluon import WS_CONFIG
