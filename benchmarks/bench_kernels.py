@@ -554,7 +554,8 @@ def main():
         print("| M x N x K | shape | bf16 matmul | FP8 rowwise (cuBLAS) | FP8 blockwise (cuBLAS) | "
               "ours classic | ours TMA | best Triton / cuBLAS blockwise | ours Gluon pipelined (best config) | "
               "pipelined / cuBLAS | ours Gluon warp-specialized | warp-specialized / cuBLAS | "
-              "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | wgrad TMA (fp32 out) | "
+              "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | "
+              "wgrad TMA (fp32 out) | "
               "wgrad Gluon | wgrad cuBLAS | wgrad Gluon warp-specialized (bf16 out) | wgrad cuBLAS (bf16 out) | "
               "wgrad warp-specialized / cuBLAS (bf16) | auto picks (3 tries) |")
         print("|" + " --- |" * 24)
