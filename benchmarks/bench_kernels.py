@@ -1,6 +1,6 @@
 """All kernel benchmarks in one call; prints tables, writes JSON (`--json PATH`).
 
-    python benchmarks/bench_kernels.py [--quick] [--json results.json]
+    python benchmarks/bench_kernels.py [--quick] [--json results.json] [--timing launch|gpu]
 
 1. FP8 blockwise GEMM (ours, Triton: classic and TMA-persistent) against torch._scaled_mm with
    rowwise and blockwise scales (cuBLAS) and against a bf16 matmul, on DeepSeek-V3 shapes, MoE
@@ -17,8 +17,13 @@
 The FP8 training step of the real model (tokens/s by width) is benchmarks/bench_pretrain.py's
 `widths`; the MLP stand-in that used to be section 3 here is superseded by it.
 
-Times are medians of triton.testing.do_bench (CUDA events) after a warm-up call; inputs are fresh
-random tensors (never zeros).
+Times are medians after a warm-up call; inputs are fresh random tensors (never zeros). `--timing
+launch` (the default, how every earlier table was timed): triton.testing.do_bench, each call between
+CUDA events after an L2 flush, so a call whose host launch outlasts the flush is charged its launch
+(an eager loop's cost). `--timing gpu`: kernels/autoselect.py's device timer, a sleep kernel queued
+ahead of each call, so only its device time counts (what a CUDA-graph replay pays, and what a kernel's
+TFLOP/s means); no L2 flush. NOTE: on a slow host the two differ far beyond noise: an H200 machine of
+2026-12-06 ran cuBLAS on 4096 x 1024 x 1024 at 127 TFLOP/s launch-timed, where an H100's gave 483.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402  (a GPU script: triton is required here)
 
 import kernels.fp8_gemm as fp8_gemm_mod  # noqa: E402
+from kernels import autoselect  # noqa: E402
 import kernels.moe as moe  # noqa: E402
 from kernels.fp8_gemm import (fp8_gemm, fp8_gemm_cublas, fp8_gemm_gluon_checked, fp8_gemm_triton,  # noqa: E402
                               pick_backend)
@@ -60,10 +66,19 @@ GEMM_SHAPES = [  # (M, N, K, label)
 ]
 
 
+TIMING = "launch"  # --timing
+
+
 def bench(fn) -> float:
     fn()
     torch.cuda.synchronize()
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")  # ms
+    if TIMING == "launch":
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")  # ms
+    autoselect.set_timing("gpu")
+    try:
+        return statistics.median(autoselect.cuda_timer({"fn": fn}, warmup=3, iters=25)["fn"])  # ms
+    finally:
+        autoselect.set_timing("launch")
 
 
 def tflops(flop: float, ms: float) -> float:
@@ -541,13 +556,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--sections", default="gemm,quant,grouped,wgrad,linear")
+    ap.add_argument("--timing", choices=("launch", "gpu"), default="launch",
+                    help="launch: do_bench, host launch included where it outlasts the GPU; gpu: device time")
     args = ap.parse_args()
+    global TIMING
+    TIMING = args.timing
     assert torch.cuda.is_available(), "bench_kernels.py needs a CUDA GPU"
     sections = args.sections.split(",")
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} "
-          f"| CUDA {torch.version.cuda}")
+          f"| CUDA {torch.version.cuda} | timing {TIMING}")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "triton": triton.__version__, "cuda": torch.version.cuda}
+               "triton": triton.__version__, "cuda": torch.version.cuda, "timing": TIMING}
     shapes = GEMM_SHAPES[:2] if args.quick else GEMM_SHAPES
     if "gemm" in sections:
         print("\n## FP8 GEMM, TFLOP/s (dgrad / wgrad: the TMA kernel on the same layer's backward layouts)")

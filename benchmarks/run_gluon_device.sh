@@ -6,7 +6,8 @@
 #      two of the wgrad layout and one grouped GEMM (FP8 and bf16), both kernels;
 #   2. its GPU tests (tests/test_kernels_gpu.py -k gluon, plus $TESTS);
 #   3. bench_kernels.py's sections in $SECTIONS (default gemm: ours, Triton and Gluon, against cuBLAS).
-#   SMOKE_S=90 TEST_S=150 BENCH_S=300 [SECTIONS=gemm,grouped] bash benchmarks/run_gluon_device.sh   (0 skips a part)
+#   SMOKE_S=90 TEST_S=150 BENCH_S=300 [SECTIONS=gemm,grouped] [TIMING=gpu] bash benchmarks/run_gluon_device.sh
+#   (0 skips a part; TIMING: bench_kernels.py --timing, launch or gpu)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache PYTHONWARNINGS=ignore
@@ -94,7 +95,8 @@ echo "tests rc=$? $(tail -1 "$OUT/tests.log")"
 grep -E "^E |FAILED|SKIPPED" "$OUT/tests.log" | head -20 | cut -c1-300
 fi
 [ "${BENCH_S:-300}" != 0 ] || exit 0
-timeout ${BENCH_S:-300} python3 benchmarks/bench_kernels.py --sections ${SECTIONS:-gemm} --json "$OUT/bench.json" \
+timeout ${BENCH_S:-300} python3 benchmarks/bench_kernels.py --sections ${SECTIONS:-gemm} --timing ${TIMING:-launch} \
+  --json "$OUT/bench.json" \
   > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "^\||^#" "$OUT/bench.log" | cut -c1-600

@@ -334,8 +334,9 @@ def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped
     col_scales = b_block == 1
     if col_scales:
         # a slice's 256 column scales as one TMA row: the scales transposed, (K/128, N) (a copy of
-        # N*K/128 floats, as fp8_gemm_cublas makes), unswizzled
-        sbt = sb.t().contiguous()
+        # N*K/128 floats, as fp8_gemm_cublas makes), unswizzled. NOTE: not sb.t().contiguous(): with
+        # one slice (K=128) that returns sb's own view, whose row stride (4 bytes) TMA refuses
+        sbt = sb.new_empty(sb.shape[1], sb.shape[0]).copy_(sb.t())
         s_desc = GluonDescriptor.from_tensor(sbt, [1, bn], gl.NVMMASharedLayout(0, 32))
     else:
         s_desc = a_desc  # unread

@@ -468,16 +468,19 @@ def test_grouped_wgrad_fp8_matches_reference(idx):
     assert dw[E - 1].abs().max() == 0  # the empty expert's gradient is written, as zeros
 
 
-def test_gpu_timing_leaves_out_the_host_launch():
-    # a call that spends 300 us on the host and microseconds on the GPU: launch timing (an eager
-    # loop) charges it the host time, GPU timing (what a CUDA-graph replay pays) only its kernel
+def test_gpu_timing_leaves_out_the_host_launch(monkeypatch):
+    # a call that spends 20 ms on the host and microseconds on the GPU: launch timing (an eager loop)
+    # charges it the host time, GPU timing (what a CUDA-graph replay pays) only its kernel. NOTE: times
+    # far above a GPU time slice (ms): with other processes on the GPU (the device scripts run these
+    # tests four at a time) a 300 us host delay was hidden once, our stream waiting for its slice
     import statistics
     import time
     from kernels import autoselect
+    monkeypatch.setattr(autoselect, "_SLEEP_CYCLES", 200_000_000)  # ~0.1 s queued ahead of each round
     x = torch.randn(256, 256, device="cuda")
 
     def host_heavy():
-        time.sleep(3e-4)
+        time.sleep(0.02)
         return x @ x
 
     launch = statistics.median(autoselect.cuda_timer({"h": host_heavy}, iters=9)["h"])
@@ -486,7 +489,7 @@ def test_gpu_timing_leaves_out_the_host_launch():
         gpu = statistics.median(autoselect.cuda_timer({"h": host_heavy}, iters=9)["h"])
     finally:
         autoselect.set_timing("launch")
-    assert launch > 0.25 and gpu < 0.05, (launch, gpu)
+    assert launch > 15 and gpu < 5, (launch, gpu)
 
 
 def test_auto_choice_agrees_and_is_measured():
