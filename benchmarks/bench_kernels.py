@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402  (a GPU script: triton is required here)
 
 import kernels.fp8_gemm as fp8_gemm_mod  # noqa: E402
+import kernels.fp8_gemm_gluon_ws as ws_mod  # noqa: E402
 from kernels import autoselect  # noqa: E402
 import kernels.moe as moe  # noqa: E402
 from kernels.fp8_gemm import (fp8_gemm, fp8_gemm_cublas, fp8_gemm_gluon_checked, fp8_gemm_triton,  # noqa: E402
@@ -147,6 +148,12 @@ def gemm_section(shapes) -> list[dict]:
         r["wgrad_cublas_bf16"] = try_bench(lambda: fp8_gemm_cublas(dtq, dts, xtq, xts, 1, torch.bfloat16))
         r["wgrad_gluon_ws_bf16"] = try_bench(lambda: fp8_gemm_gluon_checked(dtq, dts, xtq, xts, 1, torch.bfloat16,
                                                                             config=WS_CONFIG))
+        ws_mod.WS_WGRAD_PART = 64  # the other part width: quarters
+        try:
+            r["wgrad_gluon_ws_quarters_bf16"] = try_bench(lambda: fp8_gemm_gluon_checked(
+                dtq, dts, xtq, xts, 1, torch.bfloat16, config=WS_CONFIG))
+        finally:
+            ws_mod.WS_WGRAD_PART = 128
         # what "auto" picks, three times from an empty cache, and the medians of its last pick
         picks = []
         for _ in range(3):
@@ -157,7 +164,7 @@ def gemm_section(shapes) -> list[dict]:
         for key in ("bf16", "fp8_rowwise_cublas", "fp8_blockwise_cublas", "fp8_blockwise_classic",
                     "fp8_blockwise_tma", "dgrad_tma", "wgrad_tma", "fp8_blockwise_gluon", "dgrad_gluon",
                     "wgrad_gluon", "dgrad_cublas", "wgrad_cublas", "fp8_blockwise_gluon_ws", "dgrad_gluon_ws",
-                    "wgrad_cublas_bf16", "wgrad_gluon_ws_bf16"):
+                    "wgrad_cublas_bf16", "wgrad_gluon_ws_bf16", "wgrad_gluon_ws_quarters_bf16"):
             if isinstance(r[key], float):
                 r[key + "_tflops"] = tflops(flop, r[key])
         rows.append(r)
@@ -185,6 +192,7 @@ def fmt_gemm_row(r):
             f"{t('fp8_blockwise_gluon_ws')} | {vs_cublas('fp8_blockwise_gluon_ws', 'fp8_blockwise_cublas')} | "
             f"{t('dgrad_tma')} | {t('dgrad_gluon')} | {t('dgrad_gluon_ws')} | {t('dgrad_cublas')} | "
             f"{t('wgrad_tma')} | {t('wgrad_gluon')} | {t('wgrad_cublas')} | {t('wgrad_gluon_ws_bf16')} | "
+            f"{t('wgrad_gluon_ws_quarters_bf16')} | "
             f"{t('wgrad_cublas_bf16')} | {vs_cublas('wgrad_gluon_ws_bf16', 'wgrad_cublas_bf16')} | {picks} |")
 
 
@@ -575,9 +583,10 @@ def main():
               "pipelined / cuBLAS | ours Gluon warp-specialized | warp-specialized / cuBLAS | "
               "dgrad TMA | dgrad Gluon pipelined | dgrad Gluon warp-specialized | dgrad cuBLAS | "
               "wgrad TMA (fp32 out) | "
-              "wgrad Gluon | wgrad cuBLAS | wgrad Gluon warp-specialized (bf16 out) | wgrad cuBLAS (bf16 out) | "
+              "wgrad Gluon | wgrad cuBLAS | wgrad Gluon warp-specialized (bf16 out; halves) | wgrad WS quarters | "
+              "wgrad cuBLAS (bf16 out) | "
               "wgrad warp-specialized / cuBLAS (bf16) | auto picks (3 tries) |")
-        print("|" + " --- |" * 24)
+        print("|" + " --- |" * 25)
         results["gemm"] = gemm_section(shapes)
     if "quant" in sections:
         print("\n## Quantization kernels, GB/s (bf16 in, fp8 + scales out)")

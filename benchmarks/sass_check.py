@@ -138,9 +138,11 @@ def gluon():
 def gluon_ws(stages: int):
     """The warp-specialized Gluon GEMM (kernels/fp8_gemm_gluon_ws.py): FP8 dense (forward and dgrad,
     and the wgrad layout with its column scales) and grouped, bf16 grouped. No spills at its register
-    split (REG shows the launch's 168; the MMA warpgroups run at 232-256 after setmaxnreg). FP8: each
-    MMA waited for before its product is scaled (two waits for zero a slice, four in the wgrad
-    layout); bf16: the previous slice's pair waited for (`gsb0, 0x2`: two MMAs left in flight)."""
+    split (REG shows the launch's 168; the MMA warpgroups run at 232-256 after setmaxnreg), but for
+    the wgrad layout in halves (one register spilled and reloaded twice a slice, the rest per tile).
+    FP8: each MMA waited for before its product is scaled (two waits for zero a slice, four in the
+    wgrad layout's quarters); bf16: the previous slice's pair waited for (`gsb0, 0x2`: two MMAs left in
+    flight)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import mangle_type
@@ -152,21 +154,21 @@ def gluon_ws(stages: int):
     bm, bn = ws.WS_TILE
     fp8 = torch.float8_e4m3fn
     for dtype, grouped, cols in ((fp8, False, False), (fp8, True, False), (torch.bfloat16, True, False),
-                                 (fp8, False, True)):
+                                 (fp8, False, 128), (fp8, False, 64)):  # cols: the wgrad layout's part width
         x, bk = torch.empty(1024, 1024, dtype=dtype), 128 // dtype.itemsize
         s_desc = TensorDescriptor.from_tensor(torch.empty(8, 1024), [1, bn], gl.NVMMASharedLayout(0, 32))
         sig = {"a_desc": mangle_type(gg.gluon_descriptor(x, [bm, bk])),
                "b_desc": mangle_type(gg.gluon_descriptor(x, [bn, bk])),
                "s_desc": mangle_type(s_desc if cols else gg.gluon_descriptor(x, [bm, bk])),
-               "c_desc": mangle_type(gg.gluon_descriptor(c, [bm // 2, 64 if cols else 128])), "c_ptr": mangle_type(c),
+               "c_desc": mangle_type(gg.gluon_descriptor(c, [bm // 2, cols or 128])), "c_ptr": mangle_type(c),
                "sa_ptr": "*fp32", "sb_ptr": "*fp32", "tile_expert_ptr": "*i32", "used_ptr": "*i64",
                "src_token_ptr": "*i32",
                **{a: "i32" for a in ("M", "N", "stride_cm", "stride_sam", "stride_sbe", "stride_sbn")}}
         consts = {"K_STEPS": 16, "NUM_N": 6, "GROUP_M": 8, "STAGES": stages, "NUM_SMS": 132, "GROUPED": grouped,
-                  "COL_SCALES": cols, "num_warps": 4}
+                  "COL_SCALES": bool(cols), "num_warps": 4}
         cfg = triton.Config({}, num_warps=4, num_stages=stages, maxnreg=ws.WS_MAXNREG)
         name = (f"gluon warp-specialized {str(dtype)[6:]} {'grouped' if grouped else 'dense'} {bm}x{bn}x{bk}"
-                f"{' wgrad (column scales)' if cols else ''} bf16 out")
+                f"{f' wgrad (column scales, {cols}-column parts)' if cols else ''} bf16 out")
         sass = report(ws._gemm_ws_kernel, sig, consts, cfg, name, source=GluonASTSource)
         print(f"|   {name}: register moves (setmaxnreg) {sass.count('USETMAXREG')}, MMA waits for zero "
               f"{sass.count('WARPGROUP.DEPBAR.LE gsb0, 0x0')}, leaving two in flight "

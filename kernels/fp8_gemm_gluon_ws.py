@@ -26,11 +26,12 @@ does on Hopper:
     tile holds 1-64 routed rows), multiplies nothing and only releases its stages: each expert's
     padding then costs half a tile at most where it cost a whole one.
 A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
-In the wgrad layout every column has its own scale a slice: a half's 128 of them would be 32 more
-registers a thread beside the two accumulators and the product, past the warpgroup's 232. So there
-each warpgroup promotes 64-column quarters (four 32-register accumulators, a 32-register product),
-and the loader brings each slice's 256 column scales into shared memory with the operands (one TMA
-row of the scales transposed), whence a quarter reads its 64 just before it is promoted.
+In the wgrad layout every column has its own scale a slice. The loader brings each slice's 256 column
+scales into shared memory with the operands (one TMA row of the scales transposed), whence each part
+of a warpgroup's columns reads its own just before it is promoted. In halves (WS_WGRAD_PART=128) a
+half's 128 scales are 32 registers a thread beside the two accumulators and the product: ptxas fits
+them in the warpgroup's 232 by spilling one register a slice. In quarters (64) nothing spills, but each
+slice waits for four MMAs instead of two. bench_kernels.py measures both.
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
 DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
@@ -153,9 +154,9 @@ if HAS_GLUON:
         return acc_l, acc_r, i
 
     @gluon.jit
-    def _ws_quarter(a, b, sb_smem, acc, prod, sa):
-        # 64 columns of a slice, the wgrad layout: the product waited for, then scaled by its rows' and
-        # its columns' scales (read from shared memory meanwhile) into its accumulator
+    def _ws_part(a, b, sb_smem, acc, prod, sa):
+        # some columns of a slice, the wgrad layout: the product waited for, then scaled by its rows'
+        # and its columns' scales (read from shared memory meanwhile) into its accumulator
         p = warpgroup_mma(a, b.permute((1, 0)), prod, use_acc=False, is_async=True)
         sb = sb_smem.load(gl.SliceLayout(0, acc.type.layout))
         p = warpgroup_mma_wait(0, deps=(p,))
@@ -165,19 +166,22 @@ if HAS_GLUON:
     def _ws_tile_col_scales(a_bufs, b_bufs, s_bufs, c_bufs, ready, empty, c_desc, i, sa_ptr, stride_sam, M, off_m,
                             off_n, WG: gl.constexpr, K_STEPS: gl.constexpr, live):
         # one tile of the wgrad layout (B scaled per column, in 1x128 tiles along K as A is): the
-        # warpgroup's 64x256 in four 64-column quarters, each multiplied, waited for and promoted in turn.
-        # Quarters, not halves: a half's 128 column scales are 32 registers a thread, which with two
-        # 128-register accumulators and the product exceeds the warpgroup's 232
+        # warpgroup's 64x256 in parts of c_desc's width (WS_WGRAD_PART: two halves or four quarters),
+        # each multiplied, waited for and promoted in turn with its rows' and columns' scales. A half's
+        # 128 column scales are 32 registers a thread beside two 64-register accumulators and the
+        # product: the warpgroup's 232 hold them with one register spilled a slice (sass_check.py gluon);
+        # quarters need 160 but wait for twice as many MMAs
         STAGES: gl.constexpr = a_bufs.type.shape[0]
         ROWS: gl.constexpr = c_desc.block_type.shape[0]  # 64
-        Q: gl.constexpr = c_desc.block_type.shape[1]  # 64
+        Q: gl.constexpr = c_desc.block_type.shape[1]  # 128 or 64
         BLOCK_N: gl.constexpr = b_bufs.type.shape[1]
+        gl.static_assert(Q == 128 or Q == 64, "halves or quarters of the warpgroup's 256 columns")
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, Q, 32])
         rows = gl.minimum(off_m + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)), M - 1)
         sa_ptrs = sa_ptr + rows * stride_sam
         acc0 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
         acc1 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
-        acc2 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
+        acc2 = gl.zeros((ROWS, Q), gl.float32, layout=mma)  # quarters only (unused, and dropped, with halves)
         acc3 = gl.zeros((ROWS, Q), gl.float32, layout=mma)
         prod = gl.zeros((ROWS, Q), gl.float32, layout=mma)
         for kb in range(K_STEPS):
@@ -189,16 +193,18 @@ if HAS_GLUON:
                 b = b_bufs.index(s)
                 # the stage's (1, 256) column scales, read as a vector (unswizzled: the same bytes)
                 sb = s_bufs.index(s)._reinterpret(gl.float32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-                acc0, prod = _ws_quarter(a, b.slice(0, Q), sb.slice(0, Q), acc0, prod, sa)
-                acc1, prod = _ws_quarter(a, b.slice(Q, Q), sb.slice(Q, Q), acc1, prod, sa)
-                acc2, prod = _ws_quarter(a, b.slice(2 * Q, Q), sb.slice(2 * Q, Q), acc2, prod, sa)
-                acc3, prod = _ws_quarter(a, b.slice(3 * Q, Q), sb.slice(3 * Q, Q), acc3, prod, sa)
+                acc0, prod = _ws_part(a, b.slice(0, Q), sb.slice(0, Q), acc0, prod, sa)
+                acc1, prod = _ws_part(a, b.slice(Q, Q), sb.slice(Q, Q), acc1, prod, sa)
+                if Q == 64:
+                    acc2, prod = _ws_part(a, b.slice(2 * Q, Q), sb.slice(2 * Q, Q), acc2, prod, sa)
+                    acc3, prod = _ws_part(a, b.slice(3 * Q, Q), sb.slice(3 * Q, Q), acc3, prod, sa)
             mbarrier.arrive(empty.index(s), count=1)
             i += 1
         _ws_store(acc0, c_desc, c_bufs, 0, off_m + WG * ROWS, off_n)
         _ws_store(acc1, c_desc, c_bufs, 1, off_m + WG * ROWS, off_n)
-        _ws_store(acc2, c_desc, c_bufs, 2, off_m + WG * ROWS, off_n)
-        _ws_store(acc3, c_desc, c_bufs, 3, off_m + WG * ROWS, off_n)
+        if Q == 64:
+            _ws_store(acc2, c_desc, c_bufs, 2, off_m + WG * ROWS, off_n)
+            _ws_store(acc3, c_desc, c_bufs, 3, off_m + WG * ROWS, off_n)
         return i
 
     @gluon.jit
@@ -316,6 +322,7 @@ if HAS_GLUON:
 
 
 WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)
+WS_WGRAD_PART = 128  # the wgrad layout's columns promoted at once: 128 (halves) or 64 (quarters)
 WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,536 registers
 
 
@@ -341,7 +348,7 @@ def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped
     else:
         s_desc = a_desc  # unread
     _gemm_ws_kernel[grid](a_desc, gluon_descriptor(b, [bn, bk]), s_desc,
-                          gluon_descriptor(c, [bm // 2, 64 if col_scales else 128]), c, sa, sb, tile_expert, used,
+                          gluon_descriptor(c, [bm // 2, WS_WGRAD_PART if col_scales else 128]), c, sa, sb, tile_expert, used,
                           src_token, M, N, c.stride(0), sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk),
                           NUM_N=cdiv(N, bn), GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None,
                           COL_SCALES=col_scales, num_warps=4, maxnreg=WS_MAXNREG)
