@@ -26,8 +26,8 @@ next slice's MMA runs, and measured no faster (0.94-1.00 of the TMA kernel, H100
 128x128 tiles, which read a third more from L2 per FLOP than 128x256 ones. The fourth,
 warp-specialized in Gluon (kernels/fp8_gemm_gluon_ws.py, `backend="gluon_ws"`: a loader warp, two
 MMA warpgroups on 128x256 tiles), runs the forward and dgrad layouts at 1.00-1.14x cuBLAS on large
-shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session), runs the wgrad layout too, and is among
-auto's candidates.
+shapes (H100, BENCHMARKS.md 2026-12-06 twentieth session) and is among auto's candidates; it runs
+the wgrad layout too, slower than cuBLAS there (0.75-0.85, H200), so auto does not try it for that.
 
 What it matches. `fp8_gemm_ref` (dequantize, then matmul in float32 or float64) is the definition,
 and is also the CPU emulation path used in CI. `torch._scaled_mm` with blockwise scales (cuBLAS) is
@@ -298,6 +298,10 @@ _BACKEND_CACHE: dict[tuple, Choice] = {}  # layout key -> Choice (kernels/autose
 # "auto" tries them in this order (ties: first). gluon_ws refuses what it cannot do (not a Hopper GPU,
 # fp32 results) before compiling anything: a refusal costs no timing
 BACKENDS = ("cublas", "triton_tma", "triton_classic", "gluon_ws")
+# NOTE: not for the wgrad layout (b_block=1): there the warp-specialized kernel ran at 0.75-0.85 of
+# cuBLAS on the long shapes (H200, BENCHMARKS.md 2026-12-06 twenty-first session), and each shape it
+# is tried on costs a compile (~4 s) at the training run's start
+WGRAD_BACKENDS = ("cublas", "triton_tma", "triton_classic")
 
 
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):
@@ -344,7 +348,8 @@ def pick_backend(a, sa, b, sb, b_block, out_dtype, candidates=None, timer=None) 
     key = ("fp8_gemm", b_block, out_dtype) + tensor_key(a, sa, b, sb)
     if key not in _BACKEND_CACHE:
         ref = fp8_gemm_ref(a, sa, b, sb, b_block, out_dtype=torch.float32)
-        cands = candidates or {n: (lambda *args, n=n: _run(n, *args)) for n in BACKENDS}
+        names = WGRAD_BACKENDS if b_block == 1 else BACKENDS
+        cands = candidates or {n: (lambda *args, n=n: _run(n, *args)) for n in names}
 
         def error_of(out):
             return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()

@@ -28,10 +28,13 @@ does on Hopper:
 A B-scale block is 128 columns, so each half of the tile has one B scale (a number, not a vector).
 In the wgrad layout every column has its own scale a slice. The loader brings each slice's 256 column
 scales into shared memory with the operands (one TMA row of the scales transposed), whence each part
-of a warpgroup's columns reads its own just before it is promoted. In halves (WS_WGRAD_PART=128) a
-half's 128 scales are 32 registers a thread beside the two accumulators and the product: ptxas fits
-them in the warpgroup's 232 by spilling one register a slice. In quarters (64) nothing spills, but each
-slice waits for four MMAs instead of two. bench_kernels.py measures both.
+of a warpgroup's columns reads its own just before it is promoted. In quarters (WS_WGRAD_PART=64, the
+default) nothing spills, but each slice waits for four MMAs instead of two: it ran at 0.75-0.85 of
+cuBLAS on the long shapes (H200), so `auto` does not try it for that layout (kernels/fp8_gemm.py
+WGRAD_BACKENDS). In halves (128) a half's 128 scales are 32 registers a thread beside the two
+accumulators and the product: ptxas fits them in the warpgroup's 232 by spilling one register a
+slice. Halves compile (sass_check.py gluon) and have a GPU test, but have not run on a GPU yet;
+bench_kernels.py measures both.
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
 DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
@@ -322,7 +325,9 @@ if HAS_GLUON:
 
 
 WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)
-WS_WGRAD_PART = 128  # the wgrad layout's columns promoted at once: 128 (halves) or 64 (quarters)
+# the wgrad layout's columns promoted at once: 64 (quarters; run on an H200) or 128 (halves: one
+# register spilled a slice; compiled offline, not yet run on a GPU)
+WS_WGRAD_PART = 64
 WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,536 registers
 
 

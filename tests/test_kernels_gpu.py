@@ -271,13 +271,13 @@ def test_fp8_gemm_gluon_warp_specialized_matches_reference(M, N, K, layout):
 
 
 @pytest.mark.parametrize("M,N,K", [(512, 1024, 2048), (300, 200, 704), (128, 128, 128)])
-def test_fp8_gemm_gluon_warp_specialized_wgrad_in_quarters(M, N, K, monkeypatch):
-    # the wgrad layout's other part width (WS_WGRAD_PART=64: four 64-column quarters a warpgroup)
+def test_fp8_gemm_gluon_warp_specialized_wgrad_in_halves(M, N, K, monkeypatch):
+    # the wgrad layout's other part width (WS_WGRAD_PART=128: two 128-column halves a warpgroup)
     import kernels.fp8_gemm_gluon_ws as ws
     from kernels.fp8_gemm import fp8_gemm_gluon_checked, fp8_gemm_ref
     from kernels.fp8_gemm_gluon import WS_CONFIG
     _gluon_or_skip()
-    monkeypatch.setattr(ws, "WS_WGRAD_PART", 64)
+    monkeypatch.setattr(ws, "WS_WGRAD_PART", 128)
     aq, as_, bq, bs, bb = _gemm_operands(M, N, K, "wgrad")
     ref = fp8_gemm_ref(aq, as_, bq, bs, bb, compute_dtype=torch.float64)
     c = _run_or_skip(lambda: fp8_gemm_gluon_checked(aq, as_, bq, bs, bb, torch.bfloat16, config=WS_CONFIG))
