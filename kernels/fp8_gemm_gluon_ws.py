@@ -85,7 +85,8 @@ if HAS_GLUON:
                 mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
                 bar = ready.index(s)
                 if COL_SCALES:
-                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes + s_desc.block_type.nbytes)
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes
+                                    + s_desc.block_type.nbytes)
                     tma.async_copy_global_to_shared(s_desc, [kb, pid_n * BLOCK_N], bar, s_bufs.index(s))
                 else:
                     mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
@@ -278,7 +279,7 @@ if HAS_GLUON:
         # the routed rows are written as zeros; a warpgroup whose 64 rows are padding alone (src_token
         # -1) multiplies nothing). COL_SCALES: the wgrad layout, B scaled per column in 1x128 tiles along
         # K, s_desc over the scales transposed (K/128, N). c_desc's block is what a warpgroup stores at
-        # once: 64x128 (half its tile), 64x64 with COL_SCALES (a quarter).
+        # once: 64x128 (half its tile), with COL_SCALES 64 x WS_WGRAD_PART.
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         gl.static_assert(BLOCK_M == 128 and BLOCK_N == 256, "128x256 tiles: two warpgroups of 64 rows")
@@ -352,8 +353,8 @@ def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped
         s_desc = GluonDescriptor.from_tensor(sbt, [1, bn], gl.NVMMASharedLayout(0, 32))
     else:
         s_desc = a_desc  # unread
-    _gemm_ws_kernel[grid](a_desc, gluon_descriptor(b, [bn, bk]), s_desc,
-                          gluon_descriptor(c, [bm // 2, WS_WGRAD_PART if col_scales else 128]), c, sa, sb, tile_expert, used,
+    c_desc = gluon_descriptor(c, [bm // 2, WS_WGRAD_PART if col_scales else 128])  # what a warpgroup stores at once
+    _gemm_ws_kernel[grid](a_desc, gluon_descriptor(b, [bn, bk]), s_desc, c_desc, c, sa, sb, tile_expert, used,
                           src_token, M, N, c.stride(0), sa.stride(0), *sb_strides, K_STEPS=cdiv(K, bk),
                           NUM_N=cdiv(N, bn), GROUP_M=8, STAGES=stages, NUM_SMS=grid[0], GROUPED=grouped is not None,
                           COL_SCALES=col_scales, num_warps=4, maxnreg=WS_MAXNREG)

@@ -486,7 +486,7 @@ def test_gpu_timing_leaves_out_the_host_launch(monkeypatch):
     # a call that spends 20 ms on the host and microseconds on the GPU: launch timing (an eager loop)
     # charges it the host time, GPU timing (what a CUDA-graph replay pays) only its kernel. NOTE: times
     # far above a GPU time slice (ms): with other processes on the GPU (the device scripts run these
-    # tests four at a time) a 300 us host delay was hidden once, our stream waiting for its slice
+    # tests four at a time) a 300 us host delay was hidden once, most likely our stream waiting for its slice
     import statistics
     import time
     from kernels import autoselect
