@@ -149,14 +149,13 @@ def gluon_ws(stages: int):
 
     import kernels.fp8_gemm_gluon as gg
     import kernels.fp8_gemm_gluon_ws as ws
-    from triton.experimental.gluon import language as gl
     c = torch.empty(1024, 1024, dtype=torch.bfloat16)
     bm, bn = ws.WS_TILE
     fp8 = torch.float8_e4m3fn
     for dtype, grouped, cols in ((fp8, False, False), (fp8, True, False), (torch.bfloat16, True, False),
                                  (fp8, False, 128), (fp8, False, 64)):  # cols: the wgrad layout's part width
         x, bk = torch.empty(1024, 1024, dtype=dtype), 128 // dtype.itemsize
-        s_desc = TensorDescriptor.from_tensor(torch.empty(8, 1024), [1, bn], gl.NVMMASharedLayout(0, 32))
+        s_desc = TensorDescriptor.from_tensor(torch.empty(8, 1024), [1, bn], ws._UNSWIZZLED_F32)
         sig = {"a_desc": mangle_type(gg.gluon_descriptor(x, [bm, bk])),
                "b_desc": mangle_type(gg.gluon_descriptor(x, [bn, bk])),
                "s_desc": mangle_type(s_desc if cols else gg.gluon_descriptor(x, [bm, bk])),

@@ -301,7 +301,7 @@ BACKENDS = ("cublas", "triton_tma", "triton_classic", "gluon_ws")
 # NOTE: not for the wgrad layout (b_block=1): there the warp-specialized kernel ran at 0.75-0.85 of
 # cuBLAS on the long shapes (H200, BENCHMARKS.md 2026-12-06 twenty-first session), and each shape it
 # is tried on costs a compile (~4 s) at the training run's start
-WGRAD_BACKENDS = ("cublas", "triton_tma", "triton_classic")
+WGRAD_BACKENDS = tuple(n for n in BACKENDS if n != "gluon_ws")
 
 
 def fp8_gemm_gluon_checked(a, sa, b, sb, b_block: int = TILE, out_dtype=torch.bfloat16, config: int = 0):

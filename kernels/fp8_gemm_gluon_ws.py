@@ -325,6 +325,7 @@ if HAS_GLUON:
             _zero_unrouted_rows(c_ptr, M, N, used_ptr, stride_cm, BLOCK_M, NUM_SMS, num_warps)
 
 
+_UNSWIZZLED_F32 = gl.NVMMASharedLayout(0, 32) if HAS_GLUON else None  # the column scales' TMA rows (made once)
 WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)
 # the wgrad layout's columns promoted at once: 64 (quarters; run on an H200) or 128 (halves: one
 # register spilled a slice; compiled offline, not yet run on a GPU)
@@ -350,7 +351,7 @@ def launch_ws(a, sa, b, sb, c, stages: int, sb_strides: tuple[int, int], grouped
         # N*K/128 floats, as fp8_gemm_cublas makes), unswizzled. NOTE: not sb.t().contiguous(): with
         # one slice (K=128) that returns sb's own view, whose row stride (4 bytes) TMA refuses
         sbt = sb.new_empty(sb.shape[1], sb.shape[0]).copy_(sb.t())
-        s_desc = GluonDescriptor.from_tensor(sbt, [1, bn], gl.NVMMASharedLayout(0, 32))
+        s_desc = GluonDescriptor.from_tensor(sbt, [1, bn], _UNSWIZZLED_F32)
     else:
         s_desc = a_desc  # unread
     c_desc = gluon_descriptor(c, [bm // 2, WS_WGRAD_PART if col_scales else 128])  # what a warpgroup stores at once
