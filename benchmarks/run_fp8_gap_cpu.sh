@@ -10,7 +10,7 @@
 # What it is not: the `small` profile (too slow here). The model is the `small` trainer's
 # architecture at a quarter width and 4 layers, on bench_pretrain.py's synthetic stream.
 #
-#   bash benchmarks/run_fp8_gap_cpu.sh [DIR]        (SEEDS="1 2 3" STEPS=300 LANES=2)
+#   bash benchmarks/run_fp8_gap_cpu.sh [DIR]        (SEEDS="1 2 3" STEPS=300 LR=0.002 LANES=2)
 # Each seed: a BF16 and an FP8 run; seed 1's BF16 run twice (the repeat must equal the first), and once
 # more with two threads: the same arithmetic summed in another order, the gap that last-bit differences
 # alone grow into (what the FP8 gap must be read against).
@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 D=${1:-/tmp/seekflow-fp8-gap}
 SEEDS=${SEEDS:-1 2 3}
 STEPS=${STEPS:-300}
+LR=${LR:-0.002}  # peak; a low one keeps the loss curve free of the stream's sudden transitions
 PY=${PY:-.venv/bin/python}
 mkdir -p "$D/runs" "$D/logs"
 [ -d "$D/data/pretraining_shards" ] || $PY benchmarks/bench_pretrain.py data "$D/data" --vocab 2048 --seq 256 \
@@ -30,7 +31,7 @@ MODEL="tokenizer.vocab_size=2048 model.vocab_size=2048 model.hidden_size=256 mod
  model.kv_lora_rank=64 model.n_routed_experts=16 model.n_group=4 model.topk_group=2 model.moe_intermediate_size=128
  model.rope_parameters.original_max_position_embeddings=256 shards.sequence_length=256"
 TRAIN="pretrain.steps=$STEPS pretrain.global_batch_size=8 pretrain.micro_batch_size=8 pretrain.warmup_steps=30
- pretrain.learning_rate=0.002 pretrain.schedule=cosine pretrain.zero_stage=0 pretrain.compile=false
+ pretrain.learning_rate=$LR pretrain.schedule=cosine pretrain.zero_stage=0 pretrain.compile=false
  pretrain.eval_every=$STEPS pretrain.eval_batches=4 pretrain.checkpoint_every=$STEPS pretrain.log_every=10
  pretrain.threads=1 launch.nproc_per_node=1"
 jobs=()
