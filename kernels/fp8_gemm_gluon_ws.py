@@ -39,7 +39,9 @@ for bit with the Triton kernel. bench_kernels.py measures both.
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
 DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
-dense FP8 GEMM up to 64 experts (H200). bf16 experts: no faster than the Triton TMA kernel.
+dense FP8 GEMM up to 64 experts (H200). bf16 experts: no faster than the Triton TMA kernel. Another
+H100, by device time (2026-12-07): 0.91-1.15x cuBLAS, slower on the two longest shapes (4096 x 7168 x
+16384, 8192^3), where `auto` takes cuBLAS.
 
 What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it on ragged
 shapes and routings, and its bf16 results were bitwise equal to the Triton TMA kernel's (the same
