@@ -33,14 +33,14 @@ default) nothing spills, but each slice waits for four MMAs instead of two: it r
 cuBLAS on the long shapes (H200), so `auto` does not try it for that layout (kernels/fp8_gemm.py
 WGRAD_BACKENDS). In halves (128) a half's 128 scales are 32 registers a thread beside the two
 accumulators and the product: ptxas fits them in the warpgroup's 232 by spilling one register a
-slice. Halves ran 1.03-1.08x faster than quarters on an H100 (still 0.81-0.87 of cuBLAS bf16;
+slice. Halves ran 1.02-1.08x faster than quarters on H100s (still 0.79-0.87 of cuBLAS bf16;
 BENCHMARKS.md, 2026-12-07); quarters stay the default, the variant the device smoke compares bit
 for bit with the Triton kernel. bench_kernels.py measures both.
 
 What it measured (BENCHMARKS.md, 2026-12-06 twentieth session): 1.00-1.14x cuBLAS blockwise on the
 DeepSeek-V3 shapes (H100), 1.39-1.44x the Triton TMA kernel; as the grouped FP8 GEMM 0.87-1.02 of the
-dense FP8 GEMM up to 64 experts (H200). bf16 experts: no faster than the Triton TMA kernel. Another
-H100, by device time (2026-12-07): 0.91-1.15x cuBLAS, slower on the two longest shapes (4096 x 7168 x
+dense FP8 GEMM up to 64 experts (H200). bf16 experts: no faster than the Triton TMA kernel. Two other
+H100s, by device time (2026-12-07): 0.91-1.16x cuBLAS, slower on the two longest shapes (4096 x 7168 x
 16384, 8192^3), where `auto` takes cuBLAS.
 
 What it matches. `fp8_gemm_ref` and `grouped_gemm_ref`; tests/test_kernels_gpu.py runs it on ragged
@@ -331,7 +331,7 @@ if HAS_GLUON:
 _UNSWIZZLED_F32 = gl.NVMMASharedLayout(0, 32) if HAS_GLUON else None  # the column scales' TMA rows (made once)
 WS_TILE = (128, 256)  # (BLOCK_M, BLOCK_N); the store block is one warpgroup's half: (64, 128)
 # the wgrad layout's columns promoted at once: 64 (quarters) or 128 (halves: one register spilled a
-# slice, 1.03-1.08x faster on an H100); `auto` tries neither (kernels/fp8_gemm.py WGRAD_BACKENDS)
+# slice, 1.02-1.08x faster on an H100); `auto` tries neither (kernels/fp8_gemm.py WGRAD_BACKENDS)
 WS_WGRAD_PART = 64
 WS_MAXNREG = 168  # 12 warps (4 + 4 + the loader's warpgroup) x 32 x 168 <= 65,536 registers
 
