@@ -489,6 +489,47 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
     return out
 
 
+def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536,
+                          group_ms=(1, 4, 8, 16, 64)) -> list[dict]:
+    """Where the bf16 grouped GEMM loses against dense at many experts: the TMA kernel's two
+    configs the autotuner picks at 32-128 experts, with each launch order (GROUP_M row tiles share a
+    column tile, hence an expert's weight block, while it sits in L2), on the uniform routing of the
+    grouped section and on a balanced one (rows_total / E rows an expert: no padding at all when
+    that is a multiple of 128). Balanced at 1.0 of dense would put the uniform routing's loss on its
+    padding; balanced well below it, on the many weights themselves (their traffic or the wave tail)."""
+    out = []
+    x_tok = torch.randn(rows_total, K, device="cuda", dtype=torch.bfloat16)
+    dense_w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+    flop = 2.0 * rows_total * N * K
+    tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4)]
+    for E in expert_counts:
+        w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
+        for routing in ("uniform", "balanced"):
+            if routing == "uniform":
+                ids = torch.randint(0, E, (rows_total, 1), device="cuda")
+            else:
+                ids = (torch.arange(rows_total, device="cuda") % E)[torch.randperm(rows_total, device="cuda")][:, None]
+            r = make_routing(ids, E)
+            xp = permute(x_tok, r)
+            res = {"experts": E, "routing": routing, "used_rows": int(r.offsets[E]),
+                   "dense_ms": bench(lambda: x_tok @ dense_w.t())}
+            res["padding_bound"] = rows_total / res["used_rows"]
+            for bm, bn, bk, warps, stages in tiles:
+                for gm in group_ms:
+                    cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "FLATTEN": True},
+                                        num_warps=warps, num_stages=stages)
+                    ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma", config=cfg))
+                    res[f"tma {bm}x{bn} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
+            ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="gluon_ws"))
+            res["gluon_ws"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
+            res["dense_tflops"] = tflops(flop, res["dense_ms"])
+            out.append(res)
+            ratios = [v for k, v in res.items() if k.startswith(("tma ", "gluon_ws"))]
+            print(f"| {E} | {routing} | {res['padding_bound']:.2f} | {res['dense_tflops']:.0f} | "
+                  + " | ".join(f"{v:.2f}" if isinstance(v, float) else "n/a" for v in ratios) + " |", flush=True)
+    return out
+
+
 def wgrad_section(E=32, tokens=16384, topk=4, D=1024, I=512) -> list[dict]:
     """The FP8 experts' weight gradient of the `small` profile's MoE layer (32 experts, top-4 of
     16,384 tokens = one micro-batch): one grouped launch against the per-expert loop it replaced
@@ -615,6 +656,12 @@ def main():
               "ours Gluon FP8 warp-specialized | warp-specialized / dense FP8 | auto |")
         print("|" + " --- |" * 20)
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
+    if "grouped_order" in sections:
+        print("\n## bf16 grouped GEMM / dense (32768 routed rows x N=1536 x K=2048): launch order and routing")
+        cols = [f"tma {t} GROUP_M={g}" for t in ("128x256", "128x128") for g in (1, 4, 8, 16, 64)] + ["gluon_ws"]
+        print("| experts | routing | padding ceiling | dense TFLOP/s | " + " | ".join(cols) + " |")
+        print("|" + " --- |" * (4 + len(cols)))
+        results["grouped_order"] = grouped_order_section()
     if "wgrad" in sections:
         print("\n## Experts' FP8 weight gradient, `small` MoE layer (32 experts, 65,536 routed rows), ms (TFLOP/s)")
         print("| weights | one grouped launch | per-expert loop (host read + 32 GEMMs) | speedup |")
