@@ -512,27 +512,49 @@ def load_runs(files: list[Path]) -> dict[str, dict]:
     return runs
 
 
+def history_runs(run_dirs: list[Path], out: Path) -> dict[str, dict]:
+    """Trainer runs' history.json (training/pretrain.py) -> a runs.json that `gap` reads (the format
+    run_graphs_device.sh writes): run name -> logged losses, validation losses and throughput
+    windows. A run is named by its folder; one named before gets its parent's name added, as
+    load_runs does for two calls (runs/bf16_1 and repeat/bf16_1 -> bf16_1, bf16_1@repeat)."""
+    runs = {}
+    for d in run_dirs:
+        f = d / "history.json"
+        if not f.is_file():
+            raise SystemExit(f"{f}: no history.json (the run failed or has not finished: see {d}/train.log)")
+        hist = json.loads(f.read_text())
+        runs[d.name if d.name not in runs else f"{d.name}@{d.parent.name}"] = {
+            "losses": [(h["step"], h["loss"]) for h in hist if "loss" in h],
+            "validation": [(h["step"], h["val_loss"]) for h in hist if "val_loss" in h],
+            "windows": [h["tokens_per_second"] for h in hist if h.get("tokens_per_second")]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(runs, indent=1))
+    return runs
+
+
 def relative_gaps(a: dict, b: dict) -> dict[int, float]:
     """(a - b) / b at every step both logged: same data order and seed, so the same batch."""
     b = {int(s): v for s, v in b}
     return {int(s): (v - b[int(s)]) / b[int(s)] for s, v in a if int(s) in b}
 
 
-def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
+def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
     Validation losses step by step, and the mean absolute gap of the training losses per phase (the
-    phases end at `phases` and at the last step both runs of a pair logged)."""
+    phases end at `phases` and at the last step both runs of a pair logged). means_only: the means of
+    each side alone (runs of several seeds, whose pairs across seeds say nothing)."""
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
     pairs = [(n, r) for i, r in enumerate(refs) for n in runs if n not in refs[:i + 1]]  # ref pairs once
-    print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
-    print("| --- " * (1 + len(runs) + len(pairs)) + "|")
     val = {n: dict(map(tuple, r.get("validation", []))) for n, r in runs.items()}
     steps = sorted(set.intersection(*(set(v) for v in val.values())))
-    table = {"validation": {}, "phases": {}}
-    for s in steps:
+    table = {"validation": {}, "phases": {}, "pairs": pairs}
+    if not means_only:
+        print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
+        print("| --- " * (1 + len(runs) + len(pairs)) + "|")
+    for s in steps if not means_only else []:
         gaps = [(val[n][s] - val[r][s]) / val[r][s] for n, r in pairs]
         table["validation"][s] = {"loss": {n: val[n][s] for n in runs}, "gaps": gaps}
         print(f"| {s} | " + " | ".join(f"{val[n][s]:.4f}" for n in runs) + " | "
@@ -555,6 +577,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
                                    "spread_others": (max(o) - min(o)) / mo, "spread_refs": (max(r) - min(r)) / mr}
         print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['two_se']:.3%} | "
               f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
+    if means_only:
+        return table
     print("\nTraining loss, mean absolute relative gap on the same batches:\n")
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")
@@ -565,7 +589,6 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int]) -> dict:
         means = [statistics.mean([abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan]) for g in gaps]
         table["phases"][f"{lo + 1}-{hi}"] = means
         print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%}" for m in means) + " |")
-    table["pairs"] = pairs
     return table
 
 
@@ -796,10 +819,14 @@ def main() -> None:
     s.add_argument("runs", type=Path)
     s.add_argument("logs", type=Path)
     s.add_argument("out", type=Path)
+    h = sub.add_parser("runs", help="trainer run folders (history.json) -> a runs.json for gap")
+    h.add_argument("out", type=Path)
+    h.add_argument("run_dirs", type=Path, nargs="+")
     g = sub.add_parser("gap")
-    g.add_argument("runs", type=Path, nargs="+", help="run_graphs_device.sh's runs.json, one a call")
+    g.add_argument("runs", type=Path, nargs="+", help="runs.json files: run_graphs_device.sh's (one a call) or `runs`'s")
     g.add_argument("--ref", default="bf16", help="runs whose name contains this are the references")
     g.add_argument("--phases", type=int, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200])
+    g.add_argument("--means-only", action="store_true", help="only the means of each side (several seeds)")
     b = sub.add_parser("breakdown")
     b.add_argument("profiles", type=Path, nargs="+")
     w = sub.add_parser("widths")
@@ -819,8 +846,10 @@ def main() -> None:
         print(write_config(a.path, a.data, a.out, a.overrides))
     elif a.cmd == "checks":
         run_checks(a.out, a.which)
+    elif a.cmd == "runs":
+        print(f"{a.out}: {', '.join(history_runs(a.run_dirs, a.out))}")
     elif a.cmd == "gap":
-        loss_gap(load_runs(a.runs), a.ref, a.phases)
+        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only)
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)

@@ -14,7 +14,8 @@
 # Each seed: a BF16 and an FP8 run; seed 1's BF16 run twice (the repeat must equal the first), and once
 # more with two threads: the same arithmetic summed in another order, the gap that last-bit differences
 # alone grow into (what the FP8 gap must be read against).
-# Then bench_pretrain.py summary prints each run and the FP8-vs-BF16 comparison.
+# Then bench_pretrain.py summary prints each run, and bench_pretrain.py gap the FP8-vs-BF16 gaps: per
+# seed (validation and training loss, the control beside them) and over all seeds (the means, 2 SE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-/tmp/seekflow-fp8-gap}
@@ -58,21 +59,18 @@ $PY - "$D" "$first" <<'EOF'
 import json, sys
 from pathlib import Path
 d, first = Path(sys.argv[1]), sys.argv[2]
-a = json.loads((d / "runs" / f"bf16_{first}" / "history.json").read_text())
-b = json.loads((d / "repeat" / f"bf16_{first}" / "history.json").read_text())
-same = [x.get("loss") for x in a] == [x.get("loss") for x in b] and \
-    [x.get("val_loss") for x in a] == [x.get("val_loss") for x in b]
-print(f"bf16 seed {first} run twice: {'bitwise the same losses' if same else 'DIFFERENT losses: not deterministic'}")
-c = json.loads((d / "control" / f"bf16_{first}" / "history.json").read_text())
-va, vc = (next(x["val_loss"] for x in reversed(h) if "val_loss" in x) for h in (a, c))
-print(f"bf16 seed {first} with two threads: validation {vc:.4f} against {va:.4f} ({(vc - va) / va:+.3%})")
-res = json.loads((d / "summary.json").read_text())["runs"]
-print("| seed | BF16 validation | FP8 validation | gap | BF16 tail train loss | FP8 | gap |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for name in sorted(n for n in res if n.startswith("bf16_")):
-    seed = name.split("_")[1]
-    a, b = res[name], res.get(f"fp8_{seed}")
-    if b:
-        print(f"| {seed} | {a['val_loss']:.4f} | {b['val_loss']:.4f} | {(b['val_loss'] - a['val_loss']) / a['val_loss']:+.3%} "
-              f"| {a['tail_loss']:.4f} | {b['tail_loss']:.4f} | {(b['tail_loss'] - a['tail_loss']) / a['tail_loss']:+.3%} |")
+losses = [[(h.get("loss"), h.get("val_loss")) for h in json.loads((d / w / f"bf16_{first}" / "history.json").read_text())]
+          for w in ("runs", "repeat")]
+print(f"bf16 seed {first} run twice: "
+      f"{'bitwise the same losses' if losses[0] == losses[1] else 'DIFFERENT losses: not deterministic'}")
 EOF
+# the gaps, by bench_pretrain.py gap: each seed's FP8 run against its BF16 run (the first seed's
+# two-thread control beside them: the noise floor), then the means of all seeds' runs with 2 standard errors
+for seed in $SEEDS; do
+  control=(); [ "$seed" = "$first" ] && control=("$D/control/bf16_$seed")
+  $PY benchmarks/bench_pretrain.py runs "$D/gap/seed_$seed.json" "$D/runs/bf16_$seed" "$D/runs/fp8_$seed" \
+      "${control[@]}" > /dev/null
+  echo "## seed $seed"; $PY benchmarks/bench_pretrain.py gap "$D/gap/seed_$seed.json" --phases $((STEPS / 2))
+done
+$PY benchmarks/bench_pretrain.py runs "$D/gap/all.json" "$D"/runs/*_* > /dev/null
+echo "## all seeds"; $PY benchmarks/bench_pretrain.py gap "$D/gap/all.json" --means-only

@@ -43,3 +43,39 @@ def test_gap_pairs_every_run_with_each_reference_and_the_references_with_each_ot
 def test_gap_names_the_runs_when_no_reference_matches(bench):
     with pytest.raises(SystemExit, match=r"no run name contains 'bf16'.*run_fp8"):
         bench.loss_gap({"run_fp8": {"losses": [], "validation": []}}, "bf16", [10])
+
+
+def write_history(run_dir: Path, losses: list[tuple[int, float]], val: tuple[int, float]) -> Path:
+    # training/pretrain.py's history.json: logged windows, then a validation entry
+    hist = [{"step": s, "loss": v, "tokens_per_second": 100.0 + s} for s, v in losses]
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.json").write_text(json.dumps(hist + [{"step": val[0], "val_loss": val[1]}]))
+    return run_dir
+
+
+def test_trainer_histories_become_runs_that_gap_compares(bench, tmp_path, capsys):
+    # run_fp8_gap_cpu.sh's layout: runs/{bf16,fp8}_SEED, and the control run under another folder
+    dirs = [write_history(tmp_path / "runs" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 2.0)),
+            write_history(tmp_path / "runs" / "fp8_1", [(10, 4.4), (20, 2.2)], (20, 2.1)),
+            write_history(tmp_path / "control" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 1.9))]
+    out = tmp_path / "gap" / "seed_1.json"
+    runs = bench.history_runs(dirs, out)
+    assert list(runs) == ["bf16_1", "fp8_1", "bf16_1@control"]  # a name seen before gets its folder's
+    assert bench.load_runs([out]) == json.loads(json.dumps(runs))  # what `gap` reads back
+    assert runs["fp8_1"]["losses"] == [(10, 4.4), (20, 2.2)] and runs["fp8_1"]["validation"] == [(20, 2.1)]
+    assert runs["fp8_1"]["windows"] == [110.0, 120.0]
+    table = bench.loss_gap(bench.load_runs([out]), "bf16", [10])
+    assert table["validation"][20]["gaps"] == pytest.approx([0.05, -0.05, 0.2 / 1.9])
+    assert table["phases"]["1-10"][0] == pytest.approx(0.1)
+    capsys.readouterr()
+    # several seeds: the means of each side alone, no pairwise tables
+    means = bench.loss_gap(bench.load_runs([out]), "bf16", [10], means_only=True)
+    printed = capsys.readouterr().out
+    assert means["means"][20]["gap"] == pytest.approx(2.1 / 1.95 - 1)
+    assert "fp8_1 vs bf16_1" not in printed and "mean, bf16" in printed and not means["phases"]
+
+
+def test_runs_names_the_run_without_a_history(bench, tmp_path):
+    (tmp_path / "fp8_2").mkdir()
+    with pytest.raises(SystemExit, match=r"fp8_2/history.json: no history.json.*train.log"):
+        bench.history_runs([tmp_path / "fp8_2"], tmp_path / "out.json")
