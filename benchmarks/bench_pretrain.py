@@ -550,7 +550,7 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     pairs = [(n, r) for i, r in enumerate(refs) for n in runs if n not in refs[:i + 1]]  # ref pairs once
     val = {n: dict(map(tuple, r.get("validation", []))) for n, r in runs.items()}
     steps = sorted(set.intersection(*(set(v) for v in val.values())))
-    table = {"validation": {}, "phases": {}, "pairs": pairs}
+    table = {"validation": {}, "phases": {}, "phases_max": {}, "pairs": pairs}
     if not means_only:
         print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
         print("| --- " * (1 + len(runs) + len(pairs)) + "|")
@@ -579,16 +579,17 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
               f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
     if means_only:
         return table
-    print("\nTraining loss, mean absolute relative gap on the same batches:\n")
+    print("\nTraining loss, mean (largest) absolute relative gap on the same batches:\n")
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")
     gaps = [relative_gaps(runs[n]["losses"], runs[r]["losses"]) for n, r in pairs]
     last = max((s for g in gaps for s in g), default=0)
     bounds = [p for p in sorted(phases) if p < last] + [last]  # the last phase ends at the last step
     for lo, hi in zip([0] + bounds, bounds):
-        means = [statistics.mean([abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan]) for g in gaps]
-        table["phases"][f"{lo + 1}-{hi}"] = means
-        print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%}" for m in means) + " |")
+        phase = [[abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan] for g in gaps]
+        means = table["phases"][f"{lo + 1}-{hi}"] = [statistics.mean(p) for p in phase]
+        table["phases_max"][f"{lo + 1}-{hi}"] = [max(p) for p in phase]
+        print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%} ({max(p):.2%})" for m, p in zip(means, phase)) + " |")
     return table
 
 

@@ -38,6 +38,7 @@ def test_gap_pairs_every_run_with_each_reference_and_the_references_with_each_ot
     assert table["phases"]["1-5"] == pytest.approx([0.1, 0.05, 0.2 / 4.2])
     assert table["phases"]["6-10"] == pytest.approx([0.05, 0.1, 0.3 / 1.8])
     assert list(table["phases"]) == ["1-5", "6-10"]
+    assert table["phases_max"]["6-10"] == pytest.approx([0.05, 0.1, 0.3 / 1.8])  # one step a phase here
 
 
 def test_gap_names_the_runs_when_no_reference_matches(bench):
@@ -56,20 +57,21 @@ def write_history(run_dir: Path, losses: list[tuple[int, float]], val: tuple[int
 def test_trainer_histories_become_runs_that_gap_compares(bench, tmp_path, capsys):
     # run_fp8_gap_cpu.sh's layout: runs/{bf16,fp8}_SEED, and the control run under another folder
     dirs = [write_history(tmp_path / "runs" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 2.0)),
-            write_history(tmp_path / "runs" / "fp8_1", [(10, 4.4), (20, 2.2)], (20, 2.1)),
+            write_history(tmp_path / "runs" / "fp8_1", [(10, 4.4), (20, 2.1)], (20, 2.1)),
             write_history(tmp_path / "control" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 1.9))]
     out = tmp_path / "gap" / "seed_1.json"
     runs = bench.history_runs(dirs, out)
     assert list(runs) == ["bf16_1", "fp8_1", "bf16_1@control"]  # a name seen before gets its folder's
     assert bench.load_runs([out]) == json.loads(json.dumps(runs))  # what `gap` reads back
-    assert runs["fp8_1"]["losses"] == [(10, 4.4), (20, 2.2)] and runs["fp8_1"]["validation"] == [(20, 2.1)]
+    assert runs["fp8_1"]["losses"] == [(10, 4.4), (20, 2.1)] and runs["fp8_1"]["validation"] == [(20, 2.1)]
     assert runs["fp8_1"]["windows"] == [110.0, 120.0]
-    table = bench.loss_gap(bench.load_runs([out]), "bf16", [10])
+    table = bench.loss_gap(bench.load_runs([out]), "bf16", [20])
     assert table["validation"][20]["gaps"] == pytest.approx([0.05, -0.05, 0.2 / 1.9])
-    assert table["phases"]["1-10"][0] == pytest.approx(0.1)
+    # FP8's training loss 10% then 5% above BF16's: the phase's mean and its largest gap
+    assert table["phases"]["1-20"][0] == pytest.approx(0.075) and table["phases_max"]["1-20"][0] == pytest.approx(0.1)
     capsys.readouterr()
     # several seeds: the means of each side alone, no pairwise tables
-    means = bench.loss_gap(bench.load_runs([out]), "bf16", [10], means_only=True)
+    means = bench.loss_gap(bench.load_runs([out]), "bf16", [20], means_only=True)
     printed = capsys.readouterr().out
     assert means["means"][20]["gap"] == pytest.approx(2.1 / 1.95 - 1)
     assert "fp8_1 vs bf16_1" not in printed and "mean, bf16" in printed and not means["phases"]
