@@ -489,10 +489,15 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
     return out
 
 
-def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536,
-                          group_ms=(1, 4, 8, 16, 64)) -> list[dict]:
-    """Where the bf16 grouped GEMM loses against dense at many experts: the TMA kernel's two
-    configs the autotuner picks at 32-128 experts, with each launch order (GROUP_M row tiles share a
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the two configs the autotuner picks for bf16 at 32-128
+# experts, and 128x128 with six stages (192 KiB of loads in flight against three 48 KiB ones)
+GROUPED_ORDER_TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 8, 6)]
+GROUPED_ORDER_GROUP_MS = (1, 4, 8, 16, 64)
+
+
+def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536) -> list[dict]:
+    """Where the bf16 grouped GEMM loses against dense at many experts: the TMA kernel's configs
+    (GROUPED_ORDER_TILES), with each launch order (GROUP_M row tiles share a
     column tile, hence an expert's weight block, while it sits in L2), on the uniform routing of the
     grouped section and on a balanced one (rows_total / E rows an expert: no padding at all when
     that is a multiple of 128). Balanced at 1.0 of dense would put the uniform routing's loss on its
@@ -501,7 +506,6 @@ def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048,
     x_tok = torch.randn(rows_total, K, device="cuda", dtype=torch.bfloat16)
     dense_w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     flop = 2.0 * rows_total * N * K
-    tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4)]
     for E in expert_counts:
         w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K)
         for routing in ("uniform", "balanced"):
@@ -514,12 +518,12 @@ def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048,
             res = {"experts": E, "routing": routing, "used_rows": int(r.offsets[E]),
                    "dense_ms": bench(lambda: x_tok @ dense_w.t())}
             res["padding_bound"] = rows_total / res["used_rows"]
-            for bm, bn, bk, warps, stages in tiles:
-                for gm in group_ms:
+            for bm, bn, bk, warps, stages in GROUPED_ORDER_TILES:
+                for gm in GROUPED_ORDER_GROUP_MS:
                     cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "FLATTEN": True},
                                         num_warps=warps, num_stages=stages)
                     ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma", config=cfg))
-                    res[f"tma {bm}x{bn} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
+                    res[f"tma {bm}x{bn} s{stages} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="gluon_ws"))
             res["gluon_ws"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             res["dense_tflops"] = tflops(flop, res["dense_ms"])
@@ -658,7 +662,8 @@ def main():
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "grouped_order" in sections:
         print("\n## bf16 grouped GEMM / dense (32768 routed rows x N=1536 x K=2048): launch order and routing")
-        cols = [f"tma {t} GROUP_M={g}" for t in ("128x256", "128x128") for g in (1, 4, 8, 16, 64)] + ["gluon_ws"]
+        cols = [f"tma {bm}x{bn} s{st} GROUP_M={g}" for bm, bn, _, _, st in GROUPED_ORDER_TILES
+                for g in GROUPED_ORDER_GROUP_MS] + ["gluon_ws"]
         print("| experts | routing | padding ceiling | dense TFLOP/s | " + " | ".join(cols) + " |")
         print("|" + " --- |" * (4 + len(cols)))
         results["grouped_order"] = grouped_order_section()
