@@ -490,8 +490,9 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the two configs the autotuner picks for bf16 at 32-128
-# experts, and 128x128 with six stages (192 KiB of loads in flight against three 48 KiB ones)
-GROUPED_ORDER_TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 8, 6)]
+# experts; 128x128 with six stages (192 KiB of loads in flight against three 48 KiB ones), and with
+# 128-deep slices (half the barrier waits a tile)
+GROUPED_ORDER_TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 8, 6), (128, 128, 128, 8, 3)]
 GROUPED_ORDER_GROUP_MS = (1, 4, 8, 16, 64)
 
 
@@ -523,7 +524,7 @@ def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048,
                     cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "FLATTEN": True},
                                         num_warps=warps, num_stages=stages)
                     ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma", config=cfg))
-                    res[f"tma {bm}x{bn} s{stages} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
+                    res[f"tma {bm}x{bn}x{bk} s{stages} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="gluon_ws"))
             res["gluon_ws"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             res["dense_tflops"] = tflops(flop, res["dense_ms"])
@@ -662,7 +663,7 @@ def main():
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "grouped_order" in sections:
         print("\n## bf16 grouped GEMM / dense (32768 routed rows x N=1536 x K=2048): launch order and routing")
-        cols = [f"tma {bm}x{bn} s{st} GROUP_M={g}" for bm, bn, _, _, st in GROUPED_ORDER_TILES
+        cols = [f"tma {bm}x{bn}x{bk} s{st} GROUP_M={g}" for bm, bn, bk, _, st in GROUPED_ORDER_TILES
                 for g in GROUPED_ORDER_GROUP_MS] + ["gluon_ws"]
         print("| experts | routing | padding ceiling | dense TFLOP/s | " + " | ".join(cols) + " |")
         print("|" + " --- |" * (4 + len(cols)))
