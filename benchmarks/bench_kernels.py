@@ -493,7 +493,7 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
 # experts; 128x128 with six stages (192 KiB of loads in flight against three 48 KiB ones), and with
 # 128-deep slices (half the barrier waits a tile)
 GROUPED_ORDER_TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 8, 6), (128, 128, 128, 8, 3)]
-GROUPED_ORDER_GROUP_MS = (1, 4, 8, 16, 64)
+GROUPED_ORDER_GROUP_MS = (1, 4, 8, 32)
 
 
 def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536) -> list[dict]:
