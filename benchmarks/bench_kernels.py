@@ -489,16 +489,23 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
     return out
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the two configs the autotuner picks for bf16 at 32-128
-# experts; 128x128 with six stages (192 KiB of loads in flight against three 48 KiB ones), and with
-# 128-deep slices (half the barrier waits a tile)
-GROUPED_ORDER_TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 8, 6), (128, 128, 128, 8, 3)]
-GROUPED_ORDER_GROUP_MS = (1, 4, 8, 32)
+# the TMA kernel's configs compared (moe._gg_tma_config's arguments): the autotuner's pick at 32-128
+# experts before 2026-12-07 (three 48 KiB stages), and three with more loads in flight
+GROUPED_ORDER_CONFIGS = [dict(bm=128, bn=256, bk=64, warps=8, stages=3),
+                         dict(bm=128, bn=256, bk=64, warps=8, stages=4, c_split=2),
+                         dict(bm=128, bn=256, bk=64, warps=8, stages=4, flatten=False),
+                         dict(bm=128, bn=128, bk=64, warps=8, stages=6)]
+GROUPED_ORDER_GROUP_MS = (4, 8)
+
+
+def grouped_order_name(c: dict, group_m: int) -> str:
+    return (f"tma {c['bm']}x{c['bn']}x{c['bk']} s{c['stages']}{' store halves' if c.get('c_split') else ''}"
+            f"{' no cross-tile prefetch' if c.get('flatten') is False else ''} GROUP_M={group_m}")
 
 
 def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536) -> list[dict]:
     """Where the bf16 grouped GEMM loses against dense at many experts: the TMA kernel's configs
-    (GROUPED_ORDER_TILES), with each launch order (GROUP_M row tiles share a
+    (GROUPED_ORDER_CONFIGS), with each launch order (GROUP_M row tiles share a
     column tile, hence an expert's weight block, while it sits in L2), on the uniform routing of the
     grouped section and on a balanced one (rows_total / E rows an expert: no padding at all when
     that is a multiple of 128). Balanced at 1.0 of dense would put the uniform routing's loss on its
@@ -519,12 +526,11 @@ def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048,
             res = {"experts": E, "routing": routing, "used_rows": int(r.offsets[E]),
                    "dense_ms": bench(lambda: x_tok @ dense_w.t())}
             res["padding_bound"] = rows_total / res["used_rows"]
-            for bm, bn, bk, warps, stages in GROUPED_ORDER_TILES:
+            for c in GROUPED_ORDER_CONFIGS:
                 for gm in GROUPED_ORDER_GROUP_MS:
-                    cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "FLATTEN": True},
-                                        num_warps=warps, num_stages=stages)
+                    cfg = moe._gg_tma_config(**c, group_m=gm)
                     ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="tma", config=cfg))
-                    res[f"tma {bm}x{bn}x{bk} s{stages} GROUP_M={gm}"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
+                    res[grouped_order_name(c, gm)] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             ms = try_bench(lambda: grouped_gemm(xp, w, r, impl="gluon_ws"))
             res["gluon_ws"] = res["dense_ms"] / ms if isinstance(ms, float) else ms
             res["dense_tflops"] = tflops(flop, res["dense_ms"])
@@ -663,8 +669,7 @@ def main():
         results["grouped"] = grouped_section([1, 8, 32] if args.quick else [1, 4, 8, 16, 32, 64, 128, 256])
     if "grouped_order" in sections:
         print("\n## bf16 grouped GEMM / dense (32768 routed rows x N=1536 x K=2048): launch order and routing")
-        cols = [f"tma {bm}x{bn}x{bk} s{st} GROUP_M={g}" for bm, bn, bk, _, st in GROUPED_ORDER_TILES
-                for g in GROUPED_ORDER_GROUP_MS] + ["gluon_ws"]
+        cols = [grouped_order_name(c, g) for c in GROUPED_ORDER_CONFIGS for g in GROUPED_ORDER_GROUP_MS] + ["gluon_ws"]
         print("| experts | routing | padding ceiling | dense TFLOP/s | " + " | ".join(cols) + " |")
         print("|" + " --- |" * (4 + len(cols)))
         results["grouped_order"] = grouped_order_section()

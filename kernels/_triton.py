@@ -119,8 +119,8 @@ def tma_block_shapes(nargs: dict) -> None:
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
     nargs["a_desc"].block_shape = [bm, bk]
     nargs["b_desc"].block_shape = [bn, bk]
-    if "c_desc" in nargs:
-        nargs["c_desc"].block_shape = [bm, bn]
+    if "c_desc" in nargs:  # stored in C_SPLIT column blocks where the kernel has that option
+        nargs["c_desc"].block_shape = [bm, bn // nargs.get("C_SPLIT", 1)]
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:

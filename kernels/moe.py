@@ -145,9 +145,11 @@ if HAS_TRITON:
 
     _grouped_gemm_tuned = autotuned(_grouped_gemm_kernel, _GG_CONFIGS, key=["N", "K", "IS_FP8"])
 
-    def _gg_tma_config(bm, bn, bk, warps, stages, flatten=True):
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten},
-                             num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
+    def _gg_tma_config(bm, bn, bk, warps, stages, flatten=True, group_m=8, c_split=1):
+        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FLATTEN": flatten}
+        if c_split != 1:  # the grouped kernel's C_SPLIT (a default argument: the wgrad kernel has none)
+            meta["C_SPLIT"] = c_split
+        return triton.Config(meta, num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
 
     # NOTE: BLOCK_M must divide ALIGN (128): a row tile never spans two experts. Shared memory
     # (ptxas, sm_90, limit 227 KB): 128x256x64 with 3 stages 208 KB, with 4 stages 256 KB (too much)
@@ -158,6 +160,13 @@ if HAS_TRITON:
         _gg_tma_config(128, 128, 64, 4, 4),
         _gg_tma_config(64, 256, 64, 4, 4),
         _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
+        # more loads in flight (at 64 experts the weights' first reads come from HBM, BENCHMARKS.md
+        # 2026-12-07 twenty-third session): four 48 KiB stages with the store in two 32 KiB halves,
+        # or with no prefetch across tiles (the store's buffer then need not live beside the stages);
+        # six 32 KiB stages of 128x128
+        _gg_tma_config(128, 256, 64, 8, 4, c_split=2),
+        _gg_tma_config(128, 256, 64, 8, 4, flatten=False),
+        _gg_tma_config(128, 128, 64, 8, 6),
     ]
     _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
         _gg_tma_config(128, 128, 128, 8, 4),
@@ -172,8 +181,10 @@ if HAS_TRITON:
                                  stride_cm, stride_sam, stride_sbe, stride_sbn, OUT_BYTES,
                                  IS_FP8: tl.constexpr, ALIGN_M: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                                 FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr):
+                                 FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr, C_SPLIT: tl.constexpr = 1):
         # E: the autotuner's key only (each expert count tunes its own config).
+        # C_SPLIT=2 stores the tile in two halves of its columns: the TMA store's staging buffer in
+        # shared memory is half the tile's, which leaves room for a fourth stage of 128x256 loads.
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
         # device, so tiles of the static padding bound past the last segment cost nothing.
         # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them (`Routing.row_tiles`)
@@ -219,7 +230,14 @@ if HAS_TRITON:
                         acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
                 else:
                     acc = tl.dot(a, b.T, acc)
-            c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+            out = acc.to(c_desc.dtype)
+            if C_SPLIT == 1:
+                c_desc.store([off_m, off_n], out)
+            else:
+                tl.static_assert(C_SPLIT == 2, "C_SPLIT: the tile's columns in one store or two")
+                left, right = out.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1).split()
+                c_desc.store([off_m, off_n], left)
+                c_desc.store([off_m, off_n + BLOCK_N // 2], right)
         # the row tiles not computed (past the last segment, or 64-row tiles of padding alone): zeros
         # (see grouped_gemm's NOTE), through plain stores (a TMA store would want a staging buffer in
         # shared memory beside the pipeline's)
@@ -380,7 +398,7 @@ def _grouped_tma(x_perm, w, r, sa, sb, out_dtype, is_fp8, config=None):
     bm, bn, bk = first["BLOCK_M"], first["BLOCK_N"], first["BLOCK_K"]
     a_d = TensorDescriptor.from_tensor(x_perm, [bm, bk])
     b_d = TensorDescriptor.from_tensor(w.view(E * N, K), [bn, bk])
-    c_d = TensorDescriptor.from_tensor(c, [bm, bn])
+    c_d = TensorDescriptor.from_tensor(c, [bm, bn // first.get("C_SPLIT", 1)])
     sms = num_sms(x_perm.device)
 
     def grid(meta):  # NOTE: P is the static bound; the kernel stops at the routed rows itself
