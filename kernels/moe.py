@@ -160,14 +160,8 @@ if HAS_TRITON:
         _gg_tma_config(128, 128, 64, 4, 4),
         _gg_tma_config(64, 256, 64, 4, 4),
         _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
-        # more loads in flight (at 64 experts the weights' first reads come from HBM, BENCHMARKS.md
-        # 2026-12-07 twenty-third session): four 48 KiB stages with the store in two 32 KiB halves,
-        # or with no prefetch across tiles (the store's buffer then need not live beside the stages);
-        # six 32 KiB stages of 128x128
-        _gg_tma_config(128, 256, 64, 8, 4, c_split=2),
-        _gg_tma_config(128, 256, 64, 8, 4, flatten=False),
-        _gg_tma_config(128, 128, 64, 8, 6),
-    ]
+    ]  # NOTE: configs with more loads in flight (c_split=2 among them) are on trial in bench_kernels.py's
+    # grouped_order section, not yet measured on a GPU: BENCHMARKS.md, 2026-12-07 twenty-third session
     _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
         _gg_tma_config(128, 128, 128, 8, 4),
         _gg_tma_config(64, 256, 128, 8, 4),
@@ -184,7 +178,8 @@ if HAS_TRITON:
                                  FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr, C_SPLIT: tl.constexpr = 1):
         # E: the autotuner's key only (each expert count tunes its own config).
         # C_SPLIT=2 stores the tile in two halves of its columns: the TMA store's staging buffer in
-        # shared memory is half the tile's, which leaves room for a fourth stage of 128x256 loads.
+        # shared memory is half the tile's, which may leave room for a fourth stage of 128x256 loads
+        # (on trial: bench_kernels.py grouped_order; none of the autotuner's configs sets it yet).
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
         # device, so tiles of the static padding bound past the last segment cost nothing.
         # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them (`Routing.row_tiles`)

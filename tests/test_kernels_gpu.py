@@ -360,7 +360,7 @@ def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
     assert rel(y[t], moe_ref(x[t], ids[t], tw[t], w)) < (FP8_BOUND if fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("fp8,idx", [(False, i) for i in range(9)] + [(True, i) for i in range(4)])
+@pytest.mark.parametrize("fp8,idx", [(False, i) for i in range(6)] + [(True, i) for i in range(4)])
 def test_grouped_tma_every_config(fp8, idx):
     from kernels.moe import grouped_gemm, grouped_gemm_ref
     _, _, _, _, r, args = _moe_inputs(1000, 8, 2, 512, 384, fp8)
