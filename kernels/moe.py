@@ -152,7 +152,8 @@ if HAS_TRITON:
         return triton.Config(meta, num_warps=warps, num_stages=stages, pre_hook=tma_block_shapes)
 
     # NOTE: BLOCK_M must divide ALIGN (128): a row tile never spans two experts. Shared memory
-    # (ptxas, sm_90, limit 227 KB): 128x256x64 with 3 stages 208 KB, with 4 stages 256 KB (too much)
+    # (ptxas, sm_90, limit 227 KB): 128x256x64 with 3 stages 208 KB, with 4 stages 256 KB (too much);
+    # with 4 stages and the store in halves (C_SPLIT=2) it fits beside a 2-byte result, not an fp32 one
     _GG_TMA_CONFIGS = [
         _gg_tma_config(128, 256, 64, 8, 3),
         _gg_tma_config(128, 128, 64, 8, 4),
@@ -160,8 +161,10 @@ if HAS_TRITON:
         _gg_tma_config(128, 128, 64, 4, 4),
         _gg_tma_config(64, 256, 64, 4, 4),
         _gg_tma_config(128, 256, 64, 8, 3, flatten=False),
-    ]  # NOTE: configs with more loads in flight (c_split=2 among them) are on trial in bench_kernels.py's
-    # grouped_order section, not yet measured on a GPU: BENCHMARKS.md, 2026-12-07 twenty-third session
+        # four stages, the store in two halves: 0.86 of dense at 64 experts where the three-stage tile
+        # gets 0.78 (H100; BENCHMARKS.md, 2026-12-07 twenty-third session); slower at 256 experts
+        _gg_tma_config(128, 256, 64, 8, 4, c_split=2, group_m=4),
+    ]
     _GG_TMA_FP8_CONFIGS = [  # BLOCK_K is the 128 of the scales; tiles that do not spill (fp8_gemm.py)
         _gg_tma_config(128, 128, 128, 8, 4),
         _gg_tma_config(64, 256, 128, 8, 4),
@@ -178,8 +181,7 @@ if HAS_TRITON:
                                  FLATTEN: tl.constexpr, NUM_SMS: tl.constexpr, C_SPLIT: tl.constexpr = 1):
         # E: the autotuner's key only (each expert count tunes its own config).
         # C_SPLIT=2 stores the tile in two halves of its columns: the TMA store's staging buffer in
-        # shared memory is half the tile's, which may leave room for a fourth stage of 128x256 loads
-        # (on trial: bench_kernels.py grouped_order; none of the autotuner's configs sets it yet).
+        # shared memory is half the tile's, which leaves room for a fourth stage of 128x256 loads.
         # persistent over the row tiles that hold routed rows: `used` (offsets[E]) is read on the
         # device, so tiles of the static padding bound past the last segment cost nothing.
         # 64-row tiles (BLOCK_M < ALIGN_M) go by the routing's list of them (`Routing.row_tiles`)

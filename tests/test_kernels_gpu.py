@@ -360,14 +360,17 @@ def test_moe_kernels_match_reference(impl, fp8, T, E, k, D, N):
     assert rel(y[t], moe_ref(x[t], ids[t], tw[t], w)) < (FP8_BOUND if fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("fp8,idx", [(False, i) for i in range(6)] + [(True, i) for i in range(4)])
-def test_grouped_tma_every_config(fp8, idx):
+# config 6 (four stages, the store in halves) fits beside a 2-byte result only: it runs with bf16 out too
+@pytest.mark.parametrize("fp8,idx,out_dtype", [(False, i, torch.float32) for i in range(7)]
+                         + [(False, 6, torch.bfloat16)] + [(True, i, torch.float32) for i in range(4)])
+def test_grouped_tma_every_config(fp8, idx, out_dtype):
     from kernels.moe import grouped_gemm, grouped_gemm_ref
     _, _, _, _, r, args = _moe_inputs(1000, 8, 2, 512, 384, fp8)
-    out = _run_or_skip(lambda: grouped_gemm(*args, out_dtype=torch.float32, impl="tma", config=idx))
+    out = _run_or_skip(lambda: grouped_gemm(*args, out_dtype=out_dtype, impl="tma", config=idx))
     rows = r.row_of.flatten()
     ref = grouped_gemm_ref(*args, out_dtype=torch.float32)
-    assert rel(out[rows], ref[rows]) < (5e-4 if fp8 else 1e-4)
+    bound = 4e-3 if out_dtype == torch.bfloat16 else 5e-4 if fp8 else 1e-4  # bf16: its own rounding, ~2e-3
+    assert rel(out[rows], ref[rows]) < bound
     # padding rows hold zeros, those of the 64-row tiles that the 64-row configs skip among them
     assert not out[r.src_token < 0].any()
 

@@ -142,9 +142,9 @@ for impl, cfgs in (("tma", moe._GG_TMA_CONFIGS), ("classic", moe._GG_CONFIGS)):
     o64 = grouped_gemm(xp, w, r, impl=impl, config=cfg64)
     assert rel(o64[:used], grouped_gemm_ref(xp, w, r)[:used]) < 1e-5, f"grouped {impl}, 64-row tiles"
     assert not o64[used:].any() and not o64[r.src_token < 0].any(), f"grouped {impl}, 64-row tiles: padding zero"
-# a tile stored in two halves of its columns (C_SPLIT=2, the configs of bench_kernels.py grouped_order);
-# N=160: the right half mostly past N
-split = moe._gg_tma_config(128, 256, 64, 8, 4, c_split=2)
+# a tile stored in two halves of its columns (C_SPLIT=2); N=160: the right half mostly past N
+split = next(i for i, c in enumerate(moe._GG_TMA_CONFIGS) if c.kwargs.get("C_SPLIT") == 2)
+assert moe._GG_TMA_CONFIGS[split].kwargs["BLOCK_N"] == 256 > N
 assert torch.equal(grouped_gemm(xp, w, r, impl="tma", config=split), o), "grouped tma, the store in two halves"
 assert rel(combine(o, tw, r), combine_ref(o, tw, r)) < 1e-6, "combine"
 dy = torch.randn(T, N)  # float32: the interpreter's bf16 rounding differs (see dual_close)
