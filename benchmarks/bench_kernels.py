@@ -489,11 +489,10 @@ def grouped_section(expert_counts, rows_total=32768, K=2048, N=1536) -> list[dic
     return out
 
 
-# the TMA kernel's configs compared (moe._gg_tma_config's arguments): the autotuner's pick at 32-128
-# experts before 2026-12-07 (three 48 KiB stages), and three with more loads in flight
+# the TMA kernel's configs compared (moe._gg_tma_config's arguments): the three-stage 128x256 tile,
+# and two with more loads in flight (four stages without cross-tile prefetch did not fit: 2026-12-07)
 GROUPED_ORDER_CONFIGS = [dict(bm=128, bn=256, bk=64, warps=8, stages=3),
                          dict(bm=128, bn=256, bk=64, warps=8, stages=4, c_split=2),
-                         dict(bm=128, bn=256, bk=64, warps=8, stages=4, flatten=False),
                          dict(bm=128, bn=128, bk=64, warps=8, stages=6)]
 GROUPED_ORDER_GROUP_MS = (4, 8)
 
