@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,7 +58,7 @@ def write_history(run_dir: Path, losses: list[tuple[int, float]], val: tuple[int
 
 
 def test_trainer_histories_become_runs_that_gap_compares(bench, tmp_path, capsys):
-    # run_fp8_gap_cpu.sh's layout: runs/{bf16,fp8}_SEED, and the control run under another folder
+    # run_fp8_gap.sh's layout: runs/{bf16,fp8}_SEED, and the control run under another folder
     dirs = [write_history(tmp_path / "runs" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 2.0)),
             write_history(tmp_path / "runs" / "fp8_1", [(10, 4.4), (20, 2.1)], (20, 2.1)),
             write_history(tmp_path / "control" / "bf16_1", [(10, 4.0), (20, 2.0)], (20, 1.9))]
@@ -81,3 +84,31 @@ def test_runs_names_the_run_without_a_history(bench, tmp_path):
     (tmp_path / "fp8_2").mkdir()
     with pytest.raises(SystemExit, match=r"fp8_2/history.json: no history.json.*train.log"):
         bench.history_runs([tmp_path / "fp8_2"], tmp_path / "out.json")
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_fp8_gap.sh"
+
+
+def test_gap_script_refuses_an_unknown_width_before_making_anything(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study")], env={**os.environ, "WIDTH": "half"},
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "WIDTH=half" in done.stderr and "quarter and full" in done.stderr
+    assert not (tmp_path / "study").exists()
+
+
+def test_gap_script_keeps_finished_runs_and_reports_over_all_of_them(tmp_path):
+    # a study resumed (or completed with runs copied in from another machine): every run of seed 1 has
+    # its history, so none trains again, and the summary and gaps are computed over what is there
+    study = tmp_path / "study"
+    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1), ("repeat/bf16_1", 2.0), ("control/bf16_1", 1.9)):
+        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    done = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True,
+                          env={**os.environ, "SEEDS": "1", "STEPS": "20", "PY": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    for run in ("runs/bf16_1", "runs/fp8_1", "repeat/bf16_1", "control/bf16_1"):
+        assert f"{run}: history.json there, not run again" in done.stdout
+        assert not (study / run / "train.log").exists()
+        assert json.loads((study / run / "stage.json").read_text())["profile"]["pretrain"]["steps"] == 20
+    assert "| 20 | 2.0000 | 2.1000 | 1.9000 | +5.000% | -5.000% |" in done.stdout  # seed 1: FP8 and the control
+    assert "bf16 seed 1 run twice: bitwise the same losses" in done.stdout  # the repeat's history equals the run's
