@@ -564,8 +564,14 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     # of the difference of the means, from the repeats' pooled variance (two-sample t, equal variances)
     others = [n for n in runs if n not in refs]
     print(f"\nValidation loss, the mean of each side's runs ({len(others)} not {ref}, {len(refs)} {ref}):\n")
-    print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} |")
-    print("| --- " * 7 + "|")
+    # runs named PRECISION_SEED (run_fp8_gap.sh's): the same seed on both sides (`bf16_3`, `fp8_3`: the
+    # same initial weights and batches) makes a pair:
+    # the mean of the pairs' gaps, with twice its standard error (paired t), gains where pairs correlate
+    seeds = {n.partition("_")[2]: n for n in refs}
+    paired = [(n, seeds[n.partition("_")[2]]) for n in others if n.partition("_")[2] in seeds]
+    print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} "
+          f"| paired gap, {len(paired)} pairs | 2 SE, paired |")
+    print("| --- " * 9 + "|")
     table["means"] = {}
     for s in steps if others else []:
         o, r = [val[n][s] for n in others], [val[n][s] for n in refs]
@@ -575,8 +581,12 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
         row = table["means"][s] = {"others": mo, "refs": mr, "gap": (mo - mr) / mr,
                                    "two_se": 2 * math.sqrt(pooled * (1 / len(o) + 1 / len(r))) / mr,
                                    "spread_others": (max(o) - min(o)) / mo, "spread_refs": (max(r) - min(r)) / mr}
+        d = [(val[n][s] - val[m][s]) / val[m][s] for n, m in paired]
+        row["paired_gap"] = statistics.mean(d) if d else math.nan
+        row["paired_two_se"] = 2 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
         print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['two_se']:.3%} | "
-              f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} |")
+              f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} | {row['paired_gap']:+.3%} | "
+              f"{row['paired_two_se']:.3%} |")
     if means_only:
         return table
     print("\nTraining loss, mean (largest) absolute relative gap on the same batches:\n")

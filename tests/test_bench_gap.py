@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,14 +35,30 @@ def test_gap_pairs_every_run_with_each_reference_and_the_references_with_each_ot
     # the means of each side, with each side's spread: FP8 2.02 against the BF16 runs' 1.95 (2.0 and 1.9);
     # the pooled variance over 3 - 2 degrees of freedom is 0.05^2 * 2, the standard error of the
     # difference of the means sqrt(0.005 * (1 + 1/2))
-    assert table["means"][10] == pytest.approx({"others": 2.02, "refs": 1.95, "gap": 0.07 / 1.95,
-                                                "two_se": 2 * (0.005 * 1.5) ** 0.5 / 1.95,
-                                                "spread_others": 0.0, "spread_refs": 0.1 / 1.95})
+    means = table["means"][10]
+    assert {k: means[k] for k in ("others", "refs", "gap", "two_se", "spread_others", "spread_refs")} == \
+        pytest.approx({"others": 2.02, "refs": 1.95, "gap": 0.07 / 1.95, "two_se": 2 * (0.005 * 1.5) ** 0.5 / 1.95,
+                       "spread_others": 0.0, "spread_refs": 0.1 / 1.95})
+    assert math.isnan(means["paired_gap"])  # names not PRECISION_SEED: no pairs by seed
     # training losses compare the same step's batch; step 15, logged by FP8 only, is left out
     assert table["phases"]["1-5"] == pytest.approx([0.1, 0.05, 0.2 / 4.2])
     assert table["phases"]["6-10"] == pytest.approx([0.05, 0.1, 0.3 / 1.8])
     assert list(table["phases"]) == ["1-5", "6-10"]
     assert table["phases_max"]["6-10"] == pytest.approx([0.05, 0.1, 0.3 / 1.8])  # one step a phase here
+
+
+def test_gap_pairs_runs_of_the_same_seed_across_precisions(bench):
+    # seeds far apart, each FP8 run 1% above its seed's BF16 run: unpaired, the seeds' spread swamps
+    # the gap; paired by seed, it is exact
+    runs = {f"{prec}_{seed}": {"losses": [], "validation": [[10, loss * (1.01 if prec == "fp8" else 1)]]}
+            for seed, loss in ((1, 2.0), (2, 3.0), (3, 2.6)) for prec in ("bf16", "fp8")}
+    row = bench.loss_gap(runs, "bf16", [10], means_only=True)["means"][10]
+    assert row["gap"] == pytest.approx(0.01) and row["two_se"] > 0.2
+    assert row["paired_gap"] == pytest.approx(0.01) and row["paired_two_se"] == pytest.approx(0, abs=1e-12)
+    # a run without a partner of its seed is in the means but in no pair
+    runs["fp8_4"] = {"losses": [], "validation": [[10, 2.5]]}
+    row = bench.loss_gap(runs, "bf16", [10], means_only=True)["means"][10]
+    assert row["paired_gap"] == pytest.approx(0.01) and row["others"] == pytest.approx((7.6 * 1.01 + 2.5) / 4)
 
 
 def test_gap_names_the_runs_when_no_reference_matches(bench):
