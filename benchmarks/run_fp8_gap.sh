@@ -9,15 +9,16 @@
 # Why this setup. At the `small` profile's default learning rate the GPU's BF16 runs of one config
 # spread 0.8-2.3% between repeats (BENCHMARKS.md), far above the 0.25% to resolve; a low peak learning
 # rate keeps the loss curve free of the synthetic stream's sudden transitions, which amplify any
-# difference. The model is the `small` trainer's architecture at a quarter width and 4 layers, on
-# bench_pretrain.py's synthetic stream (the full width is too slow on a CPU).
+# difference. By default the model is the `small` trainer's architecture at a quarter width and 4
+# layers (WIDTH=full: `small`'s own model, too slow for a CPU), on bench_pretrain.py's synthetic stream.
 #
 #   bash benchmarks/run_fp8_gap.sh [DIR]   (SEEDS="1 2 3" STEPS=300 LR=0.002 LANES=2 WIDTH=quarter PY=...)
 # Each seed: a BF16 and an FP8 run; seed 1's BF16 run twice (on a CPU the repeat must equal the first),
 # and once more with two threads (on a CPU: the same arithmetic summed in another order, the gap that
 # last-bit differences alone grow into, what the FP8 gap must be read against; on a GPU a third repeat).
 # Then bench_pretrain.py summary prints each run, and bench_pretrain.py gap the FP8-vs-BF16 gaps: per
-# seed (validation and training loss, the control beside them) and over all seeds (the means, 2 SE).
+# seed (validation and training loss, the control beside them) and over all seeds (the means and
+# their 2 SE, unpaired and paired by seed).
 # (Named run_fp8_gap_cpu.sh until 2026-12-07.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
