@@ -498,8 +498,7 @@ GROUPED_ORDER_GROUP_MS = (4, 8)
 
 
 def grouped_order_name(c: dict, group_m: int) -> str:
-    return (f"tma {c['bm']}x{c['bn']}x{c['bk']} s{c['stages']}{' store halves' if c.get('c_split') else ''}"
-            f"{' no cross-tile prefetch' if c.get('flatten') is False else ''} GROUP_M={group_m}")
+    return f"tma {c['bm']}x{c['bn']}x{c['bk']} s{c['stages']}{' store halves' if c.get('c_split') else ''} GROUP_M={group_m}"
 
 
 def grouped_order_section(expert_counts=(32, 64, 128), rows_total=32768, K=2048, N=1536) -> list[dict]:

@@ -566,7 +566,9 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     print(f"\nValidation loss, the mean of each side's runs ({len(others)} not {ref}, {len(refs)} {ref}):\n")
     # runs named PRECISION_SEED (run_fp8_gap.sh's): the same seed on both sides (`bf16_3`, `fp8_3`: the
     # same initial weights and batches) makes a pair:
-    # the mean of the pairs' gaps, with twice its standard error (paired t), gains where pairs correlate
+    # the mean of the pairs' gaps, with twice its standard error (paired t), gains where pairs correlate.
+    # (training/report.py's paired_difference is the t interval for task scores in [0, 1], clipped there,
+    # with a bound for pairs without spread; these are relative loss gaps, in 2 SE like the column beside)
     seeds = {n.partition("_")[2]: n for n in refs}
     paired = [(n, seeds[n.partition("_")[2]]) for n in others if n.partition("_")[2] in seeds]
     print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} "
