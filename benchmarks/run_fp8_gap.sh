@@ -16,6 +16,7 @@
 # Each seed: a BF16 and an FP8 run; seed 1's BF16 run twice (on a CPU the repeat must equal the first),
 # and once more with two threads (on a CPU: the same arithmetic summed in another order, the gap that
 # last-bit differences alone grow into, what the FP8 gap must be read against; on a GPU a third repeat).
+# REPEATS=0 leaves those two out: more seeds for a study whose noise floor was measured already.
 # Then bench_pretrain.py summary prints each run, and bench_pretrain.py gap the FP8-vs-BF16 gaps: per
 # seed (validation and training loss, the control beside them) and over all seeds (the means and
 # their 2 SE, unpaired and paired by seed).
@@ -39,6 +40,8 @@ case ${WIDTH:-quarter} in
   full) MODEL=$STREAM ;;
   *) echo "WIDTH=$WIDTH: accepted values are quarter and full" >&2; exit 2 ;;
 esac
+REPEATS=${REPEATS:-1}
+case $REPEATS in 0|1) ;; *) echo "REPEATS=$REPEATS: accepted values are 1 (default) and 0" >&2; exit 2 ;; esac
 mkdir -p "$D/runs" "$D/logs"
 [ -d "$D/data/pretraining_shards" ] || $PY benchmarks/bench_pretrain.py data "$D/data" --vocab 2048 --seq 256 \
     --train 2600 --validation 32
@@ -56,12 +59,14 @@ for seed in $SEEDS; do
   done
 done
 first=${SEEDS%% *}
-$PY benchmarks/bench_pretrain.py config "$D/repeat/bf16_$first/stage.json" "$D/data" "$D/repeat/bf16_$first" $MODEL $TRAIN \
-    pretrain.precision=bf16 "pretrain.seed=$first" > /dev/null
-# the noise floor: the same BF16 run with two threads, whose reductions sum in another order (last bits)
-$PY benchmarks/bench_pretrain.py config "$D/control/bf16_$first/stage.json" "$D/data" "$D/control/bf16_$first" $MODEL $TRAIN \
-    pretrain.precision=bf16 "pretrain.seed=$first" pretrain.threads=2 > /dev/null
-jobs+=("repeat/bf16_$first" "control/bf16_$first")
+if [ "$REPEATS" = 1 ]; then
+  $PY benchmarks/bench_pretrain.py config "$D/repeat/bf16_$first/stage.json" "$D/data" "$D/repeat/bf16_$first" $MODEL \
+      $TRAIN pretrain.precision=bf16 "pretrain.seed=$first" > /dev/null
+  # the noise floor: the same BF16 run with two threads, whose reductions sum in another order (last bits)
+  $PY benchmarks/bench_pretrain.py config "$D/control/bf16_$first/stage.json" "$D/data" "$D/control/bf16_$first" $MODEL \
+      $TRAIN pretrain.precision=bf16 "pretrain.seed=$first" pretrain.threads=2 > /dev/null
+  jobs+=("repeat/bf16_$first" "control/bf16_$first")
+fi
 # one CPU thread a run, LANES runs at a time (on a CPU the FP8 emulation takes about twice as long as BF16;
 # on an 80 GB GPU four full-width runs fit, five do not). A run that has its history.json already is not
 # run again (a study resumed, or completed with runs copied in). Each run's weights (its checkpoints and
@@ -75,7 +80,7 @@ printf '%s\n' "${jobs[@]}" | xargs -P "${LANES:-2}" -n 1 sh -c '
   [ "$KEEP_WEIGHTS" = 1 ] || { find "$D/$run/checkpoints" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +; rm -rf "$D/$run/export"; }
   exit 0'
 $PY benchmarks/bench_pretrain.py summary "$D/runs" "$D/logs" "$D/summary.json" | tail -n 8
-$PY - "$D" "$first" <<'EOF'
+[ "$REPEATS" = 0 ] || $PY - "$D" "$first" <<'EOF'
 import json, sys
 from pathlib import Path
 d, first = Path(sys.argv[1]), sys.argv[2]
@@ -87,7 +92,7 @@ EOF
 # the gaps, by bench_pretrain.py gap: each seed's FP8 run against its BF16 run (the first seed's
 # two-thread control beside them: the noise floor), then the means of all seeds' runs with 2 standard errors
 for seed in $SEEDS; do
-  control=(); [ "$seed" = "$first" ] && control=("$D/control/bf16_$seed")
+  control=(); [ "$seed" = "$first" ] && [ "$REPEATS" = 1 ] && control=("$D/control/bf16_$seed")
   $PY benchmarks/bench_pretrain.py runs "$D/gap/seed_$seed.json" "$D/runs/bf16_$seed" "$D/runs/fp8_$seed" \
       "${control[@]}" > /dev/null
   echo "## seed $seed"; $PY benchmarks/bench_pretrain.py gap "$D/gap/seed_$seed.json" --phases $((STEPS / 2))

@@ -129,3 +129,24 @@ def test_gap_script_keeps_finished_runs_and_reports_over_all_of_them(tmp_path):
         assert json.loads((study / run / "stage.json").read_text())["profile"]["pretrain"]["steps"] == 20
     assert "| 20 | 2.0000 | 2.1000 | 1.9000 | +5.000% | -5.000% |" in done.stdout  # seed 1: FP8 and the control
     assert "bf16 seed 1 run twice: bitwise the same losses" in done.stdout  # the repeat's history equals the run's
+
+
+def test_gap_script_without_repeats_runs_and_compares_only_the_seeds(tmp_path):
+    # REPEATS=0: a study continued with more seeds makes no repeat or control run, and says nothing of them
+    study = tmp_path / "study"
+    for run, val in (("runs/bf16_9", 2.0), ("runs/fp8_9", 2.1)):
+        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    done = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True,
+                          env={**os.environ, "SEEDS": "9", "STEPS": "20", "REPEATS": "0", "PY": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (study / "repeat").exists() and not (study / "control").exists()
+    assert "run twice" not in done.stdout
+    assert "| 20 | 2.0000 | 2.1000 | +5.000% |" in done.stdout
+
+
+def test_gap_script_refuses_an_unknown_repeats_value(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study")], env={**os.environ, "REPEATS": "2"},
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "REPEATS=2" in done.stderr and "1 (default) and 0" in done.stderr
+    assert not (tmp_path / "study").exists()
