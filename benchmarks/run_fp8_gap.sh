@@ -17,6 +17,12 @@
 # and once more with two threads (on a CPU: the same arithmetic summed in another order, the gap that
 # last-bit differences alone grow into, what the FP8 gap must be read against; on a GPU a third repeat).
 # REPEATS=0 leaves those two out: more seeds for a study whose noise floor was measured already.
+# DATA=synthetic (default): bench_pretrain.py's stream (Zipf tokens, each odd position a fixed
+# permutation of the token before). At full width some runs learn that rule late and suddenly (the
+# loss falls ~0.2 nats within ~30 steps, at a step that differs run to run), which makes the loss at a
+# fixed step bimodal (BENCHMARKS.md, 2026-12-07). DATA=code: real text instead, the Python sources of
+# SOURCES (default: this Python's standard library and site-packages) with the pipeline's BPE at the
+# stream's vocabulary (bench_pretrain.py code).
 # Then bench_pretrain.py summary prints each run, and bench_pretrain.py gap the FP8-vs-BF16 gaps: per
 # seed (validation and training loss, the control beside them) and over all seeds (the means and
 # their 2 SE, unpaired and paired by seed).
@@ -42,9 +48,18 @@ case ${WIDTH:-quarter} in
 esac
 REPEATS=${REPEATS:-1}
 case $REPEATS in 0|1) ;; *) echo "REPEATS=$REPEATS: accepted values are 1 (default) and 0" >&2; exit 2 ;; esac
+DATA=${DATA:-synthetic}
+case $DATA in synthetic|code) ;; *) echo "DATA=$DATA: accepted values are synthetic (default) and code" >&2; exit 2 ;; esac
 mkdir -p "$D/runs" "$D/logs"
-[ -d "$D/data/pretraining_shards" ] || $PY benchmarks/bench_pretrain.py data "$D/data" --vocab 2048 --seq 256 \
-    --train 2600 --validation 32
+if [ -d "$D/data/pretraining_shards" ]; then :  # a study resumed: its data is there
+elif [ "$DATA" = code ]; then
+  # shellcheck disable=SC2046
+  $PY benchmarks/bench_pretrain.py code "$D/data" --vocab 2048 --seq 256 --train 2600 --validation 32 --tokenizer-mb 8 \
+      --source ${SOURCES:-$($PY -c "import sysconfig as s; print(s.get_path('stdlib'), s.get_path('purelib'))")} \
+      > "$D/logs/data.log"
+else
+  $PY benchmarks/bench_pretrain.py data "$D/data" --vocab 2048 --seq 256 --train 2600 --validation 32
+fi
 TRAIN="pretrain.steps=$STEPS pretrain.global_batch_size=8 pretrain.micro_batch_size=8 pretrain.warmup_steps=30
  pretrain.learning_rate=$LR pretrain.schedule=cosine pretrain.zero_stage=0 pretrain.compile=false
  pretrain.eval_every=$STEPS pretrain.eval_batches=4 pretrain.checkpoint_every=$STEPS pretrain.log_every=10
