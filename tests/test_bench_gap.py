@@ -144,9 +144,11 @@ def test_gap_script_without_repeats_runs_and_compares_only_the_seeds(tmp_path):
     assert "| 20 | 2.0000 | 2.1000 | +5.000% |" in done.stdout
 
 
-def test_gap_script_refuses_an_unknown_repeats_value(tmp_path):
-    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study")], env={**os.environ, "REPEATS": "2"},
+@pytest.mark.parametrize("setting, said", [("REPEATS=2", "1 (default) and 0"), ("DATA=web", "synthetic (default) and code")])
+def test_gap_script_refuses_an_unknown_value_before_making_anything(tmp_path, setting, said):
+    name, value = setting.split("=")
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study")], env={**os.environ, name: value},
                           capture_output=True, text=True)
     assert done.returncode == 2
-    assert "REPEATS=2" in done.stderr and "1 (default) and 0" in done.stderr
+    assert setting in done.stderr and said in done.stderr
     assert not (tmp_path / "study").exists()
