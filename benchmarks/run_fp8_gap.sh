@@ -12,7 +12,8 @@
 # difference. By default the model is the `small` trainer's architecture at a quarter width and 4
 # layers (WIDTH=full: `small`'s own model, too slow for a CPU), on bench_pretrain.py's synthetic stream.
 #
-#   bash benchmarks/run_fp8_gap.sh [DIR]   (SEEDS="1 2 3" STEPS=300 LR=0.002 LANES=2 WIDTH=quarter PY=...)
+#   bash benchmarks/run_fp8_gap.sh [DIR]   (SEEDS="1 2 3" STEPS=300 LR=0.002 LANES=2 WIDTH=quarter REPEATS=1
+#                                          DATA=synthetic SOURCES=... PY=...)
 # Each seed: a BF16 and an FP8 run; seed 1's BF16 run twice (on a CPU the repeat must equal the first),
 # and once more with two threads (on a CPU: the same arithmetic summed in another order, the gap that
 # last-bit differences alone grow into, what the FP8 gap must be read against; on a GPU a third repeat).
@@ -51,7 +52,9 @@ case $REPEATS in 0|1) ;; *) echo "REPEATS=$REPEATS: accepted values are 1 (defau
 DATA=${DATA:-synthetic}
 case $DATA in synthetic|code) ;; *) echo "DATA=$DATA: accepted values are synthetic (default) and code" >&2; exit 2 ;; esac
 mkdir -p "$D/runs" "$D/logs"
-if [ -d "$D/data/pretraining_shards" ]; then :  # a study resumed: its data is there
+if [ -f "$D/data/pretraining_shards/index.json" ]; then  # a study resumed: its data is there, of the same kind?
+  made=$(grep -q '"synthetic"' "$D/data/pretraining_shards/index.json" && echo synthetic || echo code)
+  [ "$made" = "$DATA" ] || { echo "$D/data holds DATA=$made shards, not DATA=$DATA: give another folder" >&2; exit 2; }
 elif [ "$DATA" = code ]; then
   # shellcheck disable=SC2046
   $PY benchmarks/bench_pretrain.py code "$D/data" --vocab 2048 --seq 256 --train 2600 --validation 32 --tokenizer-mb 8 \

@@ -152,3 +152,15 @@ def test_gap_script_refuses_an_unknown_value_before_making_anything(tmp_path, se
     assert done.returncode == 2
     assert setting in done.stderr and said in done.stderr
     assert not (tmp_path / "study").exists()
+
+
+def test_gap_script_refuses_a_study_whose_data_is_of_the_other_kind(tmp_path):
+    # continuing a synthetic-stream study with DATA=code would compare runs on different data
+    study = tmp_path / "study"
+    subprocess.run([sys.executable, str(SCRIPT.parent / "bench_pretrain.py"), "data", str(study / "data"),
+                    "--vocab", "64", "--seq", "16", "--train", "8", "--validation", "8"], check=True, capture_output=True)
+    done = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True,
+                          env={**os.environ, "SEEDS": "1", "STEPS": "20", "DATA": "code", "PY": sys.executable})
+    assert done.returncode == 2
+    assert "holds DATA=synthetic shards, not DATA=code" in done.stderr
+    assert not (study / "runs" / "bf16_1").exists()
