@@ -538,6 +538,19 @@ def relative_gaps(a: dict, b: dict) -> dict[int, float]:
     return {int(s): (v - b[int(s)]) / b[int(s)] for s, v in a if int(s) in b}
 
 
+def phase_bounds(gaps: list[dict[int, float]], phases: list[int]) -> list[tuple[int, int]]:
+    """(lo, hi] step ranges: the phases end at `phases` and the last one at the last step logged."""
+    last = max((s for g in gaps for s in g), default=0)
+    bounds = [p for p in sorted(phases) if p < last] + [last]
+    return list(zip([0] + bounds, bounds)) if last else []
+
+
+def mean_two_se(values: list[float]) -> tuple[float, float]:
+    """The mean and twice its standard error (nan where there are too few values)."""
+    mean = statistics.mean(values) if values else math.nan
+    return mean, 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
 def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
@@ -583,21 +596,31 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
         row = table["means"][s] = {"others": mo, "refs": mr, "gap": (mo - mr) / mr,
                                    "two_se": 2 * math.sqrt(pooled * (1 / len(o) + 1 / len(r))) / mr,
                                    "spread_others": (max(o) - min(o)) / mo, "spread_refs": (max(r) - min(r)) / mr}
-        d = [(val[n][s] - val[m][s]) / val[m][s] for n, m in paired]
-        row["paired_gap"] = statistics.mean(d) if d else math.nan
-        row["paired_two_se"] = 2 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+        row["paired_gap"], row["paired_two_se"] = mean_two_se([(val[n][s] - val[m][s]) / val[m][s] for n, m in paired])
         print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['two_se']:.3%} | "
               f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} | {row['paired_gap']:+.3%} | "
               f"{row['paired_two_se']:.3%} |")
+    if paired:
+        # the training loss on the same batches, signed: each pair's mean gap over a phase, then the mean
+        # of the pairs with 2 SE (where validation at one step is noisy, a phase of steps averages it)
+        print(f"\nTraining loss, paired by seed: each pair's mean signed gap over the steps, then the mean of "
+              f"the {len(paired)} pairs:\n")
+        print("| steps | paired gap | 2 SE, paired |")
+        print("| --- | --- | --- |")
+        pair_gaps = [relative_gaps(runs[n]["losses"], runs[m]["losses"]) for n, m in paired]
+        table["paired_phases"] = {}
+        for lo, hi in phase_bounds(pair_gaps, phases):
+            per_pair = [statistics.mean(v for s, v in g.items() if lo < s <= hi) for g in pair_gaps
+                        if any(lo < s <= hi for s in g)]
+            gap, two_se = table["paired_phases"][f"{lo + 1}-{hi}"] = mean_two_se(per_pair)
+            print(f"| {lo + 1}-{hi} | {gap:+.3%} | {two_se:.3%} |")
     if means_only:
         return table
     print("\nTraining loss, mean (largest) absolute relative gap on the same batches:\n")
     print("| steps | " + " | ".join(f"{n} vs {r}" for n, r in pairs) + " |")
     print("| --- " * (1 + len(pairs)) + "|")
     gaps = [relative_gaps(runs[n]["losses"], runs[r]["losses"]) for n, r in pairs]
-    last = max((s for g in gaps for s in g), default=0)
-    bounds = [p for p in sorted(phases) if p < last] + [last]  # the last phase ends at the last step
-    for lo, hi in zip([0] + bounds, bounds):
+    for lo, hi in phase_bounds(gaps, phases):
         phase = [[abs(v) for s, v in g.items() if lo < s <= hi] or [math.nan] for g in gaps]
         means = table["phases"][f"{lo + 1}-{hi}"] = [statistics.mean(p) for p in phase]
         table["phases_max"][f"{lo + 1}-{hi}"] = [max(p) for p in phase]
