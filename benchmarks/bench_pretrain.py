@@ -551,12 +551,14 @@ def mean_two_se(values: list[float]) -> tuple[float, float]:
     return mean, 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
 
-def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False) -> dict:
+def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False,
+             by_step: bool = False) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
     Validation losses step by step, and the mean absolute gap of the training losses per phase (the
     phases end at `phases` and at the last step both runs of a pair logged). means_only: the means of
-    each side alone (runs of several seeds, whose pairs across seeds say nothing)."""
+    each side alone (runs of several seeds, whose pairs across seeds say nothing). by_step: the pairs'
+    training-loss gaps at every logged step too, with their spread."""
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
@@ -614,6 +616,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
                         if any(lo < s <= hi for s in g)]
             gap, two_se = table["paired_phases"][f"{lo + 1}-{hi}"] = mean_two_se(per_pair)
             print(f"| {lo + 1}-{hi} | {gap:+.3%} | {two_se:.3%} |")
+        if by_step:
+            paired_steps(pair_gaps, table)
     if means_only:
         return table
     print("\nTraining loss, mean (largest) absolute relative gap on the same batches:\n")
@@ -626,6 +630,23 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
         table["phases_max"][f"{lo + 1}-{hi}"] = [max(p) for p in phase]
         print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%} ({max(p):.2%})" for m, p in zip(means, phase)) + " |")
     return table
+
+
+def paired_steps(pair_gaps: list[dict[int, float]], table: dict) -> None:
+    """The pairs' training-loss gaps at each logged step: their mean, its 2 SE and the pairs' standard
+    deviation. Where two runs of a pair part (one learns a structure of the data some steps before the
+    other) and meet again, the spread rises and falls at a steady mean: the spread at the last steps is
+    what one pair's gap is worth there, and what sets the number of seeds a bound needs."""
+    print("\nTraining loss, paired by seed, at each logged step (SD: the pairs' standard deviation):\n")
+    print("| step | paired gap | 2 SE, paired | SD of the pairs |")
+    print("| --- | --- | --- | --- |")
+    table["paired_steps"] = {}
+    for s in sorted(set.union(*(set(g) for g in pair_gaps))):
+        values = [g[s] for g in pair_gaps if s in g]
+        gap, two_se = mean_two_se(values)
+        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        table["paired_steps"][s] = {"gap": gap, "two_se": two_se, "sd": sd, "pairs": len(values)}
+        print(f"| {s} | {gap:+.3%} | {two_se:.3%} | {sd:.3%} |")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -863,6 +884,8 @@ def main() -> None:
     g.add_argument("--ref", default="bf16", help="runs whose name contains this are the references")
     g.add_argument("--phases", type=int, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200])
     g.add_argument("--means-only", action="store_true", help="only the means of each side (several seeds)")
+    g.add_argument("--by-step", action="store_true",
+                   help="the pairs' training-loss gaps at every logged step too, with their spread")
     b = sub.add_parser("breakdown")
     b.add_argument("profiles", type=Path, nargs="+")
     w = sub.add_parser("widths")
@@ -885,7 +908,7 @@ def main() -> None:
     elif a.cmd == "runs":
         print(f"{a.out}: {', '.join(history_runs(a.run_dirs, a.out))}")
     elif a.cmd == "gap":
-        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only)
+        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step)
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)

@@ -75,6 +75,22 @@ def test_gap_pairs_training_losses_by_seed_over_each_phase(bench):
     assert table["paired_phases"]["21-40"] == pytest.approx((0.02, 0.0))
 
 
+def test_gap_by_step_shows_how_far_the_pairs_spread_at_each_logged_step(bench, capsys):
+    # two pairs that part at step 20 (+3% and -1%) and meet again at step 30: the mean is the same at
+    # every step, the pairs' spread is not, and that spread is what a mean over a phase hides
+    def run(seed, prec):
+        factor = {10: 1.0, 20: {1: 1.03, 2: 0.99}[seed], 30: 1.01}
+        return {"losses": [[s, 3.0 * (factor[s] if prec == "fp8" else 1)] for s in factor],
+                "validation": [[30, 2.0]]}
+    runs = {f"{prec}_{seed}": run(seed, prec) for seed in (1, 2) for prec in ("bf16", "fp8")}
+    steps = bench.loss_gap(runs, "bf16", [30], means_only=True, by_step=True)["paired_steps"]
+    assert list(steps) == [10, 20, 30]
+    assert steps[20]["gap"] == pytest.approx(0.01) and steps[20]["sd"] == pytest.approx(0.02 * math.sqrt(2))
+    assert steps[30]["gap"] == pytest.approx(0.01) and steps[30]["sd"] == pytest.approx(0, abs=1e-12)
+    assert "| 20 | +1.000% | 4.000% | 2.828% |" in capsys.readouterr().out
+    assert "paired_steps" not in bench.loss_gap(runs, "bf16", [30], means_only=True)  # only when asked
+
+
 def test_gap_names_the_runs_when_no_reference_matches(bench):
     with pytest.raises(SystemExit, match=r"no run name contains 'bf16'.*run_fp8"):
         bench.loss_gap({"run_fp8": {"losses": [], "validation": []}}, "bf16", [10])
