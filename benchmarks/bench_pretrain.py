@@ -552,13 +552,14 @@ def mean_two_se(values: list[float]) -> tuple[float, float]:
 
 
 def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False,
-             by_step: bool = False) -> dict:
+             by_step: bool = False, bound: float = 0.0025) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
     Validation losses step by step, and the mean absolute gap of the training losses per phase (the
     phases end at `phases` and at the last step both runs of a pair logged). means_only: the means of
     each side alone (runs of several seeds, whose pairs across seeds say nothing). by_step: the pairs'
-    training-loss gaps at every logged step too, with their spread."""
+    training-loss gaps at every logged step too, with their spread. bound: the relative gap the paired
+    interval of the last validation is read against (the paper's 0.25%)."""
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
@@ -602,6 +603,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
         print(f"| {s} | {mo:.4f} | {mr:.4f} | {row['gap']:+.3%} | {row['two_se']:.3%} | "
               f"{row['spread_others']:.3%} | {row['spread_refs']:.3%} | {row['paired_gap']:+.3%} | "
               f"{row['paired_two_se']:.3%} |")
+    if len(paired) > 1 and table["means"]:
+        read_against_bound(table, steps[-1], len(paired), bound)
     if paired:
         # the training loss on the same batches, signed: each pair's mean gap over a phase, then the mean
         # of the pairs with 2 SE (where validation at one step is noisy, a phase of steps averages it)
@@ -630,6 +633,23 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
         table["phases_max"][f"{lo + 1}-{hi}"] = [max(p) for p in phase]
         print(f"| {lo + 1}-{hi} | " + " | ".join(f"{m:.3%} ({max(p):.2%})" for m, p in zip(means, phase)) + " |")
     return table
+
+
+def read_against_bound(table: dict, step: int, pairs: int, bound: float) -> None:
+    """The paired interval (mean +- 2 SE) of the last validation read against the bound: FP8 not worse
+    by it (the upper end below it: one-sided, ~97%), within it both ways (the whole interval inside),
+    and the pairs a 2 SE of the bound would take at this spread (where the mean then falls decides
+    the rest)."""
+    row = table["means"][step]
+    low, high = row["paired_gap"] - row["paired_two_se"], row["paired_gap"] + row["paired_two_se"]
+    sd = row["paired_two_se"] / 2 * math.sqrt(pairs)
+    verdict = table["bound"] = {"step": step, "pairs": pairs, "low": low, "high": high,
+                                "not_worse": high < bound, "within": -bound < low and high < bound,
+                                "pairs_needed": math.ceil((2 * sd / bound) ** 2)}
+    yes = {True: "yes", False: "no"}
+    print(f"\nAgainst the bound, validation at step {step}, {pairs} pairs: interval {low:+.3%} to {high:+.3%}; "
+          f"not worse by {bound:.2%}: {yes[verdict['not_worse']]}; within +-{bound:.2%}: {yes[verdict['within']]}; "
+          f"pairs for a 2 SE of {bound:.2%} at this spread (SD {sd:.3%}): {verdict['pairs_needed']}")
 
 
 def paired_steps(pair_gaps: list[dict[int, float]], table: dict) -> None:
@@ -884,6 +904,8 @@ def main() -> None:
     g.add_argument("--ref", default="bf16", help="runs whose name contains this are the references")
     g.add_argument("--phases", type=int, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200])
     g.add_argument("--means-only", action="store_true", help="only the means of each side (several seeds)")
+    g.add_argument("--bound", type=float, default=0.25,
+                   help="percent: the relative gap the paired interval is read against (the paper's 0.25)")
     g.add_argument("--by-step", action="store_true",
                    help="the pairs' training-loss gaps at every logged step too, with their spread")
     b = sub.add_parser("breakdown")
@@ -908,7 +930,7 @@ def main() -> None:
     elif a.cmd == "runs":
         print(f"{a.out}: {', '.join(history_runs(a.run_dirs, a.out))}")
     elif a.cmd == "gap":
-        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step)
+        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step, a.bound / 100)
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)

@@ -91,6 +91,23 @@ def test_gap_by_step_shows_how_far_the_pairs_spread_at_each_logged_step(bench, c
     assert "paired_steps" not in bench.loss_gap(runs, "bf16", [30], means_only=True)  # only when asked
 
 
+@pytest.mark.parametrize("gaps, not_worse, within", [((0.002, 0.0, -0.002, 0.0), True, True),
+                                                      ((0.004, 0.002, 0.0, 0.002), False, False),
+                                                      ((-0.002, -0.004, -0.006, -0.004), True, False)])
+def test_gap_reads_the_paired_interval_against_the_bound(bench, capsys, gaps, not_worse, within):
+    # four pairs with the same spread (SD 0.163%, 2 SE 0.163%) around a mean of 0, +0.2% and -0.4%
+    runs = {f"{prec}_{seed}": {"losses": [], "validation": [[50, 2.0 * (1 + gap if prec == "fp8" else 1)]]}
+            for seed, gap in enumerate(gaps) for prec in ("bf16", "fp8")}
+    bound = bench.loss_gap(runs, "bf16", [50], means_only=True, bound=0.0025)["bound"]
+    assert (bound["step"], bound["pairs"]) == (50, 4)
+    assert bound["high"] - bound["low"] == pytest.approx(2 * 2 * 0.002 * math.sqrt(2 / 3) / 2)
+    assert (bound["not_worse"], bound["within"]) == (not_worse, within)
+    assert bound["pairs_needed"] == 2  # (2 SD / bound)^2 = 1.7, rounded up
+    out = capsys.readouterr().out
+    assert f"not worse by 0.25%: {'yes' if not_worse else 'no'}" in out
+    assert f"within +-0.25%: {'yes' if within else 'no'}" in out
+
+
 def test_gap_names_the_runs_when_no_reference_matches(bench):
     with pytest.raises(SystemExit, match=r"no run name contains 'bf16'.*run_fp8"):
         bench.loss_gap({"run_fp8": {"losses": [], "validation": []}}, "bf16", [10])
