@@ -204,3 +204,26 @@ def test_gap_script_refuses_a_study_whose_data_is_of_the_other_kind(tmp_path):
     assert done.returncode == 2
     assert "holds DATA=synthetic shards, not DATA=code" in done.stderr
     assert not (study / "runs" / "bf16_1").exists()
+
+
+DEVICE_SCRIPT = SCRIPT.parent / "run_gap_device.sh"
+
+
+def test_device_call_stops_the_study_at_its_budget_and_packs_the_finished_runs(tmp_path):
+    # seed 1 finished in an earlier call; seed 2's runs start training and the budget ends them: they are
+    # killed (no process of this study left), the finished pair is compared and everything packed
+    study, out = tmp_path / "study", tmp_path / "out"
+    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
+        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    done = subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SEEDS": "1 2", "STEPS": "20", "REPEATS": "0", "BUDGET_S": "20",
+                               "LANES": "2", "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels"),
+                               "PY": sys.executable})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "BUDGET_S=20 spent" in done.stdout and "finished: bf16_1 fp8_1" in done.stdout
+    assert "| 20 | 2.1000 | 2.0000 | +5.000% |" in (out / "gap.log").read_text()
+    assert (study / "runs" / "fp8_2" / "train.log").exists() and not (study / "runs" / "fp8_2" / "history.json").exists()
+    left = subprocess.run(["pgrep", "-f", f"training.pretrain --config {study}/"], capture_output=True, text=True)
+    assert left.stdout == ""
+    packed = subprocess.run(["tar", "tzf", str(out / "gap.tgz")], capture_output=True, text=True, check=True).stdout
+    assert "./runs/fp8_1/history.json" in packed and "./runs/fp8_2/stage.json" in packed

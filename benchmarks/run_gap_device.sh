@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call of issue 7's loss-bound study (benchmarks/run_fp8_gap.sh, whose settings it passes on)
+# under a time budget:
+#   - the carried wheels installed ($WHEELS, default .whl/: infra/wheelhouse.sh; the device image lacks
+#     deepspeed and pydantic);
+#   - as many runs at a time as the GPU's memory holds (LANES: memory / 19,000 MiB, what a full-width run
+#     takes: 4 on an H100, 7 on an H200), or one a CPU core without a GPU;
+#   - the study stopped when BUDGET_S seconds are spent (a call may run 10 minutes): its unfinished runs
+#     are killed, and run anew by the next call on the same folder, which keeps the finished ones;
+#   - the finished runs compared (bench_pretrain.py gap --means-only, against the 0.25% bound), and the
+#     study's small files (histories, configs, logs, kernel choices, the data's index) packed into
+#     $OUT/gap.tgz for benchmarks/results/.
+#   DATA=code WIDTH=full SEEDS="25 26 27 28 29 30 31" STEPS=200 LR=0.0005 REPEATS=0 BUDGET_S=560 \
+#       bash benchmarks/run_gap_device.sh [DIR]        (DIR default /dev/shm/seekflow-gap)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+OUT=${OUT:-/tmp/out}; D=${1:-/dev/shm/seekflow-gap}; BUDGET_S=${BUDGET_S:-560}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+WHEELS=${WHEELS:-.whl}
+mkdir -p "$OUT" "$D"
+[ -f "$WHEELS/requirements.txt" ] && $PY -m pip install -q --no-index --find-links "$WHEELS" -r "$WHEELS/requirements.txt"
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  LANES=${LANES:-$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1) / 19000 ))}
+else
+  LANES=${LANES:-$(nproc)}
+fi
+left=$(( BUDGET_S - (SECONDS - start) ))
+echo "$LANES runs at a time, $left s left for the study in $D"
+LANES=$LANES PY=$PY timeout "$left" bash benchmarks/run_fp8_gap.sh "$D" > "$OUT/gap.log" 2>&1
+rc=$?
+if [ "$rc" = 124 ]; then
+  # timeout stops the script, not the runs it started (xargs' children): stop this study's runs alone
+  pkill -f "training.pretrain --config $D/"
+  echo "BUDGET_S=$BUDGET_S spent: the study was stopped, its unfinished runs killed" | tee -a "$OUT/gap.log"
+  finished=$(find "$D/runs" -mindepth 2 -maxdepth 2 -name history.json -printf '%h\n' 2>/dev/null | sort)
+  echo "finished: $(echo $finished | xargs -n 1 basename 2>/dev/null | tr '\n' ' ')" | tee -a "$OUT/gap.log"
+  if [ -n "$finished" ]; then
+    # shellcheck disable=SC2086
+    $PY benchmarks/bench_pretrain.py runs "$D/gap/finished.json" $finished > /dev/null &&
+      $PY benchmarks/bench_pretrain.py gap "$D/gap/finished.json" --means-only >> "$OUT/gap.log" 2>&1
+  fi
+elif [ "$rc" != 0 ]; then
+  echo "run_fp8_gap.sh failed (exit $rc): $OUT/gap.log" >&2
+fi
+tail -n 30 "$OUT/gap.log"
+[ "$rc" = 124 ] && rc=0  # a budget spent is the plan, not a failure
+(cd "$D" && find . \( -name history.json -o -name stage.json -o -name train.log -o -name kernel_choices.json \
+    -o -name index.json -o -name data.log \) -print0 | tar czf "$OUT/gap.tgz" --null -T -)
+exit "$rc"
