@@ -636,8 +636,9 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
 
 
 def read_against_bound(table: dict, step: int, pairs: int, bound: float) -> None:
-    """The paired interval (mean +- 2 SE) of the last validation read against the bound: FP8 not worse
-    by it (the upper end below it: one-sided, ~97%), within it both ways (the whole interval inside),
+    """The paired interval (mean +- 2 SE) of the last validation read against the bound: the runs (FP8)
+    not worse than their references (BF16) by it (the upper end below it: one-sided, ~97%), within it
+    both ways (the whole interval inside),
     and the pairs a 2 SE of the bound would take at this spread (where the mean then falls decides
     the rest)."""
     row = table["means"][step]
@@ -930,6 +931,8 @@ def main() -> None:
     elif a.cmd == "runs":
         print(f"{a.out}: {', '.join(history_runs(a.run_dirs, a.out))}")
     elif a.cmd == "gap":
+        if not a.bound > 0:
+            ap.error(f"--bound {a.bound}: a relative gap in percent, greater than 0 (the paper's: 0.25)")
         loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step, a.bound / 100)
     elif a.cmd == "breakdown":
         for f in a.profiles:

@@ -108,6 +108,13 @@ def test_gap_reads_the_paired_interval_against_the_bound(bench, capsys, gaps, no
     assert f"within +-0.25%: {'yes' if within else 'no'}" in out
 
 
+def test_gap_refuses_a_bound_that_is_not_positive(tmp_path):
+    runs = write_runs(tmp_path / "runs.json", {"bf16_1": {"losses": [], "validation": [[10, 2.0]]}})
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_pretrain.py"), "gap", str(runs), "--bound", "0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--bound 0.0: a relative gap in percent, greater than 0" in done.stderr
+
+
 def test_gap_names_the_runs_when_no_reference_matches(bench):
     with pytest.raises(SystemExit, match=r"no run name contains 'bf16'.*run_fp8"):
         bench.loss_gap({"run_fp8": {"losses": [], "validation": []}}, "bf16", [10])
