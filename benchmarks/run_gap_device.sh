@@ -5,8 +5,8 @@
 #     deepspeed and pydantic);
 #   - as many runs at a time as the GPU's memory holds (LANES: memory / 19,000 MiB, what a full-width run
 #     takes: 4 on an H100, 7 on an H200), or one a CPU core without a GPU;
-#   - the study stopped when BUDGET_S seconds are spent (a call may run 10 minutes): its unfinished runs
-#     are killed, and run anew by the next call on the same folder, which keeps the finished ones;
+#   - the study stopped when BUDGET_S seconds are spent (a call may run 10 minutes), its unfinished runs
+#     with it: the next call on the same folder runs them anew and keeps the finished ones;
 #   - the finished runs compared (bench_pretrain.py gap --means-only, against the 0.25% bound), and the
 #     study's small files (histories, configs, logs, kernel choices, the data's index) packed into
 #     $OUT/gap.tgz for benchmarks/results/.
@@ -26,14 +26,21 @@ if command -v nvidia-smi > /dev/null; then
 else
   LANES=${LANES:-$(nproc)}
 fi
+# DeepSpeed builds its small ops with torch's JIT, and every run's start takes the build's lock file for a
+# second or two: a run stopped right then leaves the file, and every later start would wait on it forever.
+# So the study builds in its own folder, whose locks no process holds between calls, and clears them.
+export TORCH_EXTENSIONS_DIR=$D/torch_extensions
+clear_locks() { find "$TORCH_EXTENSIONS_DIR" -name lock -type f -delete 2> /dev/null; }
+clear_locks
 left=$(( BUDGET_S - (SECONDS - start) ))
 echo "$LANES runs at a time, $left s left for the study in $D"
-LANES=$LANES PY=$PY timeout "$left" bash benchmarks/run_fp8_gap.sh "$D" > "$OUT/gap.log" 2>&1
+# timeout signals the script's whole process group, the runs too: SIGINT, so that Python unwinds (and a run
+# inside the build lets its lock go), then SIGKILL to what is left 30 s later
+LANES=$LANES PY=$PY timeout -s INT -k 30 "$left" bash benchmarks/run_fp8_gap.sh "$D" > "$OUT/gap.log" 2>&1
 rc=$?
-if [ "$rc" = 124 ]; then
-  # timeout stops the script, not the runs it started (xargs' children): stop this study's runs alone
-  pkill -f "training.pretrain --config $D/"
-  echo "BUDGET_S=$BUDGET_S spent: the study was stopped, its unfinished runs killed" | tee -a "$OUT/gap.log"
+clear_locks
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  echo "BUDGET_S=$BUDGET_S spent: the study was stopped, its unfinished runs with it" | tee -a "$OUT/gap.log"
   finished=$(find "$D/runs" -mindepth 2 -maxdepth 2 -name history.json -printf '%h\n' 2>/dev/null | sort)
   echo "finished: $(echo $finished | xargs -n 1 basename 2>/dev/null | tr '\n' ' ')" | tee -a "$OUT/gap.log"
   if [ -n "$finished" ]; then
@@ -45,7 +52,7 @@ elif [ "$rc" != 0 ]; then
   echo "run_fp8_gap.sh failed (exit $rc): $OUT/gap.log" >&2
 fi
 tail -n 30 "$OUT/gap.log"
-[ "$rc" = 124 ] && rc=0  # a budget spent is the plan, not a failure
+{ [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && rc=0  # a budget spent is the plan, not a failure
 (cd "$D" && find . \( -name history.json -o -name stage.json -o -name train.log -o -name kernel_choices.json \
     -o -name index.json -o -name data.log \) -print0 | tar czf "$OUT/gap.tgz" --null -T -)
 exit "$rc"

@@ -217,17 +217,28 @@ DEVICE_SCRIPT = SCRIPT.parent / "run_gap_device.sh"
 
 
 def test_device_call_stops_the_study_at_its_budget_and_packs_the_finished_runs(tmp_path):
-    # seed 1 finished in an earlier call; seed 2's runs start training and the budget ends them: they are
-    # killed (no process of this study left), the finished pair is compared and everything packed
+    # seed 1 finished in an earlier call; seed 2's runs are in flight when the budget ends: they are
+    # stopped (no process of this study left), the finished pair is compared and everything packed.
+    # The runs in flight are stand-ins that only wait. A lock file that an earlier call's run left in the
+    # study's own extension build folder (stopped in DeepSpeed's start) is cleared: it would hang every run
     study, out = tmp_path / "study", tmp_path / "out"
     for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
         write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    stale = study / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    python = tmp_path / "python"
+    python.write_text(f"""#!/bin/sh
+[ "$1 $2" = "-m training.pretrain" ] && exec {sys.executable} -c "import time; time.sleep(300)" "$@"
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
     done = subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SEEDS": "1 2", "STEPS": "20", "REPEATS": "0", "BUDGET_S": "20",
+                          env={**os.environ, "SEEDS": "1 2", "STEPS": "20", "REPEATS": "0", "BUDGET_S": "15",
                                "LANES": "2", "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels"),
-                               "PY": sys.executable})
+                               "PY": str(python)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "BUDGET_S=20 spent" in done.stdout and "finished: bf16_1 fp8_1" in done.stdout
+    assert "BUDGET_S=15 spent" in done.stdout and not stale.exists() and "finished: bf16_1 fp8_1" in done.stdout
     assert "| 20 | 2.1000 | 2.0000 | +5.000% |" in (out / "gap.log").read_text()
     assert (study / "runs" / "fp8_2" / "train.log").exists() and not (study / "runs" / "fp8_2" / "history.json").exists()
     left = subprocess.run(["pgrep", "-f", f"training.pretrain --config {study}/"], capture_output=True, text=True)
