@@ -100,7 +100,8 @@ def test_gap_reads_the_paired_interval_against_the_bound(bench, capsys, gaps, no
             for seed, gap in enumerate(gaps) for prec in ("bf16", "fp8")}
     bound = bench.loss_gap(runs, "bf16", [50], means_only=True, bound=0.0025)["bound"]
     assert (bound["step"], bound["pairs"]) == (50, 4)
-    assert bound["high"] - bound["low"] == pytest.approx(2 * 2 * 0.002 * math.sqrt(2 / 3) / 2)
+    two_se = 2 * (0.002 * math.sqrt(2 / 3)) / math.sqrt(4)  # 2 x SD / sqrt(pairs)
+    assert (bound["low"], bound["high"]) == pytest.approx((sum(gaps) / 4 - two_se, sum(gaps) / 4 + two_se))
     assert (bound["not_worse"], bound["within"]) == (not_worse, within)
     assert bound["pairs_needed"] == 2  # (2 SD / bound)^2 = 1.7, rounded up
     out = capsys.readouterr().out
