@@ -638,9 +638,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
 def read_against_bound(table: dict, step: int, pairs: int, bound: float) -> None:
     """The paired interval (mean +- 2 SE) of the last validation read against the bound: the runs (FP8)
     not worse than their references (BF16) by it (the upper end below it: one-sided, ~97%), within it
-    both ways (the whole interval inside),
-    and the pairs a 2 SE of the bound would take at this spread (where the mean then falls decides
-    the rest)."""
+    both ways (the whole interval inside), and the pairs a 2 SE of the bound would take at this spread
+    (where the mean then falls decides the rest)."""
     row = table["means"][step]
     low, high = row["paired_gap"] - row["paired_two_se"], row["paired_gap"] + row["paired_two_se"]
     sd = row["paired_two_se"] / 2 * math.sqrt(pairs)

@@ -28,7 +28,8 @@ else
 fi
 # DeepSpeed builds its small ops with torch's JIT, and every run's start takes the build's lock file for a
 # second or two: a run stopped right then leaves the file, and every later start would wait on it forever.
-# So the study builds in its own folder, whose locks no process holds between calls, and clears them.
+# So the study builds in its own folder, whose locks no process holds between calls, and each call clears
+# them before its runs start.
 export TORCH_EXTENSIONS_DIR=$D/torch_extensions
 clear_locks() { find "$TORCH_EXTENSIONS_DIR" -name lock -type f -delete 2> /dev/null; }
 clear_locks
@@ -38,7 +39,6 @@ echo "$LANES runs at a time, $left s left for the study in $D"
 # inside the build lets its lock go), then SIGKILL to what is left 30 s later
 LANES=$LANES PY=$PY timeout -s INT -k 30 "$left" bash benchmarks/run_fp8_gap.sh "$D" > "$OUT/gap.log" 2>&1
 rc=$?
-clear_locks
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   echo "BUDGET_S=$BUDGET_S spent: the study was stopped, its unfinished runs with it" | tee -a "$OUT/gap.log"
   finished=$(find "$D/runs" -mindepth 2 -maxdepth 2 -name history.json -printf '%h\n' 2>/dev/null | sort)
