@@ -219,3 +219,54 @@ def test_replayed_gradients_accumulate_in_memory_of_their_own():
     assert torch.equal(w.grad, torch.tensor([111.0, 222.0, 333.0]))
     assert w.grad.data_ptr() != static.data_ptr()
     assert clones == [True, False, False]
+
+
+# A trainer on its command line (stage_main), inside a section that holds a lock file the way torch's
+# extension builds hold theirs (torch.utils.file_baton, released in a `finally`); it says when it is in.
+_HOLDS_LOCK_SCRIPT = r'''
+import sys, time
+from pathlib import Path
+from torch.utils.file_baton import FileBaton
+from training.entrypoint import run_stage, stage_main
+from training.launch import StageConfig
+
+def train(stage):
+    def body(dist, report):
+        baton = FileBaton(str(Path(stage.output_dir) / "lock"))
+        assert baton.try_acquire()
+        try:
+            (Path(stage.output_dir) / "inside").touch()
+            time.sleep(120)
+        finally:
+            baton.release()
+    return run_stage(stage, 1, body)
+
+sys.exit(stage_main(train, "holds a lock")(sys.argv[1:]))
+'''
+
+
+def test_a_trainer_stopped_with_sigterm_unwinds_and_says_so(tmp_path):
+    """SIGTERM is how DeepSpeed's launcher (on a Dagster cancel), torchrun, Slurm and Kubernetes stop a
+    trainer. It must unwind like Ctrl-C: a lock left behind in torch's extension cache makes every later
+    DeepSpeed start on that machine wait forever."""
+    import signal
+    import time
+
+    from training.launch import StageConfig
+
+    out = tmp_path / "run"
+    config = StageConfig(stage="v3_base", profile={}, output_dir=str(out)).write(tmp_path / "stage.json")
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_LOCK_SCRIPT, "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "inside").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / "inside").exists(), proc.communicate(timeout=60)[0][-4000:] if proc.poll() is not None else "late"
+    assert (out / "lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]  # as a shell reports a process killed by it
+    assert not (out / "lock").exists(), "the lock outlived the trainer"
+    assert "stopped by SIGTERM" in (out / "logs" / "rank0.log").read_text()

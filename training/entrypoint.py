@@ -4,13 +4,14 @@
 per-rank log file, the CPU thread count, the Reporter to MLflow and Dagster Pipes) and closes the
 Reporter as failed when the body raises, so the asset sees a failed run instead of a silent one.
 `stage_main` is the command line: a stage config file, and the `--local_rank` the deepspeed
-launcher appends.
+launcher appends. There SIGTERM unwinds the process like Ctrl-C (`Terminated`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,24 @@ from training import distributed
 from training.distributed import Dist
 from training.launch import StageConfig
 from training.reporting import Reporter, setup_logging
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception, so that `finally` blocks run: the way DeepSpeed's launcher (when Dagster
+    cancels a run), torchrun, Slurm and Kubernetes stop a trainer. Python's default for SIGTERM is to die
+    on the spot, which leaves behind what a `finally` would release. NOTE: the worst of it is torch's
+    extension build lock (`<TORCH_EXTENSIONS_DIR>/<op>/lock`), which every DeepSpeed start takes for a
+    second or two: left behind, it makes every later start on that machine wait forever. The process
+    exits with 143, as a shell reports a process killed by SIGTERM."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # a second SIGTERM during the unwinding kills at once (the default), as a user who insists expects
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
 
 
 def kernel_choices_file(stage: StageConfig) -> Path:
@@ -55,6 +74,9 @@ def run_stage(stage: StageConfig, threads: int, body: Callable[[Dist, Reporter],
         result = body(dist, report)
         failed = False
         return result
+    except Terminated:
+        report.info("stopped by SIGTERM: the run is closed as failed")
+        raise
     finally:
         report.close(failed=failed)
         if inherited is None:
@@ -71,6 +93,10 @@ def stage_main(train: Callable[[StageConfig], dict], description: str) -> Callab
         parser.add_argument("--config", required=True, type=Path, help="stage config JSON (training/launch.py)")
         parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
         args = parser.parse_args(argv)
+        # only on the command line, where the process is the trainer's own, and only over the default:
+        # a caller that set its own handler keeps it
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _raise_terminated)
         train(StageConfig.read(args.config))
         return 0
 
