@@ -260,13 +260,17 @@ def test_a_trainer_stopped_with_sigterm_unwinds_and_says_so(tmp_path):
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen([sys.executable, "-c", _HOLDS_LOCK_SCRIPT, "--config", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "inside").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert (out / "inside").exists(), proc.communicate(timeout=60)[0][-4000:] if proc.poll() is not None else "late"
-    assert (out / "lock").exists()
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "inside").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "inside").exists(), proc.communicate(timeout=60)[0][-4000:] if proc.poll() is not None else "late"
+        assert (out / "lock").exists()
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()  # a failed step above leaves no trainer behind (a no-op once it has exited)
+        proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]  # as a shell reports a process killed by it
     assert not (out / "lock").exists(), "the lock outlived the trainer"
     assert "stopped by SIGTERM" in (out / "logs" / "rank0.log").read_text()
