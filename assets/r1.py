@@ -18,7 +18,7 @@ import mlflow
 from assets.corpus import deduplicated_corpus
 from assets.launching import code_version, launch_training
 from assets.pretraining import ON_CRON_IF_INPUTS_CHANGED, v3_base
-from assets.r1_zero import grpo_result, r1_zero, reasoning_tasks
+from assets.r1_zero import PAIRED, grpo_result, r1_zero, reasoning_tasks
 from training import tracking
 from training.settings import data_dir
 
@@ -96,7 +96,7 @@ def grpo_from(context, stage: str, model_asset: str, inputs: dict, required: tup
 
 @dg.asset(group_name=GROUP, deps=[r1_cold, reasoning_tasks], code_version="1", **TRAINING,
           check_specs=[dg.AssetCheckSpec("heldout_pass_at_1_improved", asset="r1_reasoning_rl",
-                                         description="held-out pass@1 interval lies above r1_cold's")])
+                                         description=f"held-out pass@1 gain over r1_cold, {PAIRED}")])
 def r1_reasoning_rl(context: dg.AssetExecutionContext):
     """GRPO from r1_cold with accuracy, format and language-consistency rewards."""
     return grpo_from(context, "r1_reasoning_rl", "r1_cold", {})
@@ -124,7 +124,7 @@ def r1_sft(context: dg.AssetExecutionContext):
 
 @dg.asset(group_name=GROUP, deps=[r1_sft, reasoning_tasks, rejection_sampled_sft], code_version="1", **TRAINING,
           check_specs=[dg.AssetCheckSpec("heldout_pass_at_1_improved", asset="r1",
-                                         description="held-out pass@1 interval lies above r1_sft's")])
+                                         description=f"held-out pass@1 gain over r1_sft, {PAIRED}")])
 def r1(context: dg.AssetExecutionContext):
     """Final GRPO over all scenarios: rule rewards for reasoning prompts, and for general prompts
     the documented rule proxy (token F1 to the reference, training/rewards/general.py); seekflow-r1."""

@@ -122,3 +122,48 @@ def test_reasoning_tasks_then_r1_zero(base_home, monkeypatch):
            .asset_materialization.metadata.items()}
     assert md2["resumed_from_step"] == 2
     assert sorted((base_home / "data" / "evaluations").iterdir()) == evaluations
+
+
+def _heldout(tmp_path: Path, name: str, correct: list[list[int]]) -> dict:
+    """A `heldout_report` of a model whose k samples on task i scored correct[i], with its results table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.evaluate import report as evaluation_report
+
+    rows = [{"task_id": f"t{i}", "family": "arithmetic", "difficulty": 1, "sample": s, "answer": "",
+             "accuracy": float(c), "format": 1.0, "language": 1.0, "length": 10, "stopped": True}
+            for i, samples in enumerate(correct) for s, c in enumerate(samples)]
+    results = tmp_path / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), results)
+    return {**evaluation_report(rows, len(correct[0]), 0.95), "results": str(results)}
+
+
+def test_the_improvement_check_pairs_tasks_as_the_report_card_does(tmp_path):
+    """The same 300 held-out tasks before and after: a gain of 0.04 on every 25th task lies inside both
+    models' own (unpaired) intervals, yet paired by task it is clear, and the report card says "helped";
+    the asset check says so too. A model that only swaps which tasks it solves fails the check."""
+    import json
+    import random
+
+    from assets.r1_zero import grpo_result
+    from training.grpo import heldout_change
+    from training.report import HELPED, verdict
+
+    rng = random.Random(0)
+    start = [[int(rng.random() < 0.1) for _ in range(4)] for _ in range(300)]
+    gained = [[1] * 4 if i % 25 == 0 else s for i, s in enumerate(start)]
+    shuffled = start[150:] + start[:150]  # the same pass@1, on other tasks
+    before = _heldout(tmp_path, "before", start)
+    for name, after, improved in (("gained", gained, True), ("shuffled", shuffled, False)):
+        summary = heldout_change(before, _heldout(tmp_path, name, after))
+        out = tmp_path / name
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({**summary, "export": str(out)}))
+        check = grpo_result({}, "http://mlflow", out).check_results[0]
+        if improved:
+            assert summary["heldout_pass@1_ci"][0] < summary["heldout_pass@1_start_ci"][1]  # the intervals overlap
+            assert verdict(*summary["heldout_pass@1_difference_ci"]) == HELPED
+        assert check.passed is improved, (name, summary)
+        gain = summary["heldout_pass@1"] - summary["heldout_pass@1_start"]
+        assert check.metadata["difference"].value == pytest.approx(gain)

@@ -72,8 +72,31 @@ def heldout_report(model_dir: Path, tasks_path: Path, profile, out: Path, name: 
     from training.evaluate import EvalConfig
 
     summary, results = evaluate_cached(model_dir, tasks_path, EvalConfig(**asdict(profile.evaluation)))
-    (out / f"heldout_{name}.json").write_text(json.dumps({**summary, "results": str(results)}, indent=2))
-    return summary
+    report = {**summary, "results": str(results)}
+    (out / f"heldout_{name}.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def heldout_change(before: dict, after: dict) -> dict:
+    """The summary's held-out fields from two `heldout_report`s: each model's pass@1 and interval, and the
+    change. NOTE: both models answer the same held-out tasks, so the change is read per task, paired, as
+    the report card reads it (training/report.py): two unpaired intervals that overlap can hide a clear gain."""
+    from training.report import paired_difference
+
+    b, a = before["overall"], after["overall"]
+    change = paired_difference(_pass_at_1_by_task(before["results"]), _pass_at_1_by_task(after["results"]))
+    return {"heldout_pass@1_start": b["pass@1"], "heldout_pass@1_start_ci": b["pass@1_ci"],
+            "heldout_pass@1": a["pass@1"], "heldout_pass@1_ci": a["pass@1_ci"],
+            "heldout_pass@1_difference": change.difference, "heldout_pass@1_difference_ci": [change.low, change.high],
+            "heldout_format_start": b["format"], "heldout_format": a["format"], "heldout_tasks": a["tasks"]}
+
+
+def _pass_at_1_by_task(results: str) -> dict[str, float]:
+    """task id -> the share of its samples that were correct, from training/evaluate.py's results table."""
+    by_task: dict[str, list[float]] = {}
+    for r in pq.read_table(results, columns=["task_id", "accuracy"]).to_pylist():
+        by_task.setdefault(r["task_id"], []).append(float(r["accuracy"]))
+    return {t: sum(v) / len(v) for t, v in by_task.items()}
 
 
 def _draw(rng: random.Random, pool: list[dict], n: int) -> list[dict]:
@@ -207,12 +230,8 @@ def _finish(stage, profile, out, ckpt_dir, model_dir, tasks_path, module, histor
     # the module's own architecture (a dense student's too), without MTP: the policy was loaded without it
     export = export_model(module, module.config, model_dir, out / "export")
     after = heldout_report(export, tasks_path, profile, out, "end")
-    b, a = before["overall"], after["overall"]
     summary = {
-        "heldout_pass@1_start": b["pass@1"], "heldout_pass@1_start_ci": b["pass@1_ci"],
-        "heldout_pass@1": a["pass@1"], "heldout_pass@1_ci": a["pass@1_ci"],
-        "heldout_format_start": b["format"], "heldout_format": a["format"],
-        "heldout_tasks": a["tasks"], "steps": getattr(profile, stage.stage).steps, "resumed_from_step": start,
+        **heldout_change(before, after), "steps": getattr(profile, stage.stage).steps, "resumed_from_step": start,
         "final_reward": history[-1]["reward"] if history else None,
         "checkpoint": str(complete_tags(ckpt_dir)[-1]), "export": str(export),
     }
@@ -221,12 +240,17 @@ def _finish(stage, profile, out, ckpt_dir, model_dir, tasks_path, module, histor
     if report.mlflow_run_id:
         from training.mlflow_model import log_and_register
 
-        report.metrics({"heldout_pass_at_1_start": b["pass@1"], "heldout_pass_at_1": a["pass@1"]}, step=summary["steps"])
+        report.metrics({"heldout_pass_at_1_start": summary["heldout_pass@1_start"],
+                        "heldout_pass_at_1": summary["heldout_pass@1"],
+                        "heldout_pass_at_1_difference": summary["heldout_pass@1_difference"]}, step=summary["steps"])
         report.mlflow.log_dict({"start": before, "end": after}, "heldout.json")
         name = stage.mlflow.get("registered_model", f"seekflow-{stage.stage.replace('_', '-')}")
         summary["registered_model"] = f"{name}/{log_and_register(export, name, stage.mlflow.get('aliases', []))}"
     report.materialization({k: v for k, v in summary.items() if v is not None and not isinstance(v, list)})
-    report.info(f"held-out pass@1 {b['pass@1']:.3f} {b['pass@1_ci']} -> {a['pass@1']:.3f} {a['pass@1_ci']}")
+    low, high = summary["heldout_pass@1_difference_ci"]
+    report.info(f"held-out pass@1 {summary['heldout_pass@1_start']:.3f} {summary['heldout_pass@1_start_ci']} -> "
+                f"{summary['heldout_pass@1']:.3f} {summary['heldout_pass@1_ci']}; paired by task "
+                f"{summary['heldout_pass@1_difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
     return summary
 
 
