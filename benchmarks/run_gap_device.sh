@@ -4,7 +4,8 @@
 #   - the carried wheels installed ($WHEELS, default .whl/: infra/wheelhouse.sh; the device image lacks
 #     deepspeed and pydantic);
 #   - as many runs at a time as the GPU's memory holds (LANES: memory / 19,000 MiB, what a full-width run
-#     takes: 4 on an H100, 7 on an H200), or one a CPU core without a GPU;
+#     takes: 4 on an H100, 7 on an H200), or one a CPU core without a GPU; on a GPU they share it through
+#     MPS where it starts (MPS=0: they take turns, as before 2026-12-07's twenty-eighth session);
 #   - the study stopped when BUDGET_S seconds are spent (a call may run 10 minutes), its unfinished runs
 #     with it: the next call on the same folder runs them anew and keeps the finished ones;
 #   - the finished runs compared (bench_pretrain.py gap --means-only, against the 0.25% bound), and the
@@ -25,6 +26,23 @@ if command -v nvidia-smi > /dev/null; then
   LANES=${LANES:-$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1) / 19000 ))}
 else
   LANES=${LANES:-$(nproc)}
+fi
+# MPS (CUDA's multi-process service, MPS=0: off): the runs' kernels run on the GPU side by side instead of
+# taking turns in time slices. A run of 2,048 tokens a step keeps the GPU busy a small part of the time
+# (BENCHMARKS.md: ~5,000 tokens/s a run at four runs, against ~85,000 for one run of 32,768-token
+# steps), so the study is bound by the turns. The kernels and their arithmetic are the same either way.
+# Where the daemon does not start or a CUDA context cannot reach it, the runs take turns as before.
+if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=$D/mps/pipe CUDA_MPS_LOG_DIRECTORY=$D/mps/log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && $PY -c "import torch; torch.zeros(1, device='cuda')"; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "MPS on: the runs share the GPU at once" | tee "$OUT/mps.txt"
+  else
+    echo quit | nvidia-cuda-mps-control 2> /dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "MPS did not start: the runs take turns on the GPU" | tee "$OUT/mps.txt"
+  fi
 fi
 # DeepSpeed builds its small ops with torch's JIT, and every run's start takes the build's lock file for a
 # second or two: a run stopped right then leaves the file, and every later start would wait on it forever.
