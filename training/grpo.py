@@ -81,22 +81,16 @@ def heldout_change(before: dict, after: dict) -> dict:
     """The summary's held-out fields from two `heldout_report`s: each model's pass@1 and interval, and the
     change. NOTE: both models answer the same held-out tasks, so the change is read per task, paired, as
     the report card reads it (training/report.py): two unpaired intervals that overlap can hide a clear gain."""
-    from training.report import paired_difference
+    from training.report import paired_difference, per_task_means
 
     b, a = before["overall"], after["overall"]
-    change = paired_difference(_pass_at_1_by_task(before["results"]), _pass_at_1_by_task(after["results"]))
+    pass_at_1 = [per_task_means(pq.read_table(r["results"], columns=["task_id", "accuracy"]).to_pylist(), "accuracy")
+                 for r in (before, after)]
+    change = paired_difference(*pass_at_1)
     return {"heldout_pass@1_start": b["pass@1"], "heldout_pass@1_start_ci": b["pass@1_ci"],
             "heldout_pass@1": a["pass@1"], "heldout_pass@1_ci": a["pass@1_ci"],
             "heldout_pass@1_difference": change.difference, "heldout_pass@1_difference_ci": [change.low, change.high],
             "heldout_format_start": b["format"], "heldout_format": a["format"], "heldout_tasks": a["tasks"]}
-
-
-def _pass_at_1_by_task(results: str) -> dict[str, float]:
-    """task id -> the share of its samples that were correct, from training/evaluate.py's results table."""
-    by_task: dict[str, list[float]] = {}
-    for r in pq.read_table(results, columns=["task_id", "accuracy"]).to_pylist():
-        by_task.setdefault(r["task_id"], []).append(float(r["accuracy"]))
-    return {t: sum(v) / len(v) for t, v in by_task.items()}
 
 
 def _draw(rng: random.Random, pool: list[dict], n: int) -> list[dict]:

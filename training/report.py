@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -126,6 +127,15 @@ class _Loaded:
     settings: dict  # the evaluation's config and tasks file, from the summary JSON when present
 
 
+def per_task_means(rows: list[dict], column: str) -> dict[str, float]:
+    """task id -> the mean of `column` over its samples (its pass@1 for "accuracy"), from the rows of
+    training/evaluate.py's results table: what paired_difference compares between two models."""
+    by_task: dict[str, list[float]] = {}
+    for r in rows:
+        by_task.setdefault(r["task_id"], []).append(float(r[column]))
+    return {t: sum(v) / len(v) for t, v in by_task.items()}
+
+
 def _load(m: ModelEval, confidence: float) -> _Loaded | str:
     """The evaluation of one model, or why there is none."""
     if m.results is None:
@@ -140,11 +150,8 @@ def _load(m: ModelEval, confidence: float) -> _Loaded | str:
     rows = table.select(RESULT_COLUMNS).to_pylist()
     if not rows:
         return f"{m.results} has no rows"
-    per_task: dict[str, dict[str, list[float]]] = {"accuracy": {}, "format": {}}
-    for r in rows:
-        for comp, by_task in per_task.items():
-            by_task.setdefault(r["task_id"], []).append(float(r[comp]))
-    k = max(len(v) for v in per_task["accuracy"].values())
+    per_task = {c: per_task_means(rows, c) for c in ("accuracy", "format")}
+    k = max(Counter(r["task_id"] for r in rows).values())
     summary_file = Path(m.summary) if m.summary is not None else summary_path(Path(m.results))
     settings = {}
     if summary_file.is_file():
@@ -152,7 +159,7 @@ def _load(m: ModelEval, confidence: float) -> _Loaded | str:
         settings = {"config": saved.get("config", {}), "tasks_file": saved.get("tasks_file")}
         k = saved.get("config", {}).get("k", k)
     return _Loaded(summary=evaluation_report(rows, k, confidence),
-                   per_task={c: {t: sum(v) / len(v) for t, v in by_task.items()} for c, by_task in per_task.items()},
+                   per_task=per_task,
                    k=k, settings=settings)
 
 
