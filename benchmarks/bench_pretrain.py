@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -500,15 +501,26 @@ def precision_comparison(runs: dict, ref: str = "bf16", other: str = "fp8") -> d
 
 
 def load_runs(files: list[Path]) -> dict[str, dict]:
-    """run_graphs_device.sh's runs.json files (one a call): run name -> its logged losses, validation
-    losses and windows. A name seen before gets its folder's name added (two calls of one run); keys
-    starting with "_" describe the file (hardware, command), not a run."""
+    """run_graphs_device.sh's runs.json files (one a call) and `runs`' files (one a study's batch): run
+    name -> its logged losses, validation losses and windows, and its `pairing` (the file, the seed).
+    A name seen before gets its folder's name added (two calls of one run), or its file's where that
+    too was seen (several batches in one folder, as in benchmarks/results/). Keys starting with "_"
+    describe the file (hardware, command), not a run. NOTE: runs pair by seed within their file only:
+    two batches may hold a run of one seed each (one batch's BF16 run without its FP8 partner, the
+    next batch's pair), and a pair is the two runs of one batch."""
+    resolved = [f.resolve() for f in files]
+    twice = sorted({str(f) for f in resolved if resolved.count(f) > 1})
+    if twice:
+        raise SystemExit(f"{', '.join(twice)}: given more than once (its runs would count twice)")
     runs = {}
     for f in files:
         for name, run in json.loads(f.read_text()).items():
             if name.startswith("_"):
                 continue
-            runs[name if name not in runs else f"{name}@{f.parent.name}"] = run
+            names = itertools.chain((name, f"{name}@{f.parent.name}", f"{name}@{f.stem}"),
+                                    (f"{name}@{f.stem}.{i}" for i in itertools.count(2)))
+            unique = next(n for n in names if n not in runs)
+            runs[unique] = {**run, "pairing": [str(f), name.partition("_")[2]]}
     return runs
 
 
@@ -585,8 +597,11 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     # the mean of the pairs' gaps, with twice its standard error (paired t), gains where pairs correlate.
     # (training/report.py's paired_difference is the t interval for task scores in [0, 1], clipped there,
     # with a bound for pairs without spread; these are relative loss gaps, in 2 SE like the column beside)
-    seeds = {n.partition("_")[2]: n for n in refs}
-    paired = [(n, seeds[n.partition("_")[2]]) for n in others if n.partition("_")[2] in seeds]
+    # (load_runs' runs carry their file and seed: a pair is two runs of one file)
+    def pairing(name: str) -> tuple:
+        return tuple(runs[name].get("pairing") or (None, name.partition("_")[2]))
+    seeds = {pairing(n): n for n in refs}
+    paired = [(n, seeds[pairing(n)]) for n in others if pairing(n) in seeds]
     print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} "
           f"| paired gap, {len(paired)} pairs | 2 SE, paired |")
     print("| --- " * 9 + "|")

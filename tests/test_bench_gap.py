@@ -61,6 +61,26 @@ def test_gap_pairs_runs_of_the_same_seed_across_precisions(bench):
     assert row["paired_gap"] == pytest.approx(0.01) and row["others"] == pytest.approx((7.6 * 1.01 + 2.5) / 4)
 
 
+def test_gap_pairs_runs_of_one_seed_within_their_file_only(bench, tmp_path, capsys):
+    # benchmarks/results/ holds a study's batches side by side: the first batch's BF16 run of seed 6
+    # lost its FP8 partner, the next batch ran seed 6 anew as a pair. Its FP8 run pairs with its own
+    # batch's BF16 run (+1%), not with the first batch's (+10%), and a third batch's run of the same
+    # name overwrites neither
+    def run(loss):
+        return {"losses": [[10, loss]], "validation": [[10, loss]]}
+    results = tmp_path / "results"
+    files = [write_runs(results / "batch_a.json", {"bf16_5": run(2.0), "fp8_5": run(2.0), "bf16_6": run(2.0)}),
+             write_runs(results / "batch_b.json", {"bf16_6": run(2.2), "fp8_6": run(2.222)}),
+             write_runs(results / "batch_c.json", {"bf16_6": run(3.0)})]
+    runs = bench.load_runs(files)
+    assert sorted(runs) == ["bf16_5", "bf16_6", "bf16_6@batch_c", "bf16_6@results", "fp8_5", "fp8_6"]
+    table = bench.loss_gap(runs, "bf16", [10], means_only=True)
+    assert table["means"][10]["paired_gap"] == pytest.approx(0.005)  # (0% + 1%) / 2
+    assert "paired gap, 2 pairs" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"batch_b.json: given more than once"):
+        bench.load_runs([files[1], files[0], results / ".." / "results" / "batch_b.json"])
+
+
 def test_gap_pairs_training_losses_by_seed_over_each_phase(bench):
     # FP8 1% above BF16 on seed 1's batches and 1% below on seed 2's until step 20, then 2% above on both:
     # the signed gaps cancel in the first phase and agree in the second
@@ -137,7 +157,9 @@ def test_trainer_histories_become_runs_that_gap_compares(bench, tmp_path, capsys
     out = tmp_path / "gap" / "seed_1.json"
     runs = bench.history_runs(dirs, out)
     assert list(runs) == ["bf16_1", "fp8_1", "bf16_1@control"]  # a name seen before gets its folder's
-    assert bench.load_runs([out]) == json.loads(json.dumps(runs))  # what `gap` reads back
+    read_back = bench.load_runs([out])  # what `gap` reads: the runs, each with its file and seed to pair by
+    assert {n: {k: v for k, v in r.items() if k != "pairing"} for n, r in read_back.items()} == json.loads(json.dumps(runs))
+    assert read_back["fp8_1"]["pairing"] == [str(out), "1"] and read_back["bf16_1@control"]["pairing"] == [str(out), "1@control"]
     assert runs["fp8_1"]["losses"] == [(10, 4.4), (20, 2.1)] and runs["fp8_1"]["validation"] == [(20, 2.1)]
     assert runs["fp8_1"]["windows"] == [110.0, 120.0]
     table = bench.loss_gap(bench.load_runs([out]), "bf16", [20])
