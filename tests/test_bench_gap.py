@@ -268,3 +268,42 @@ exec {sys.executable} "$@"
     assert left.stdout == ""
     packed = subprocess.run(["tar", "tzf", str(out / "gap.tgz")], capture_output=True, text=True, check=True).stdout
     assert "./runs/fp8_1/history.json" in packed and "./runs/fp8_2/stage.json" in packed
+
+
+@pytest.mark.parametrize("context_reaches_mps", [True, False])
+def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path, context_reaches_mps):
+    # a machine with a GPU (stand-in nvidia-smi) and CUDA's MPS control: the daemon is started before the
+    # runs and told to quit when the call ends. Where a CUDA context cannot reach it, the daemon is told
+    # to quit at once and the runs start without MPS's pipe (they would fail to reach the GPU), taking
+    # turns on it as before; $OUT/mps.txt says which
+    study, out, tools = tmp_path / "study", tmp_path / "out", tmp_path / "bin"
+    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
+        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    tools.mkdir()
+    mps_log, run_env = tmp_path / "mps.log", tmp_path / "run_env.log"
+    for name, body in (
+            ("nvidia-smi", 'case "$*" in *nounits*) echo 40000 ;; *) echo "Stand-in GPU, 40000 MiB" ;; esac'),
+            ("nvidia-cuda-mps-control",
+             f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; '
+             f'else echo "told: $(cat)" >> {mps_log}; fi'),
+            ("python", f"""case "$1 $2" in
+  "-m training.pretrain") echo "${{CUDA_MPS_PIPE_DIRECTORY:-no MPS}}" >> {run_env}
+                          exec {sys.executable} -c "import time; time.sleep(300)" ;;
+  "-c import torch; torch.zeros(1, device='cuda')") exit {0 if context_reaches_mps else 1} ;;
+esac
+exec {sys.executable} "$@\"""")):
+        (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / name).chmod(0o755)
+    done = subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "SEEDS": "1 2", "STEPS": "20",
+                               "REPEATS": "0", "BUDGET_S": "15", "LANES": "2", "OUT": str(out),
+                               "WHEELS": str(tmp_path / "no-wheels"), "PY": str(tools / "python")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "finished: bf16_1 fp8_1" in done.stdout
+    pipe = study / "mps" / "pipe"
+    assert mps_log.read_text().splitlines() == [f"daemon {pipe}", "told: quit"]
+    seen = set(run_env.read_text().splitlines())  # the two runs of seed 2 started, each saw this
+    if context_reaches_mps:
+        assert "MPS on" in (out / "mps.txt").read_text() and seen == {str(pipe)}
+    else:
+        assert "MPS did not start" in (out / "mps.txt").read_text() and seen == {"no MPS"}
