@@ -564,14 +564,16 @@ def mean_two_se(values: list[float]) -> tuple[float, float]:
 
 
 def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: bool = False,
-             by_step: bool = False, bound: float = 0.0025) -> dict:
+             by_step: bool = False, bound: float = 0.0025, by_file: bool = False) -> dict:
     """Each run against each reference run (names containing `ref`), and the references against each
     other: their gap is the noise floor (nondeterministic GPU kernels), against which the rest reads.
     Validation losses step by step, and the mean absolute gap of the training losses per phase (the
     phases end at `phases` and at the last step both runs of a pair logged). means_only: the means of
     each side alone (runs of several seeds, whose pairs across seeds say nothing). by_step: the pairs'
     training-loss gaps at every logged step too, with their spread. bound: the relative gap the paired
-    interval of the last validation is read against (the paper's 0.25%)."""
+    interval of the last validation is read against (the paper's 0.25%). by_file: the pairs of each
+    file (a batch: one machine, one session) apart, with their spread, how closely the two runs of a
+    seed agree, and the runs' speed."""
     refs = [n for n in runs if ref in n]
     if not refs:
         raise SystemExit(f"no run name contains {ref!r}: runs are {sorted(runs)}; pass --ref")
@@ -620,6 +622,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
               f"{row['paired_two_se']:.3%} |")
     if len(paired) > 1 and table["means"]:
         read_against_bound(table, steps[-1], len(paired), bound)
+    if by_file and paired and steps:
+        paired_by_file(runs, paired, steps[-1], table)
     if paired:
         # the training loss on the same batches, signed: each pair's mean gap over a phase, then the mean
         # of the pairs with 2 SE (where validation at one step is noisy, a phase of steps averages it)
@@ -665,6 +669,37 @@ def read_against_bound(table: dict, step: int, pairs: int, bound: float) -> None
     print(f"\nAgainst the bound, validation at step {step}, {pairs} pairs: interval {low:+.3%} to {high:+.3%}; "
           f"not worse by {bound:.2%}: {yes[verdict['not_worse']]}; within +-{bound:.2%}: {yes[verdict['within']]}; "
           f"pairs for a 2 SE of {bound:.2%} at this spread (SD {sd:.3%}): {verdict['pairs_needed']}")
+
+
+def paired_by_file(runs: dict[str, dict], paired: list[tuple[str, str]], step: int, table: dict) -> None:
+    """The pairs of each file apart, validation at `step`: their mean gap with 2 SE, the standard
+    deviation of a pair's gap, the correlation of the two runs' losses over the seeds (how much of a
+    seed's loss its two runs share: where it is high, pairing cancels the seed's luck and the gap
+    spreads little) and each side's tokens/s a run (the median over runs of each run's median log
+    window after the first, which holds the warm-up)."""
+    print(f"\nBy file, validation at step {step} (a pair is two runs of one file):\n")
+    print("| file | pairs | paired gap | 2 SE, paired | SD of a pair's gap | correlation within a seed "
+          "| tokens/s a run, not reference / reference |")
+    print("| --- " * 7 + "|")
+    table["by_file"] = {}
+    for source in dict.fromkeys(runs[n].get("pairing", [None])[0] for n, _ in paired):
+        pairs = [(n, m) for n, m in paired if runs[n].get("pairing", [None])[0] == source]
+        loss = {n: dict(map(tuple, runs[n]["validation"]))[step] for pair in pairs for n in pair}
+        gap, two_se = mean_two_se([(loss[n] - loss[m]) / loss[m] for n, m in pairs])
+        sd = two_se / 2 * math.sqrt(len(pairs))
+        try:
+            corr = statistics.correlation([loss[n] for n, _ in pairs], [loss[m] for _, m in pairs])
+        except statistics.StatisticsError:  # fewer than two pairs, or one side's losses all equal
+            corr = math.nan
+
+        def speed(names: list[str]) -> float:
+            each = [statistics.median(w[1:]) for w in (runs[n].get("windows", []) for n in names) if len(w) > 1]
+            return statistics.median(each) if each else math.nan
+        row = table["by_file"][str(source)] = {"pairs": len(pairs), "gap": gap, "two_se": two_se, "sd": sd,
+                                               "correlation": corr, "tokens_per_s": (speed([n for n, _ in pairs]),
+                                                                                     speed([m for _, m in pairs]))}
+        print(f"| {Path(str(source)).name} | {len(pairs)} | {gap:+.3%} | {two_se:.3%} | {sd:.2%} | {corr:.2f} | "
+              f"{row['tokens_per_s'][0]:,.0f} / {row['tokens_per_s'][1]:,.0f} |")
 
 
 def paired_steps(pair_gaps: list[dict[int, float]], table: dict) -> None:
@@ -923,6 +958,8 @@ def main() -> None:
                    help="percent: the relative gap the paired interval is read against (the paper's 0.25)")
     g.add_argument("--by-step", action="store_true",
                    help="the pairs' training-loss gaps at every logged step too, with their spread")
+    g.add_argument("--by-file", action="store_true",
+                   help="the pairs of each file apart: their gap, spread, correlation within a seed, speed")
     b = sub.add_parser("breakdown")
     b.add_argument("profiles", type=Path, nargs="+")
     w = sub.add_parser("widths")
@@ -947,7 +984,7 @@ def main() -> None:
     elif a.cmd == "gap":
         if not a.bound > 0:
             ap.error(f"--bound {a.bound}: a relative gap in percent, greater than 0 (the paper's: 0.25)")
-        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step, a.bound / 100)
+        loss_gap(load_runs(a.runs), a.ref, a.phases, a.means_only, a.by_step, a.bound / 100, a.by_file)
     elif a.cmd == "breakdown":
         for f in a.profiles:
             breakdown(f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,31 @@ def test_gap_pairs_runs_of_one_seed_within_their_file_only(bench, tmp_path, caps
     assert "paired gap, 2 pairs" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"batch_b.json: given more than once"):
         bench.load_runs([files[1], files[0], results / ".." / "results" / "batch_b.json"])
+
+
+def test_gap_by_file_shows_each_batch_apart(bench, tmp_path, capsys):
+    # two batches of three seeds: in the first each FP8 run is 1% above its BF16 run, whose losses spread
+    # over the seeds (the two runs of a seed agree: correlation 1); in the second FP8's losses go against
+    # BF16's (2.1, 2.0, 2.1 beside 2.0, 2.1, 2.2: correlation 0), so its pairs spread. Each run's speed is
+    # the median of its log windows after the first (the warm-up)
+    def run(loss, windows):
+        return {"losses": [], "validation": [[200, loss]], "windows": windows}
+    first = write_runs(tmp_path / "a.json", {
+        **{f"bf16_{s}": run(loss, [1.0, 10.0, 12.0]) for s, loss in ((1, 2.0), (2, 3.0), (3, 4.0))},
+        **{f"fp8_{s}": run(loss * 1.01, [1.0, 8.0]) for s, loss in ((1, 2.0), (2, 3.0), (3, 4.0))}})
+    second = write_runs(tmp_path / "b.json", {
+        **{f"bf16_{s}": run(loss, [1.0, 20.0]) for s, loss in ((4, 2.0), (5, 2.1), (6, 2.2))},
+        **{f"fp8_{s}": run(loss, [1.0, 16.0]) for s, loss in ((4, 2.1), (5, 2.0), (6, 2.1))}})
+    by_file = bench.loss_gap(bench.load_runs([first, second]), "bf16", [100], means_only=True,
+                             by_file=True)["by_file"]
+    a, b = by_file[str(first)], by_file[str(second)]
+    assert (a["pairs"], a["gap"], a["sd"], a["correlation"]) == pytest.approx((3, 0.01, 0.0, 1.0))
+    gaps = [2.1 / 2.0 - 1, 2.0 / 2.1 - 1, 2.1 / 2.2 - 1]
+    assert (b["pairs"], b["gap"], b["sd"], b["correlation"]) == \
+        pytest.approx((3, statistics.mean(gaps), statistics.stdev(gaps), 0.0), abs=1e-12)
+    assert a["tokens_per_s"] == (8.0, 11.0) and b["tokens_per_s"] == (16.0, 20.0)
+    assert "| a.json | 3 | +1.000% |" in capsys.readouterr().out
+    assert "by_file" not in bench.loss_gap(bench.load_runs([first, second]), "bf16", [100], means_only=True)
 
 
 def test_gap_pairs_training_losses_by_seed_over_each_phase(bench):
