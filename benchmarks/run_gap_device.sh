@@ -31,17 +31,20 @@ fi
 # taking turns in time slices. A run of 2,048 tokens a step keeps the GPU busy a small part of the time
 # (BENCHMARKS.md: ~5,000 tokens/s a run at four runs, against ~85,000 for one run of 32,768-token
 # steps), so the study is bound by the turns. The kernels and their arithmetic are the same either way.
-# Where the daemon does not start or a CUDA context cannot reach it, the runs take turns as before.
+# A CUDA context that cannot reach the daemon runs without it, silently; so a first context is made, and
+# MPS counts as on only if the daemon then lists a server. Otherwise the runs take turns as before.
 if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=$D/mps/pipe CUDA_MPS_LOG_DIRECTORY=$D/mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && $PY -c "import torch; torch.zeros(1, device='cuda')"; then
+  if nvidia-cuda-mps-control -d && $PY -c "import torch; torch.zeros(1, device='cuda')" &&
+      server=$(echo get_server_list | nvidia-cuda-mps-control) && [ -n "$server" ]; then
     trap 'echo quit | nvidia-cuda-mps-control' EXIT
-    echo "MPS on: the runs share the GPU at once" | tee "$OUT/mps.txt"
+    echo "MPS on (server $server): the runs share the GPU at once" | tee "$OUT/mps.txt"
   else
     echo quit | nvidia-cuda-mps-control 2> /dev/null
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-    echo "MPS did not start: the runs take turns on the GPU" | tee "$OUT/mps.txt"
+    echo "MPS not in use (no server after a first CUDA context; its log: $D/mps/log): the runs take turns" \
+        | tee "$OUT/mps.txt"
   fi
 fi
 # DeepSpeed builds its small ops with torch's JIT, and every run's start takes the build's lock file for a

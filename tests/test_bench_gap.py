@@ -298,24 +298,27 @@ exec {sys.executable} "$@"
 
 @pytest.mark.parametrize("context_reaches_mps", [True, False])
 def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path, context_reaches_mps):
-    # a machine with a GPU (stand-in nvidia-smi) and CUDA's MPS control: the daemon is started before the
-    # runs and told to quit when the call ends. Where a CUDA context cannot reach it, the daemon is told
-    # to quit at once and the runs start without MPS's pipe (they would fail to reach the GPU), taking
-    # turns on it as before; $OUT/mps.txt says which
+    # a machine with a GPU (stand-in nvidia-smi) and CUDA's MPS control: the daemon is started and a first
+    # CUDA context made; where the daemon then lists a server, the runs start with its pipe and the daemon
+    # is told to quit when the call ends. A context that cannot reach the daemon runs without it, and no
+    # server is listed: the daemon is told to quit at once and the runs start without its pipe, taking
+    # turns on the GPU as before. $OUT/mps.txt says which
     study, out, tools = tmp_path / "study", tmp_path / "out", tmp_path / "bin"
     for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
         write_history(study / run, [(10, 4.0), (20, val)], (20, val))
     tools.mkdir()
     mps_log, run_env = tmp_path / "mps.log", tmp_path / "run_env.log"
+    server = "4242" if context_reaches_mps else ""
     for name, body in (
             ("nvidia-smi", 'case "$*" in *nounits*) echo 40000 ;; *) echo "Stand-in GPU, 40000 MiB" ;; esac'),
             ("nvidia-cuda-mps-control",
-             f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; '
-             f'else echo "told: $(cat)" >> {mps_log}; fi'),
+             f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; exit 0; fi\n'
+             f'read -r told; echo "told: $told" >> {mps_log}\n'
+             f'[ "$told" = get_server_list ] && echo "{server}"; exit 0'),
             ("python", f"""case "$1 $2" in
   "-m training.pretrain") echo "${{CUDA_MPS_PIPE_DIRECTORY:-no MPS}}" >> {run_env}
                           exec {sys.executable} -c "import time; time.sleep(300)" ;;
-  "-c import torch; torch.zeros(1, device='cuda')") exit {0 if context_reaches_mps else 1} ;;
+  "-c import torch; torch.zeros(1, device='cuda')") exit 0 ;;  # a CUDA context, made
 esac
 exec {sys.executable} "$@\"""")):
         (tools / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -327,9 +330,9 @@ exec {sys.executable} "$@\"""")):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "finished: bf16_1 fp8_1" in done.stdout
     pipe = study / "mps" / "pipe"
-    assert mps_log.read_text().splitlines() == [f"daemon {pipe}", "told: quit"]
+    assert mps_log.read_text().splitlines() == [f"daemon {pipe}", "told: get_server_list", "told: quit"]
     seen = set(run_env.read_text().splitlines())  # the two runs of seed 2 started, each saw this
     if context_reaches_mps:
-        assert "MPS on" in (out / "mps.txt").read_text() and seen == {str(pipe)}
+        assert "MPS on (server 4242)" in (out / "mps.txt").read_text() and seen == {str(pipe)}
     else:
-        assert "MPS did not start" in (out / "mps.txt").read_text() and seen == {"no MPS"}
+        assert "MPS not in use" in (out / "mps.txt").read_text() and seen == {"no MPS"}
