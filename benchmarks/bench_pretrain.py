@@ -557,6 +557,12 @@ def phase_bounds(gaps: list[dict[int, float]], phases: list[int]) -> list[tuple[
     return list(zip([0] + bounds, bounds)) if last else []
 
 
+def pairing(name: str, run: dict) -> tuple:
+    """What pairs a run with its reference: its file and seed (load_runs' `pairing`: a pair is two runs
+    of one file), or, for runs made in memory, the seed in its name (PRECISION_SEED)."""
+    return tuple(run.get("pairing") or (None, name.partition("_")[2]))
+
+
 def mean_two_se(values: list[float]) -> tuple[float, float]:
     """The mean and twice its standard error (nan where there are too few values)."""
     mean = statistics.mean(values) if values else math.nan
@@ -599,11 +605,8 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     # the mean of the pairs' gaps, with twice its standard error (paired t), gains where pairs correlate.
     # (training/report.py's paired_difference is the t interval for task scores in [0, 1], clipped there,
     # with a bound for pairs without spread; these are relative loss gaps, in 2 SE like the column beside)
-    # (load_runs' runs carry their file and seed: a pair is two runs of one file)
-    def pairing(name: str) -> tuple:
-        return tuple(runs[name].get("pairing") or (None, name.partition("_")[2]))
-    seeds = {pairing(n): n for n in refs}
-    paired = [(n, seeds[pairing(n)]) for n in others if pairing(n) in seeds]
+    seeds = {pairing(n, runs[n]): n for n in refs}
+    paired = [(n, seeds[pairing(n, runs[n])]) for n in others if pairing(n, runs[n]) in seeds]
     print(f"| step | mean, not {ref} | mean, {ref} | gap | 2 SE of the gap | spread, not {ref} | spread, {ref} "
           f"| paired gap, {len(paired)} pairs | 2 SE, paired |")
     print("| --- " * 9 + "|")
@@ -623,7 +626,7 @@ def loss_gap(runs: dict[str, dict], ref: str, phases: list[int], means_only: boo
     if len(paired) > 1 and table["means"]:
         read_against_bound(table, steps[-1], len(paired), bound)
     if by_file and paired and steps:
-        paired_by_file(runs, paired, steps[-1], table)
+        paired_by_file(runs, {n: v[steps[-1]] for n, v in val.items()}, paired, steps[-1], table)
     if paired:
         # the training loss on the same batches, signed: each pair's mean gap over a phase, then the mean
         # of the pairs with 2 SE (where validation at one step is noisy, a phase of steps averages it)
@@ -671,8 +674,9 @@ def read_against_bound(table: dict, step: int, pairs: int, bound: float) -> None
           f"pairs for a 2 SE of {bound:.2%} at this spread (SD {sd:.3%}): {verdict['pairs_needed']}")
 
 
-def paired_by_file(runs: dict[str, dict], paired: list[tuple[str, str]], step: int, table: dict) -> None:
-    """The pairs of each file apart, validation at `step`: their mean gap with 2 SE, the standard
+def paired_by_file(runs: dict[str, dict], loss: dict[str, float], paired: list[tuple[str, str]], step: int,
+                   table: dict) -> None:
+    """The pairs of each file apart, validation `loss` at `step`: their mean gap with 2 SE, the standard
     deviation of a pair's gap, the correlation of the two runs' losses over the seeds (how much of a
     seed's loss its two runs share: where it is high, pairing cancels the seed's luck and the gap
     spreads little) and each side's tokens/s a run (the median over runs of each run's median log
@@ -682,9 +686,8 @@ def paired_by_file(runs: dict[str, dict], paired: list[tuple[str, str]], step: i
           "| tokens/s a run, not reference / reference |")
     print("| --- " * 7 + "|")
     table["by_file"] = {}
-    for source in dict.fromkeys(runs[n].get("pairing", [None])[0] for n, _ in paired):
-        pairs = [(n, m) for n, m in paired if runs[n].get("pairing", [None])[0] == source]
-        loss = {n: dict(map(tuple, runs[n]["validation"]))[step] for pair in pairs for n in pair}
+    for source in dict.fromkeys(pairing(n, runs[n])[0] for n, _ in paired):
+        pairs = [(n, m) for n, m in paired if pairing(n, runs[n])[0] == source]
         gap, two_se = mean_two_se([(loss[n] - loss[m]) / loss[m] for n, m in pairs])
         sd = two_se / 2 * math.sqrt(len(pairs))
         try:

@@ -265,27 +265,39 @@ def test_gap_script_refuses_a_study_whose_data_is_of_the_other_kind(tmp_path):
 DEVICE_SCRIPT = SCRIPT.parent / "run_gap_device.sh"
 
 
+def device_call(tmp_path: Path, study: Path, out: Path, tools: Path, run_line: str = ":"):
+    """run_gap_device.sh on `study`, seed 1 finished in an earlier call and seed 2's runs stand-ins that
+    only wait (`run_line`: shell run first in each), with a budget of 15 s and the stand-in tools in
+    `tools` (a `python` wrapper is written there) first on the PATH."""
+    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
+        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
+    tools.mkdir(exist_ok=True)
+    python = tools / "python"
+    python.write_text(f"""#!/bin/sh
+case "$1 $2" in
+  "-m training.pretrain") {run_line}
+                          exec {sys.executable} -c "import time; time.sleep(300)" ;;
+  "-c import torch; torch.zeros(1, device='cuda')") exit 0 ;;  # a CUDA context, made
+esac
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
+    return subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "SEEDS": "1 2", "STEPS": "20",
+                               "REPEATS": "0", "BUDGET_S": "15", "LANES": "2", "OUT": str(out),
+                               "WHEELS": str(tmp_path / "no-wheels"), "PY": str(python)})
+
+
 def test_device_call_stops_the_study_at_its_budget_and_packs_the_finished_runs(tmp_path):
     # seed 1 finished in an earlier call; seed 2's runs are in flight when the budget ends: they are
     # stopped (no process of this study left), the finished pair is compared and everything packed.
     # The runs in flight are stand-ins that only wait. A lock file that an earlier call's run left in the
     # study's own extension build folder (stopped in DeepSpeed's start) is cleared: it would hang every run
     study, out = tmp_path / "study", tmp_path / "out"
-    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
-        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
     stale = study / "torch_extensions" / "deepspeed_shm_comm" / "lock"
     stale.parent.mkdir(parents=True)
     stale.touch()
-    python = tmp_path / "python"
-    python.write_text(f"""#!/bin/sh
-[ "$1 $2" = "-m training.pretrain" ] && exec {sys.executable} -c "import time; time.sleep(300)" "$@"
-exec {sys.executable} "$@"
-""")
-    python.chmod(0o755)
-    done = subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SEEDS": "1 2", "STEPS": "20", "REPEATS": "0", "BUDGET_S": "15",
-                               "LANES": "2", "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels"),
-                               "PY": str(python)})
+    done = device_call(tmp_path, study, out, tmp_path / "bin")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "BUDGET_S=15 spent" in done.stdout and not stale.exists() and "finished: bf16_1 fp8_1" in done.stdout
     assert "| 20 | 2.1000 | 2.0000 | +5.000% |" in (out / "gap.log").read_text()
@@ -304,8 +316,6 @@ def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path
     # server is listed: the daemon is told to quit at once and the runs start without its pipe, taking
     # turns on the GPU as before. $OUT/mps.txt says which
     study, out, tools = tmp_path / "study", tmp_path / "out", tmp_path / "bin"
-    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
-        write_history(study / run, [(10, 4.0), (20, val)], (20, val))
     tools.mkdir()
     mps_log, run_env = tmp_path / "mps.log", tmp_path / "run_env.log"
     server = "4242" if context_reaches_mps else ""
@@ -314,19 +324,10 @@ def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path
             ("nvidia-cuda-mps-control",
              f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; exit 0; fi\n'
              f'read -r told; echo "told: $told" >> {mps_log}\n'
-             f'[ "$told" = get_server_list ] && echo "{server}"; exit 0'),
-            ("python", f"""case "$1 $2" in
-  "-m training.pretrain") echo "${{CUDA_MPS_PIPE_DIRECTORY:-no MPS}}" >> {run_env}
-                          exec {sys.executable} -c "import time; time.sleep(300)" ;;
-  "-c import torch; torch.zeros(1, device='cuda')") exit 0 ;;  # a CUDA context, made
-esac
-exec {sys.executable} "$@\"""")):
+             f'[ "$told" = get_server_list ] && echo "{server}"; exit 0')):
         (tools / name).write_text(f"#!/bin/sh\n{body}\n")
         (tools / name).chmod(0o755)
-    done = subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "SEEDS": "1 2", "STEPS": "20",
-                               "REPEATS": "0", "BUDGET_S": "15", "LANES": "2", "OUT": str(out),
-                               "WHEELS": str(tmp_path / "no-wheels"), "PY": str(tools / "python")})
+    done = device_call(tmp_path, study, out, tools, f'echo "${{CUDA_MPS_PIPE_DIRECTORY:-no MPS}}" >> {run_env}')
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "finished: bf16_1 fp8_1" in done.stdout
     pipe = study / "mps" / "pipe"
