@@ -77,7 +77,8 @@ def distilled_students(context: dg.AssetExecutionContext):
     shards, tok, samples = data_dir("pretraining_shards"), data_dir("tokenizer"), data_dir("r1_distillation_samples")
     _, _, base_dir = launch_training(
         context, "training.pretrain", "pretrain", {"pretraining_shards": shards, "tokenizer": tok},
-        f"seekflow-student-{name}-base", lambda p: check_inputs(p, shards, tok, p.launch.world_size),
+        f"seekflow-student-{name}-base",
+        lambda p: check_inputs(p, shards, tok, p.launch.world_size, weights_wanted=True),
         output_dir=root / "base", edit=_student_profile(name))
     base = base_dir / "export"
     student = _student_profile(name)

@@ -70,7 +70,7 @@ def v3_base(context: dg.AssetExecutionContext):
     shards, tok = data_dir("pretraining_shards"), data_dir("tokenizer")
     reported, url, out = launch_training(
         context, "training.pretrain", "v3_base", {"pretraining_shards": shards, "tokenizer": tok}, "seekflow-v3-base",
-        lambda p: check_inputs(p, shards, tok, p.launch.world_size))
+        lambda p: check_inputs(p, shards, tok, p.launch.world_size, weights_wanted=True))
     summary = json.loads((out / "summary.json").read_text())
     val, unigram = summary["validation_loss"], summary["unigram_entropy"]
     loads, sample = transformers_generates(Path(summary["export"]))

@@ -51,6 +51,11 @@ REPEATS=${REPEATS:-1}
 case $REPEATS in 0|1) ;; *) echo "REPEATS=$REPEATS: accepted values are 1 (default) and 0" >&2; exit 2 ;; esac
 DATA=${DATA:-synthetic}
 case $DATA in synthetic|code) ;; *) echo "DATA=$DATA: accepted values are synthetic (default) and code" >&2; exit 2 ;; esac
+# A run's weights are not what the study reads: without KEEP_WEIGHTS=1 it writes none
+# (pretrain.checkpoint_every=0: no checkpoint, no export; at full width they are ~10 GB, and writing them
+# took 25-35 s of a 90-130 s run on the H100, BENCHMARKS.md 2026-12-07 twenty-ninth session).
+KEEP_WEIGHTS=${KEEP_WEIGHTS:-0}
+case $KEEP_WEIGHTS in 0|1) ;; *) echo "KEEP_WEIGHTS=$KEEP_WEIGHTS: accepted values are 0 (default) and 1" >&2; exit 2 ;; esac
 mkdir -p "$D/runs" "$D/logs"
 if [ -f "$D/data/pretraining_shards/index.json" ]; then  # a study resumed: its data is there, of the same kind?
   made=$(grep -q '"synthetic"' "$D/data/pretraining_shards/index.json" && echo synthetic || echo code)
@@ -65,8 +70,8 @@ else
 fi
 TRAIN="pretrain.steps=$STEPS pretrain.global_batch_size=8 pretrain.micro_batch_size=8 pretrain.warmup_steps=30
  pretrain.learning_rate=$LR pretrain.schedule=cosine pretrain.zero_stage=0 pretrain.compile=false
- pretrain.eval_every=$STEPS pretrain.eval_batches=4 pretrain.checkpoint_every=$STEPS pretrain.log_every=10
- pretrain.threads=1 launch.nproc_per_node=1"
+ pretrain.eval_every=$STEPS pretrain.eval_batches=4 pretrain.checkpoint_every=$(( KEEP_WEIGHTS == 1 ? STEPS : 0 ))
+ pretrain.log_every=10 pretrain.threads=1 launch.nproc_per_node=1"
 jobs=()
 for seed in $SEEDS; do
   for prec in bf16 fp8; do
@@ -87,15 +92,18 @@ if [ "$REPEATS" = 1 ]; then
 fi
 # one CPU thread a run, LANES runs at a time (on a CPU the FP8 emulation takes about twice as long as BF16;
 # on an 80 GB GPU four full-width runs fit, five do not). A run that has its history.json already is not
-# run again (a study resumed, or completed with runs copied in). Each run's weights (its checkpoints and
-# export: ~10 GB at full width) are deleted when it ends unless KEEP_WEIGHTS=1; its history, log and
-# kernel choices stay.
-export PY D KEEP_WEIGHTS=${KEEP_WEIGHTS:-0}
+# run again (a study resumed, or completed with runs copied in).
+# The FP8 runs share one file of kernel choices (kernels/autoselect.py): the first run to meet a GEMM
+# layout times its candidates and records the winner, and every later run takes it. So all FP8 runs of
+# a study sum in the same order, and they no longer time candidates on a GPU that other runs share (so
+# noisily that 36 of 67 choices differed between runs, 2026-12-07; an FP8 run's first 10 steps took
+# ~21 s there against ~4 s for BF16, its Triton autotuning included).
+export SEEKFLOW_KERNEL_CHOICES=$D/kernel_choices.json
+export PY D
 printf '%s\n' "${jobs[@]}" | xargs -P "${LANES:-2}" -n 1 sh -c '
   run=$0
   [ -f "$D/$run/history.json" ] && { echo "$run: history.json there, not run again"; exit 0; }
   $PY -m training.pretrain --config "$D/$run/stage.json" > "$D/$run/train.log" 2>&1 || echo "$run failed: $D/$run/train.log"
-  [ "$KEEP_WEIGHTS" = 1 ] || { find "$D/$run/checkpoints" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +; rm -rf "$D/$run/export"; }
   exit 0'
 $PY benchmarks/bench_pretrain.py summary "$D/runs" "$D/logs" "$D/summary.json" | tail -n 8
 [ "$REPEATS" = 0 ] || $PY - "$D" "$first" <<'EOF'

@@ -239,8 +239,41 @@ def test_gap_script_without_repeats_runs_and_compares_only_the_seeds(tmp_path):
     assert "| 20 | 2.0000 | 2.1000 | +5.000% |" in done.stdout
 
 
+@pytest.mark.parametrize("keep_weights", ["0", "1"])
+def test_gap_script_runs_keep_no_weights_and_share_one_file_of_kernel_choices(tmp_path, keep_weights):
+    # the study reads the runs' losses: by default they write no checkpoint or export (~10 GB a run at full
+    # width, 25-35 s of its time), KEEP_WEIGHTS=1 keeps them; and every run takes the study's one file
+    # of kernel choices, so its FP8 runs use the same kernels. The runs are a stand-in trainer that says
+    # what it was given and writes the history a run leaves
+    study, tools, seen = tmp_path / "study", tmp_path / "bin", tmp_path / "seen.log"
+    tools.mkdir()
+    python = tools / "python"
+    python.write_text(f"""#!/bin/sh
+if [ "$1 $2" = "-m training.pretrain" ]; then
+  echo "$SEEKFLOW_KERNEL_CHOICES" >> {seen}
+  exec {sys.executable} -c "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]).parent
+(d / 'history.json').write_text(json.dumps([{{'step': 10, 'loss': 4.0, 'tokens_per_second': 100.0}},
+ {{'step': 20, 'loss': 3.0, 'tokens_per_second': 100.0}}, {{'step': 20, 'val_loss': 2.0}}]))" "$4"
+fi
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
+    (study / "data" / "pretraining_shards").mkdir(parents=True)  # a study resumed: its data is there
+    (study / "data" / "pretraining_shards" / "index.json").write_text('{"source": "synthetic"}')
+    done = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True,
+                          env={**os.environ, "SEEDS": "1", "STEPS": "20", "REPEATS": "0", "PY": str(python),
+                               "KEEP_WEIGHTS": keep_weights})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert seen.read_text().splitlines() == [str(study / "kernel_choices.json")] * 2
+    for run in ("bf16_1", "fp8_1"):
+        train = json.loads((study / "runs" / run / "stage.json").read_text())["profile"]["pretrain"]
+        assert train["checkpoint_every"] == (20 if keep_weights == "1" else 0)
+    assert "| 20 | 2.0000 | 2.0000 | +0.000% |" in done.stdout
+
+
 @pytest.mark.parametrize("setting, said", [("WIDTH=half", "quarter and full"), ("REPEATS=2", "1 (default) and 0"),
-                                            ("DATA=web", "synthetic (default) and code")])
+                                            ("DATA=web", "synthetic (default) and code"),
+                                            ("KEEP_WEIGHTS=yes", "0 (default) and 1")])
 def test_gap_script_refuses_an_unknown_value_before_making_anything(tmp_path, setting, said):
     name, value = setting.split("=")
     done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study")], env={**os.environ, name: value},

@@ -136,6 +136,7 @@ def test_sigkill_then_materialize_again_resumes(uninterrupted, shards_home, tmp_
 @pytest.mark.parametrize("field,value,named", [
     ("model.vocab_size", 1000, "model.vocab_size"),
     ("launch.nproc_per_node", 3, "pretrain.global_batch_size"),  # 8 sequences over 3 ranks x 4
+    ("pretrain.checkpoint_every", 0, "pretrain.checkpoint_every"),  # the asset's output is the weights
 ])
 def test_bad_input_fails_before_launch_naming_the_field(shards_home, tmp_path, monkeypatch, field, value, named):
     home = _home_with_shards(shards_home, tmp_path / "home")
@@ -170,6 +171,20 @@ def _train_directly(home: Path, out: Path, overrides: dict, nproc: int) -> list[
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "history.json").read_text())
+
+
+def test_checkpoint_every_zero_trains_and_reports_without_writing_weights(shards_home, tmp_path):
+    # a sweep of many short runs (benchmarks/run_fp8_gap.sh) reads their losses, not their weights: a
+    # full-width run's final checkpoint and export are ~10 GB and took 30 s of a 100 s run
+    out = tmp_path / "run"
+    history = _train_directly(shards_home, out, {"pretrain.checkpoint_every": 0, "pretrain.steps": 10,
+                                                  "pretrain.eval_every": 10}, nproc=1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [h["step"] for h in history if "val_loss" in h] == [10]
+    assert summary["validation_loss"] == [h["val_loss"] for h in history if "val_loss" in h][0]
+    assert summary["checkpoint"] is None and summary["export"] is None
+    assert not (out / "export").exists()
+    assert not [p for p in (out / "checkpoints").rglob("*") if p.is_file()]
 
 
 def test_validation_sample_does_not_depend_on_the_number_of_ranks(shards_home):

@@ -36,9 +36,16 @@ from training.reporting import Reporter
 from training.settings import Profile
 
 
-def check_inputs(profile: Profile, shards_dir: Path, tokenizer_dir: Path, world_size: int) -> dict:
-    """Fail before any work on inputs that cannot train; the message names the field or path."""
+def check_inputs(profile: Profile, shards_dir: Path, tokenizer_dir: Path, world_size: int,
+                 weights_wanted: bool = False) -> dict:
+    """Fail before any work on inputs that cannot train; the message names the field or path.
+    `weights_wanted`: the caller's output is the trained model (the assets), which
+    `pretrain.checkpoint_every: 0` would not write."""
     from training.data import ShardsError
+
+    if weights_wanted and profile.pretrain.checkpoint_every == 0:
+        raise ValueError("pretrain.checkpoint_every is 0, which writes no checkpoint and no export, but this "
+                         "asset's output is the trained model: set it >= 1 (0 is for runs read for their losses)")
 
     index = read_index(shards_dir)
     model, train = profile.model, profile.pretrain
@@ -248,7 +255,7 @@ def _train(stage, profile, cfg, out, shards_dir, tokenizer_dir, dist, report) ->
             history.append({"step": done, "val_loss": val})
             report.info(f"step {done} validation loss {val:.4f}")
             window_start = time.time()  # validation time is not training throughput
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             save_checkpoint(engine, ckpt_dir, done, dist, {"history": history, "tokens": tokens_seen},
                             cfg.keep_checkpoints)
             window_start = time.time()
@@ -285,8 +292,10 @@ def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, hi
             dist, report, start) -> dict:
     from training.export import export_model
 
-    # collective: gathers the expert blocks from every EP rank; rank 0 writes (model + tokenizer files)
-    export = export_model(module, profile.model, tokenizer_dir, out / "export")
+    # collective: gathers the expert blocks from every EP rank; rank 0 writes (model + tokenizer files);
+    # none where no weights are kept (pretrain.checkpoint_every 0)
+    keep = profile.pretrain.checkpoint_every > 0
+    export = export_model(module, profile.model, tokenizer_dir, out / "export") if keep else None
     if not dist.is_main:
         distributed.barrier()  # rank 0 writes the summary and registers the model
         return {}
@@ -304,13 +313,13 @@ def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, hi
         "mfu": fpt * tps / (peak * dist.world_size) if peak else None,
         "steps": profile.pretrain.steps,
         "resumed_from_step": start,
-        "checkpoint": str(complete_tags(ckpt_dir)[-1]),
-        "export": str(export),
+        "checkpoint": str(complete_tags(ckpt_dir)[-1]) if keep else None,
+        "export": str(export) if keep else None,
         "loss_curve": str(curve),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history))
-    if report.mlflow_run_id:
+    if report.mlflow_run_id and keep:
         summary["registered_model"] = _log_model(report, stage, export, curve, summary)
     report.materialization({k: v for k, v in summary.items() if v is not None})
     report.info(f"done: validation loss {summary['validation_loss']:.4f} (unigram entropy "

@@ -318,7 +318,10 @@ class PretrainConfig:
     profile_step: int = 0  # > 0: torch.profiler over steps profile_step and +1 -> profile_rank<r>.txt
     eval_every: int = 50  # steps between validation passes
     eval_batches: int = 8  # micro-batches per validation pass, over all ranks (a multiple of the rank count)
-    checkpoint_every: int = 100  # steps between checkpoints (and one at the end)
+    # steps between checkpoints (and one at the end, with the Hugging Face export); 0: no checkpoint and
+    # no export, for runs read for their losses alone (sweeps, benchmarks/run_fp8_gap.sh); the assets,
+    # whose output is the weights, refuse 0
+    checkpoint_every: int = 100
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
     log_every: int = 10  # steps between metric logs
     seed: int = 1234
@@ -339,6 +342,8 @@ class PretrainConfig:
             (self.attention in ("auto", "flash", "cudnn", "efficient"),
              f"pretrain.attention is {self.attention!r}; accepted: 'auto', 'flash', 'cudnn', 'efficient'"),
             (0 <= self.warmup_steps, f"pretrain.warmup_steps is {self.warmup_steps}; must be >= 0"),
+            (self.checkpoint_every >= 0,
+             f"pretrain.checkpoint_every is {self.checkpoint_every}; must be >= 0 (0: no checkpoint, no export)"),
             *[(not self.cuda_graphs or ok, f"pretrain.cuda_graphs needs {need}") for ok, need in (
                 (self.zero_stage <= 2, f"pretrain.zero_stage <= 2, got {self.zero_stage} (stage 3 gathers "
                                        "parameters in hooks)"),
