@@ -99,14 +99,31 @@ fi
 # noisily that 36 of 67 choices differed between runs, 2026-12-07; an FP8 run's first 10 steps took
 # ~21 s there against ~4 s for BF16, its Triton autotuning included).
 export SEEKFLOW_KERNEL_CHOICES=$D/kernel_choices.json
-export PY D
+# DEADLINE (seconds since the epoch; run_gap_device.sh sets it from its budget): a run is not started
+# when the longest that a finished run of its precision took in this study (its wall_s) would end it
+# after the deadline. A run stopped at the deadline is time lost; the runs not started wait for the next call.
+export PY D DEADLINE=${DEADLINE:-}
 printf '%s\n' "${jobs[@]}" | xargs -P "${LANES:-2}" -n 1 sh -c '
-  run=$0
+  run=$0; name=${run##*/}
   [ -f "$D/$run/history.json" ] && { echo "$run: history.json there, not run again"; exit 0; }
-  $PY -m training.pretrain --config "$D/$run/stage.json" > "$D/$run/train.log" 2>&1 || echo "$run failed: $D/$run/train.log"
+  if [ -n "$DEADLINE" ]; then
+    need=$(cat "$D"/*/"${name%%_*}"_*/wall_s 2> /dev/null | sort -n | tail -n 1)
+    if [ -n "$need" ] && [ $(( $(date +%s) + need )) -gt "$DEADLINE" ]; then
+      echo "$run: not started, as it would end after the deadline (a run of its precision took $need s)"; exit 0
+    fi
+  fi
+  t0=$(date +%s)
+  if $PY -m training.pretrain --config "$D/$run/stage.json" > "$D/$run/train.log" 2>&1; then
+    echo $(( $(date +%s) - t0 )) > "$D/$run/wall_s"
+  else
+    echo "$run failed: $D/$run/train.log"
+  fi
   exit 0'
+# what follows reads the runs that finished: a run failed or not started leaves its seed out
+finished() { find "$@" -mindepth 1 -maxdepth 1 -type d -exec test -f '{}/history.json' ';' -print 2> /dev/null | sort; }
 $PY benchmarks/bench_pretrain.py summary "$D/runs" "$D/logs" "$D/summary.json" | tail -n 8
-[ "$REPEATS" = 0 ] || $PY - "$D" "$first" <<'EOF'
+[ "$REPEATS" = 0 ] || [ ! -f "$D/runs/bf16_$first/history.json" ] || [ ! -f "$D/repeat/bf16_$first/history.json" ] ||
+    $PY - "$D" "$first" <<'EOF'
 import json, sys
 from pathlib import Path
 d, first = Path(sys.argv[1]), sys.argv[2]
@@ -118,10 +135,15 @@ EOF
 # the gaps, by bench_pretrain.py gap: each seed's FP8 run against its BF16 run (the first seed's
 # two-thread control beside them: the noise floor), then the means of all seeds' runs with 2 standard errors
 for seed in $SEEDS; do
-  control=(); [ "$seed" = "$first" ] && [ "$REPEATS" = 1 ] && control=("$D/control/bf16_$seed")
+  [ -f "$D/runs/bf16_$seed/history.json" ] && [ -f "$D/runs/fp8_$seed/history.json" ] ||
+      { echo "## seed $seed: not compared, a run without its history.json"; continue; }
+  control=(); [ "$seed" = "$first" ] && [ "$REPEATS" = 1 ] && [ -f "$D/control/bf16_$seed/history.json" ] &&
+      control=("$D/control/bf16_$seed")
   $PY benchmarks/bench_pretrain.py runs "$D/gap/seed_$seed.json" "$D/runs/bf16_$seed" "$D/runs/fp8_$seed" \
       "${control[@]}" > /dev/null
   echo "## seed $seed"; $PY benchmarks/bench_pretrain.py gap "$D/gap/seed_$seed.json" --phases $((STEPS / 2))
 done
-$PY benchmarks/bench_pretrain.py runs "$D/gap/all.json" "$D"/runs/*_* > /dev/null
+[ -n "$(finished "$D/runs")" ] || { echo "no run finished in $D/runs" >&2; exit 1; }
+# shellcheck disable=SC2046
+$PY benchmarks/bench_pretrain.py runs "$D/gap/all.json" $(finished "$D/runs") > /dev/null
 echo "## all seeds"; $PY benchmarks/bench_pretrain.py gap "$D/gap/all.json" --means-only

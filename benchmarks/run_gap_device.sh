@@ -6,11 +6,12 @@
 #   - as many runs at a time as the GPU's memory holds (LANES: memory / 19,000 MiB, what a full-width run
 #     takes: 4 on an H100, 7 on an H200), or one a CPU core without a GPU; on a GPU they share it through
 #     MPS where it starts (MPS=0: they take turns, as before 2026-12-07's twenty-eighth session);
-#   - the study stopped when BUDGET_S seconds are spent (a call may run 10 minutes), its unfinished runs
-#     with it: the next call on the same folder runs them anew and keeps the finished ones;
+#   - no run started that would not end within BUDGET_S seconds (a call may run 10 minutes), judged by
+#     the longest a finished run of its precision took; the study stopped when the budget is spent, its
+#     unfinished runs with it: the next call on the same folder runs them anew and keeps the finished ones;
 #   - the finished runs compared (bench_pretrain.py gap --means-only, against the 0.25% bound), and the
-#     study's small files (histories, configs, logs, kernel choices, the data's index) packed into
-#     $OUT/gap.tgz for benchmarks/results/.
+#     study's small files (histories, configs, logs, kernel choices, the data's index, each run's wall
+#     time) packed into $OUT/gap.tgz for benchmarks/results/.
 #   DATA=code WIDTH=full SEEDS="25 26 27 28 29 30 31" STEPS=200 LR=0.0005 REPEATS=0 BUDGET_S=560 \
 #       bash benchmarks/run_gap_device.sh [DIR]        (DIR default /dev/shm/seekflow-gap)
 set -uo pipefail
@@ -56,6 +57,9 @@ clear_locks() { find "$TORCH_EXTENSIONS_DIR" -name lock -type f -delete 2> /dev/
 clear_locks
 left=$(( BUDGET_S - (SECONDS - start) ))
 echo "$LANES runs at a time, $left s left for the study in $D"
+# no run is started that would end after the last 30 s of the budget (run_fp8_gap.sh's DEADLINE; the 30 s
+# are for its report): the call then ends before the budget, and the seconds it did not use are the next call's
+export DEADLINE=$(( $(date +%s) + left - 30 ))
 # timeout signals the script's whole process group, the runs too: SIGINT, so that Python unwinds (and a run
 # inside the build lets its lock go), then SIGKILL to what is left 30 s later
 LANES=$LANES PY=$PY timeout -s INT -k 30 "$left" bash benchmarks/run_fp8_gap.sh "$D" > "$OUT/gap.log" 2>&1
@@ -75,5 +79,5 @@ fi
 tail -n 30 "$OUT/gap.log"
 { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && rc=0  # a budget spent is the plan, not a failure
 (cd "$D" && find . \( -name history.json -o -name stage.json -o -name train.log -o -name kernel_choices.json \
-    -o -name index.json -o -name data.log \) -print0 | tar czf "$OUT/gap.tgz" --null -T -)
+    -o -name index.json -o -name data.log -o -name wall_s \) -print0 | tar czf "$OUT/gap.tgz" --null -T -)
 exit "$rc"

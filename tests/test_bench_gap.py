@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -239,36 +240,79 @@ def test_gap_script_without_repeats_runs_and_compares_only_the_seeds(tmp_path):
     assert "| 20 | 2.0000 | 2.1000 | +5.000% |" in done.stdout
 
 
-@pytest.mark.parametrize("keep_weights", ["0", "1"])
-def test_gap_script_runs_keep_no_weights_and_share_one_file_of_kernel_choices(tmp_path, keep_weights):
-    # the study reads the runs' losses: by default they write no checkpoint or export (~10 GB a run at full
-    # width, 25-35 s of its time), KEEP_WEIGHTS=1 keeps them; and every run takes the study's one file
-    # of kernel choices, so its FP8 runs use the same kernels. The runs are a stand-in trainer that says
-    # what it was given and writes the history a run leaves
-    study, tools, seen = tmp_path / "study", tmp_path / "bin", tmp_path / "seen.log"
-    tools.mkdir()
+def stand_in_trainer(tools: Path, seen: Path, failing: str = "-") -> Path:
+    """A `python` for run_fp8_gap.sh whose `-m training.pretrain` appends the run's folder and its
+    SEEKFLOW_KERNEL_CHOICES to `seen` and writes the history a run leaves, or fails for a run whose
+    folder name is `failing`; anything else goes to this Python."""
+    tools.mkdir(exist_ok=True)
     python = tools / "python"
     python.write_text(f"""#!/bin/sh
 if [ "$1 $2" = "-m training.pretrain" ]; then
-  echo "$SEEKFLOW_KERNEL_CHOICES" >> {seen}
-  exec {sys.executable} -c "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]).parent
-(d / 'history.json').write_text(json.dumps([{{'step': 10, 'loss': 4.0, 'tokens_per_second': 100.0}},
- {{'step': 20, 'loss': 3.0, 'tokens_per_second': 100.0}}, {{'step': 20, 'val_loss': 2.0}}]))" "$4"
+  run=$(dirname "$4")
+  echo "$(basename "$run") $SEEKFLOW_KERNEL_CHOICES" >> {seen}
+  [ "$(basename "$run")" = "{failing}" ] && exit 1
+  exec {sys.executable} -c "import json, sys; open(sys.argv[1], 'w').write(json.dumps([
+ {{'step': 10, 'loss': 4.0, 'tokens_per_second': 100.0}}, {{'step': 20, 'loss': 3.0, 'tokens_per_second': 100.0}},
+ {{'step': 20, 'val_loss': 2.0}}]))" "$run/history.json"
 fi
 exec {sys.executable} "$@"
 """)
     python.chmod(0o755)
-    (study / "data" / "pretraining_shards").mkdir(parents=True)  # a study resumed: its data is there
-    (study / "data" / "pretraining_shards" / "index.json").write_text('{"source": "synthetic"}')
-    done = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True,
-                          env={**os.environ, "SEEDS": "1", "STEPS": "20", "REPEATS": "0", "PY": str(python),
-                               "KEEP_WEIGHTS": keep_weights})
+    return python
+
+
+def gap_script(study: Path, python: Path, seeds: str, **env) -> subprocess.CompletedProcess:
+    """run_fp8_gap.sh on a study whose (synthetic) data is there already, without repeats."""
+    index = study / "data" / "pretraining_shards" / "index.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text('{"source": "synthetic"}')
+    return subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SEEDS": seeds, "STEPS": "20", "REPEATS": "0", "PY": str(python),
+                               **env})
+
+
+@pytest.mark.parametrize("keep_weights", ["0", "1"])
+def test_gap_script_runs_keep_no_weights_and_share_one_file_of_kernel_choices(tmp_path, keep_weights):
+    # the study reads the runs' losses: by default they write no checkpoint or export (~10 GB a run at full
+    # width, 25-35 s of its time), KEEP_WEIGHTS=1 keeps them; and every run takes the study's one file
+    # of kernel choices, so its FP8 runs use the same kernels
+    study, seen = tmp_path / "study", tmp_path / "seen.log"
+    done = gap_script(study, stand_in_trainer(tmp_path / "bin", seen), "1", KEEP_WEIGHTS=keep_weights)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert seen.read_text().splitlines() == [str(study / "kernel_choices.json")] * 2
+    choices = study / "kernel_choices.json"
+    assert sorted(seen.read_text().splitlines()) == [f"bf16_1 {choices}", f"fp8_1 {choices}"]
     for run in ("bf16_1", "fp8_1"):
         train = json.loads((study / "runs" / run / "stage.json").read_text())["profile"]["pretrain"]
         assert train["checkpoint_every"] == (20 if keep_weights == "1" else 0)
     assert "| 20 | 2.0000 | 2.0000 | +0.000% |" in done.stdout
+
+
+def test_gap_script_starts_no_run_that_would_end_after_the_deadline(tmp_path):
+    # seed 1 finished in an earlier call, each run in 100 s; 50 s are left before the deadline: seed 2's
+    # runs are not started (they wait for the next call), and the report covers seed 1
+    study, seen = tmp_path / "study", tmp_path / "seen.log"
+    for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
+        (write_history(study / run, [(10, 4.0), (20, val)], (20, val)) / "wall_s").write_text("100\n")
+    done = gap_script(study, stand_in_trainer(tmp_path / "bin", seen), "1 2", DEADLINE=str(int(time.time()) + 50))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not seen.exists()
+    assert "runs/bf16_2: not started, as it would end after the deadline (a run of its precision took 100 s)" \
+        in done.stdout
+    assert "## seed 2: not compared, a run without its history.json" in done.stdout
+    assert "| 20 | 2.1000 | 2.0000 | +5.000% |" in done.stdout.split("## all seeds")[1]
+
+
+def test_gap_script_reports_the_other_runs_when_one_fails(tmp_path):
+    # a run that fails leaves its seed out of the comparison, not the whole report; a finished run
+    # records how long it took (what DEADLINE judges the next runs by)
+    study, seen = tmp_path / "study", tmp_path / "seen.log"
+    done = gap_script(study, stand_in_trainer(tmp_path / "bin", seen, failing="fp8_2"), "1 2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"runs/fp8_2 failed: {study}/runs/fp8_2/train.log" in done.stdout
+    assert "## seed 2: not compared" in done.stdout and "## seed 1\n" in done.stdout
+    assert "(1 not bf16, 2 bf16)" in done.stdout.split("## all seeds")[1]
+    assert (study / "runs" / "bf16_2" / "wall_s").read_text().strip().isdigit()
+    assert not (study / "runs" / "fp8_2" / "wall_s").exists()
 
 
 @pytest.mark.parametrize("setting, said", [("WIDTH=half", "quarter and full"), ("REPEATS=2", "1 (default) and 0"),
