@@ -20,6 +20,7 @@ from pipelines.launcher import TrainingLauncher
 from tests.pretrain_fixtures import FAST_PRETRAIN, as_run_config, build_shards
 from training.launch import StageConfig, local_command
 from training.settings import LaunchConfig, load_profile
+from training.tracking import EXPERIMENT
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -160,11 +161,12 @@ def test_missing_shards_fail_before_launch(tmp_path, monkeypatch):
     assert "index.json is missing" in message and "pretraining_shards" in message
 
 
-def _train_directly(home: Path, out: Path, overrides: dict, nproc: int) -> list[dict]:
+def _train_directly(home: Path, out: Path, overrides: dict, nproc: int, mlflow_run: dict | None = None) -> list[dict]:
     profile = load_profile("tiny", {**FAST_PRETRAIN, "pretrain.steps": 20, "pretrain.log_every": 5, "pretrain.eval_every": 20, **overrides})
     config = StageConfig(stage="v3_base", profile=profile.to_dict(), output_dir=str(out),
                          inputs={"pretraining_shards": str(home / "data" / "pretraining_shards"),
-                                 "tokenizer": str(home / "data" / "tokenizer")}).write(out / "stage.json")
+                                 "tokenizer": str(home / "data" / "tokenizer")},
+                         mlflow=mlflow_run or {}).write(out / "stage.json")
     launch = LaunchConfig(nproc_per_node=nproc, launcher="torchrun" if nproc > 1 else "auto", master_port=29517)
     env = {**os.environ, "SEEKFLOW_HOME": str(home), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(local_command("training.pretrain", config, launch), env=env, capture_output=True,
@@ -176,15 +178,24 @@ def _train_directly(home: Path, out: Path, overrides: dict, nproc: int) -> list[
 def test_checkpoint_every_zero_trains_and_reports_without_writing_weights(shards_home, tmp_path):
     # a sweep of many short runs (benchmarks/run_fp8_gap.sh) reads their losses, not their weights: a
     # full-width run's final checkpoint and export are ~10 GB and took 30 s of a 100 s run
-    out = tmp_path / "run"
+    # full-width run's final checkpoint and export are ~10 GB and took 30 s of a 100 s run. Its MLflow run
+    # still has the figures to compare, and no model is registered
+    out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     history = _train_directly(shards_home, out, {"pretrain.checkpoint_every": 0, "pretrain.steps": 10,
-                                                  "pretrain.eval_every": 10}, nproc=1)
+                                                  "pretrain.eval_every": 10}, nproc=1,
+                              mlflow_run={"tracking_uri": uri, "run_id": run_id})
     summary = json.loads((out / "summary.json").read_text())
     assert [h["step"] for h in history if "val_loss" in h] == [10]
     assert summary["validation_loss"] == [h["val_loss"] for h in history if "val_loss" in h][0]
-    assert summary["checkpoint"] is None and summary["export"] is None
+    assert summary["checkpoint"] is None and summary["export"] is None and "registered_model" not in summary
     assert not (out / "export").exists()
     assert not [p for p in (out / "checkpoints").rglob("*") if p.is_file()]
+    assert client.get_run(run_id).data.metrics["final_val_loss"] == pytest.approx(summary["validation_loss"])
+    assert "loss_curve.png" in [a.path for a in client.list_artifacts(run_id)]
+    assert client.search_registered_models() == []
 
 
 def test_validation_sample_does_not_depend_on_the_number_of_ranks(shards_home):

@@ -58,3 +58,10 @@ def test_cuda_graphs_on_a_cpu_say_so():
     ids = torch.randint(0, 61, (2, 9))
     with pytest.raises(ValueError, match=r"pretrain\.cuda_graphs needs a CUDA device; this run is on cpu"):
         capture_blocks(Transformer(tiny_model_config()).train(), ids[:, :-1], ids[:, 1:])
+
+
+def test_a_negative_checkpoint_cadence_names_what_is_accepted():
+    # 0 is a cadence (no weights written: a sweep); below it is a typo, refused before any run
+    assert load_profile("tiny", {"pretrain.checkpoint_every": 0}).pretrain.checkpoint_every == 0
+    with pytest.raises(ProfileError, match=r"pretrain\.checkpoint_every is -5; must be >= 0 \(0: no checkpoint"):
+        load_profile("tiny", {"pretrain.checkpoint_every": -5})

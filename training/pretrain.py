@@ -319,8 +319,8 @@ def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, hi
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history))
-    if report.mlflow_run_id and keep:
-        summary["registered_model"] = _log_model(report, stage, export, curve, summary)
+    if report.mlflow_run_id:
+        _log_results(report, stage, export, curve, summary)
     report.materialization({k: v for k, v in summary.items() if v is not None})
     report.info(f"done: validation loss {summary['validation_loss']:.4f} (unigram entropy "
                 f"{summary['unigram_entropy']:.4f}), {tokens_seen:,} tokens, {tps:,.0f} tok/s")
@@ -328,15 +328,17 @@ def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, hi
     return summary
 
 
-def _log_model(report: Reporter, stage: StageConfig, export: Path, curve: Path, summary: dict) -> str:
+def _log_results(report: Reporter, stage: StageConfig, export: Path | None, curve: Path, summary: dict) -> None:
+    """The loss curve and final figures to the MLflow run; the export, where there is one (not with
+    pretrain.checkpoint_every 0), logged and registered (summary["registered_model"])."""
     mlflow = report.mlflow
     from training.mlflow_model import log_and_register
 
     mlflow.log_artifact(str(curve))
     mlflow.log_metrics({"final_val_loss": summary["validation_loss"], "unigram_entropy": summary["unigram_entropy"]})
-    name = stage.mlflow.get("registered_model", f"seekflow-{stage.stage.replace('_', '-')}")
-    version = log_and_register(export, name, stage.mlflow.get("aliases", []))
-    return f"{name}/{version}"
+    if export is not None:
+        name = stage.mlflow.get("registered_model", f"seekflow-{stage.stage.replace('_', '-')}")
+        summary["registered_model"] = f"{name}/{log_and_register(export, name, stage.mlflow.get('aliases', []))}"
 
 
 main = stage_main(train, "Seekflow pretraining (DeepSpeed)")
