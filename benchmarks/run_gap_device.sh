@@ -32,12 +32,17 @@ fi
 # taking turns in time slices. A run of 2,048 tokens a step keeps the GPU busy a small part of the time
 # (BENCHMARKS.md: ~5,000 tokens/s a run at four runs, against ~85,000 for one run of 32,768-token
 # steps), so the study is bound by the turns. The kernels and their arithmetic are the same either way.
+# Measured on an H100, four runs (BENCHMARKS.md, 2026-12-07 twenty-ninth session): with MPS a run's
+# steady speed was 1.55x (FP8) and 1.89x (BF16) what it was taking turns.
 # A CUDA context that cannot reach the daemon runs without it, silently; so a first context is made, and
 # MPS counts as on only if the daemon then lists a server. Otherwise the runs take turns as before.
 if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=$D/mps/pipe CUDA_MPS_LOG_DIRECTORY=$D/mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && $PY -c "import torch; torch.zeros(1, device='cuda')" &&
+  # a daemon already there on this pipe (an earlier call stopped before it told it to quit) refuses a
+  # second start; the context check below then finds it serving, and the runs use it
+  nvidia-cuda-mps-control -d || echo "MPS: no daemon started (one is there already?)" >&2
+  if $PY -c "import torch; torch.zeros(1, device='cuda')" &&
       server=$(echo get_server_list | nvidia-cuda-mps-control) && [ -n "$server" ]; then
     trap 'echo quit | nvidia-cuda-mps-control' EXIT
     echo "MPS on (server $server): the runs share the GPU at once" | tee "$OUT/mps.txt"

@@ -385,13 +385,14 @@ def test_device_call_stops_the_study_at_its_budget_and_packs_the_finished_runs(t
     assert "./runs/fp8_1/history.json" in packed and "./runs/fp8_2/stage.json" in packed
 
 
-@pytest.mark.parametrize("context_reaches_mps", [True, False])
-def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path, context_reaches_mps):
+@pytest.mark.parametrize("context_reaches_mps, daemon_there", [(True, False), (False, False), (True, True)])
+def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path, context_reaches_mps, daemon_there):
     # a machine with a GPU (stand-in nvidia-smi) and CUDA's MPS control: the daemon is started and a first
     # CUDA context made; where the daemon then lists a server, the runs start with its pipe and the daemon
     # is told to quit when the call ends. A context that cannot reach the daemon runs without it, and no
     # server is listed: the daemon is told to quit at once and the runs start without its pipe, taking
-    # turns on the GPU as before. $OUT/mps.txt says which
+    # turns on the GPU as before. $OUT/mps.txt says which. A daemon left on the pipe by an earlier call
+    # refuses to start again, and is used
     study, out, tools = tmp_path / "study", tmp_path / "out", tmp_path / "bin"
     tools.mkdir()
     mps_log, run_env = tmp_path / "mps.log", tmp_path / "run_env.log"
@@ -399,7 +400,8 @@ def test_device_call_shares_the_gpu_through_mps_and_falls_back_to_turns(tmp_path
     for name, body in (
             ("nvidia-smi", 'case "$*" in *nounits*) echo 40000 ;; *) echo "Stand-in GPU, 40000 MiB" ;; esac'),
             ("nvidia-cuda-mps-control",
-             f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; exit 0; fi\n'
+             f'if [ "$1" = -d ]; then echo "daemon $CUDA_MPS_PIPE_DIRECTORY" >> {mps_log}; '
+             f'exit {1 if daemon_there else 0}; fi\n'
              f'read -r told; echo "told: $told" >> {mps_log}\n'
              f'[ "$told" = get_server_list ] && echo "{server}"; exit 0')):
         (tools / name).write_text(f"#!/bin/sh\n{body}\n")
