@@ -120,7 +120,6 @@ printf '%s\n' "${jobs[@]}" | xargs -P "${LANES:-2}" -n 1 sh -c '
   fi
   exit 0'
 # what follows reads the runs that finished: a run failed or not started leaves its seed out
-finished() { find "$@" -mindepth 1 -maxdepth 1 -type d -exec test -f '{}/history.json' ';' -print 2> /dev/null | sort; }
 $PY benchmarks/bench_pretrain.py summary "$D/runs" "$D/logs" "$D/summary.json" | tail -n 8
 [ "$REPEATS" = 0 ] || [ ! -f "$D/runs/bf16_$first/history.json" ] || [ ! -f "$D/repeat/bf16_$first/history.json" ] ||
     $PY - "$D" "$first" <<'EOF'
@@ -143,7 +142,8 @@ for seed in $SEEDS; do
       "${control[@]}" > /dev/null
   echo "## seed $seed"; $PY benchmarks/bench_pretrain.py gap "$D/gap/seed_$seed.json" --phases $((STEPS / 2))
 done
-[ -n "$(finished "$D/runs")" ] || { echo "no run finished in $D/runs" >&2; exit 1; }
-# shellcheck disable=SC2046
-$PY benchmarks/bench_pretrain.py runs "$D/gap/all.json" $(finished "$D/runs") > /dev/null
+finished=$(find "$D/runs" -mindepth 2 -maxdepth 2 -name history.json -printf '%h\n' | sort)
+[ -n "$finished" ] || { echo "no run finished in $D/runs" >&2; exit 1; }
+# shellcheck disable=SC2086
+$PY benchmarks/bench_pretrain.py runs "$D/gap/all.json" $finished > /dev/null
 echo "## all seeds"; $PY benchmarks/bench_pretrain.py gap "$D/gap/all.json" --means-only

@@ -240,25 +240,32 @@ def test_gap_script_without_repeats_runs_and_compares_only_the_seeds(tmp_path):
     assert "| 20 | 2.0000 | 2.1000 | +5.000% |" in done.stdout
 
 
-def stand_in_trainer(tools: Path, seen: Path, failing: str = "-") -> Path:
-    """A `python` for run_fp8_gap.sh whose `-m training.pretrain` appends the run's folder and its
-    SEEKFLOW_KERNEL_CHOICES to `seen` and writes the history a run leaves, or fails for a run whose
-    folder name is `failing`; anything else goes to this Python."""
+def stand_in_python(tools: Path, training: str) -> Path:
+    """`tools`/python, the interpreter the study scripts are given: `-m training.pretrain --config F`
+    runs the shell `training` instead (F is $4), a first CUDA context is made at once, and anything
+    else goes to this Python."""
     tools.mkdir(exist_ok=True)
     python = tools / "python"
     python.write_text(f"""#!/bin/sh
-if [ "$1 $2" = "-m training.pretrain" ]; then
-  run=$(dirname "$4")
-  echo "$(basename "$run") $SEEKFLOW_KERNEL_CHOICES" >> {seen}
-  [ "$(basename "$run")" = "{failing}" ] && exit 1
-  exec {sys.executable} -c "import json, sys; open(sys.argv[1], 'w').write(json.dumps([
- {{'step': 10, 'loss': 4.0, 'tokens_per_second': 100.0}}, {{'step': 20, 'loss': 3.0, 'tokens_per_second': 100.0}},
- {{'step': 20, 'val_loss': 2.0}}]))" "$run/history.json"
-fi
+case "$1 $2" in
+  "-m training.pretrain") {training} ;;
+  "-c import torch; torch.zeros(1, device='cuda')") exit 0 ;;
+esac
 exec {sys.executable} "$@"
 """)
     python.chmod(0o755)
     return python
+
+
+def stand_in_trainer(tools: Path, seen: Path, failing: str = "-") -> Path:
+    """A stand-in python whose trainer appends the run's folder name and its SEEKFLOW_KERNEL_CHOICES to
+    `seen` and writes the history a run leaves, or fails for the run whose folder name is `failing`."""
+    return stand_in_python(tools, f"""run=$(dirname "$4")
+    echo "$(basename "$run") $SEEKFLOW_KERNEL_CHOICES" >> {seen}
+    [ "$(basename "$run")" = "{failing}" ] && exit 1
+    exec {sys.executable} -c "import json, sys; open(sys.argv[1], 'w').write(json.dumps([
+ {{'step': 10, 'loss': 4.0, 'tokens_per_second': 100.0}}, {{'step': 20, 'loss': 3.0, 'tokens_per_second': 100.0}},
+ {{'step': 20, 'val_loss': 2.0}}]))" "$run/history.json\"""")
 
 
 def gap_script(study: Path, python: Path, seeds: str, **env) -> subprocess.CompletedProcess:
@@ -348,17 +355,7 @@ def device_call(tmp_path: Path, study: Path, out: Path, tools: Path, run_line: s
     `tools` (a `python` wrapper is written there) first on the PATH."""
     for run, val in (("runs/bf16_1", 2.0), ("runs/fp8_1", 2.1)):
         write_history(study / run, [(10, 4.0), (20, val)], (20, val))
-    tools.mkdir(exist_ok=True)
-    python = tools / "python"
-    python.write_text(f"""#!/bin/sh
-case "$1 $2" in
-  "-m training.pretrain") {run_line}
-                          exec {sys.executable} -c "import time; time.sleep(300)" ;;
-  "-c import torch; torch.zeros(1, device='cuda')") exit 0 ;;  # a CUDA context, made
-esac
-exec {sys.executable} "$@"
-""")
-    python.chmod(0o755)
+    python = stand_in_python(tools, f'{run_line}; exec {sys.executable} -c "import time; time.sleep(300)"')
     return subprocess.run(["bash", str(DEVICE_SCRIPT), str(study)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "SEEDS": "1 2", "STEPS": "20",
                                "REPEATS": "0", "BUDGET_S": "15", "LANES": "2", "OUT": str(out),

@@ -314,7 +314,7 @@ def _finish(stage, profile, out, ckpt_dir, tokenizer_dir, shards_dir, module, hi
         "steps": profile.pretrain.steps,
         "resumed_from_step": start,
         "checkpoint": str(complete_tags(ckpt_dir)[-1]) if keep else None,
-        "export": str(export) if keep else None,
+        "export": str(export) if export else None,
         "loss_curve": str(curve),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
